@@ -1,0 +1,92 @@
+"""Chat sessions: history, the sentiment-aware combined flow, and streamed replies."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .classify import Classification, classify, require_text
+from .engines.base import Chunk, Engine, GenParams, Message
+from .errors import InvalidInput
+from .tasks import Task
+
+__all__ = ["ChatSession", "Turn", "analyze_and_reply", "stream_reply"]
+
+SENTIMENT_TAG = "[情感标签：{label}]"
+
+
+@dataclass
+class Turn:
+    role: Literal["user", "assistant"]
+    content: str  # what the person typed or the assistant said: the visible history
+    sentiment: str | None = None  # detected sentiment of a user turn; shown to the model only
+    at: float = field(default_factory=time.time)
+
+
+@dataclass
+class ChatSession:
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    turns: list[Turn] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.turns.clear()
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """The visible conversation, without sentiment tags."""
+        return [{"role": t.role, "content": t.content} for t in self.turns]
+
+
+def _model_content(task: Task, turn: Turn) -> str:
+    if turn.role == "assistant":
+        return turn.content
+    text = task.input_template.replace("{text}", turn.content)
+    return f"{SENTIMENT_TAG.format(label=turn.sentiment)} {text}" if turn.sentiment else text
+
+
+def model_messages(task: Task, turns: list[Turn]) -> tuple[list[Message], int]:
+    """What the model sees: fixed prefix, then every turn with its sentiment tag."""
+    fixed = task.fixed_messages()
+    return [*fixed, *(Message(t.role, _model_content(task, t)) for t in turns)], len(fixed)
+
+
+def stream_reply(
+    engine: Engine,
+    task: Task,
+    session: ChatSession,
+    text: str,
+    params: GenParams,
+    sentiment: str | None = None,
+) -> Iterator[Chunk]:
+    """Stream the assistant's reply; the turn pair is added to the history once the reply is complete."""
+    if task.kind != "generate":
+        raise InvalidInput(f"task '{task.name}' is not a generate task")
+    text, _ = task.truncation.apply(require_text(text))
+    user = Turn("user", text, sentiment)
+    turns = [*session.turns, user] if task.multi_turn else [user]
+    messages, n_fixed = model_messages(task, turns)
+    prompt = engine.render(messages, n_fixed=n_fixed)
+    parts = []
+    for chunk in engine.stream(prompt, params):
+        parts.append(chunk.text)
+        yield chunk
+    if task.multi_turn:
+        session.turns += [user, Turn("assistant", "".join(parts))]
+
+
+def analyze_and_reply(
+    engine: Engine,
+    sentiment_task: Task,
+    chat_task: Task,
+    session: ChatSession,
+    text: str,
+    params: GenParams,
+) -> Iterator[Classification | Chunk]:
+    """The combined flow: the sentiment result first, then the reply that knows it."""
+    result = classify(engine, sentiment_task, text)
+    yield result
+    label = sentiment_task.label(result.label).display
+    yield from stream_reply(engine, chat_task, session, text, params, sentiment=label)

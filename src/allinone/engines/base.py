@@ -1,0 +1,120 @@
+"""The engine contract: what the task layer needs from any inference backend."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of prompt text. Template text may contain control tokens; user text never does."""
+
+    text: str
+    trusted: bool  # True: chat-template text, special tokens parsed; False: user content, plain text
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt rendered with the model's chat template, split into a fixed prefix and the rest.
+
+    The prefix (system prompt, few-shot examples) is the same for every request of a task; engines
+    keep it evaluated in their cache so that only the suffix costs compute.
+    """
+
+    prefix: tuple[Segment, ...]
+    suffix: tuple[Segment, ...]
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in (*self.prefix, *self.suffix))
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the KV cache, not recomputed
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 40
+    stop: tuple[str, ...] = ()
+    seed: int | None = None  # None: a fresh random seed
+    grammar: str | None = None  # GBNF grammar constraining the output
+
+
+@dataclass
+class Scores:
+    logprobs: list[float]  # total log-probability of each continuation, in the order given
+    usage: Usage
+
+
+@dataclass
+class Chunk:
+    """A piece of streamed text; the last chunk has `finish_reason` and the final `usage`."""
+
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+    usage: Usage | None = None
+
+
+@dataclass
+class EngineInfo:
+    backend: str
+    model: str
+    n_ctx: int
+    details: dict[str, str | int] = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """A loaded model behind a small interface: render, tokenize, score, stream.
+
+    Implementations must be safe to call from several threads at once and say how.
+    """
+
+    info: EngineInfo
+
+    @abstractmethod
+    def render(self, messages: Sequence[Message], n_fixed: int) -> Prompt:
+        """Render messages with the model's own chat template, generation prompt appended.
+
+        The first `n_fixed` messages (and the template text up to the next message's content)
+        form the cacheable prefix.
+        """
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of `text` as plain (user) text."""
+
+    @abstractmethod
+    def score(self, prompt: Prompt, continuations: Sequence[str]) -> Scores:
+        """Total log-probability of each continuation right after the prompt."""
+
+    @abstractmethod
+    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
+        """Generate text after the prompt; closing the iterator early frees the engine."""
+
+    def generate(self, prompt: Prompt, params: GenParams) -> Chunk:
+        """Non-streaming generation: the joined stream."""
+        parts, last = [], Chunk("")
+        for last in self.stream(prompt, params):
+            parts.append(last.text)
+        return Chunk("".join(parts), last.finish_reason, last.usage)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free native resources."""

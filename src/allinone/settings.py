@@ -1,0 +1,39 @@
+"""Every runtime knob in one place: environment variables `ALLINONE_*`, CLI flags and defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "allinone"
+
+
+class Settings(BaseSettings):
+    """Runtime settings; every field can be set as `ALLINONE_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ALLINONE_", extra="ignore", validate_default=True)
+
+    home: Path = Field(default_factory=_default_home, description="Cache dir: assembled models, data.")
+    model: str = Field("default", description="Model reference: `default`, a .gguf path or hf:ORG/REPO/FILE.gguf.")
+    tasks_dir: Path | None = Field(None, description="Extra dir of task YAML files; same name overrides built-in.")
+    n_ctx: int = Field(8192, ge=512, le=131072, description="Context window in tokens: prompt plus reply.")
+    cache_mb: int = Field(256, ge=0, description="Memory for saved KV states (task prefixes, recent chats), MB.")
+    n_threads: int = Field(
+        default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, description="CPU threads for inference."
+    )
+    n_batch: int = Field(512, ge=32, le=8192, description="Max tokens evaluated per llama_decode call.")
+    seed: int = Field(-1, description="Default sampling seed; -1 draws a fresh one per request.")
+    host: str = Field("127.0.0.1", description="HTTP bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    log_file: Path | None = Field(None, description="Request log destination (JSON lines); default stderr.")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"

@@ -1,0 +1,50 @@
+"""A fake engine for pure-logic tests: it records prompts and replays queued outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+from allinone.engines.base import (
+    Chunk,
+    Engine,
+    EngineInfo,
+    GenParams,
+    Message,
+    Prompt,
+    Scores,
+    Segment,
+    Usage,
+)
+
+
+class FakeEngine(Engine):
+    def __init__(self, scorer: Callable[[str, str], float] | None = None) -> None:
+        self.info = EngineInfo("fake", "fake-model", 4096)
+        self.scorer = scorer or (lambda prompt, word: 0.0)
+        self.replies: list[str] = []
+        self.prompts: list[Prompt] = []
+        self.params: list[GenParams] = []
+
+    def enqueue(self, *replies: str) -> None:
+        self.replies.extend(replies)
+
+    def render(self, messages: Sequence[Message], n_fixed: int) -> Prompt:
+        segs = [(Segment(f"<{m.role}>", True), Segment(m.content, False)) for m in messages]
+        flat = [s for pair in segs for s in pair]
+        return Prompt(tuple(flat[: 2 * n_fixed + 1]), (*flat[2 * n_fixed + 1 :], Segment("<assistant>", True)))
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    def score(self, prompt: Prompt, continuations: Sequence[str]) -> Scores:
+        self.prompts.append(prompt)
+        n = len(prompt.text)
+        return Scores([self.scorer(prompt.text, c) for c in continuations], Usage(n, 0, 0))
+
+    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
+        self.prompts.append(prompt)
+        self.params.append(params)
+        reply = self.replies.pop(0) if self.replies else "ok"
+        for ch in reply:
+            yield Chunk(ch)
+        yield Chunk("", "stop", Usage(len(prompt.text), 0, len(reply)))
