@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from dataclasses import dataclass, field
 
 from .engines.base import Engine, Usage
@@ -33,15 +35,28 @@ def _logsumexp(xs: list[float]) -> float:
     return m + math.log(sum(math.exp(x - m) for x in xs))
 
 
-def label_probabilities(task: Task, word_logprobs: list[float]) -> dict[str, float]:
-    """Pool each label's words (log-sum-exp), then softmax over labels."""
+def label_scores(task: Task, word_logprobs: list[float]) -> list[float]:
+    """Each label's log-score: the log-sum-exp of its verbaliser words' log-probabilities."""
     assert task.labels is not None
     scores, i = [], 0
     for label in task.labels:
         scores.append(_logsumexp(word_logprobs[i : i + len(label.words)]))
         i += len(label.words)
+    return scores
+
+
+def _softmax(task: Task, scores: list[float]) -> dict[str, float]:
+    assert task.labels is not None
     z = _logsumexp(scores)
     return {label.id: math.exp(s - z) for label, s in zip(task.labels, scores, strict=True)}
+
+
+def label_probabilities(task: Task, word_logprobs: list[float], bias: list[float] | None = None) -> dict[str, float]:
+    """Softmax over labels, after dividing out a calibration bias (log-probabilities per label)."""
+    scores = label_scores(task, word_logprobs)
+    if bias is not None:
+        scores = [s - b for s, b in zip(scores, bias, strict=True)]
+    return _softmax(task, scores)
 
 
 def display_line(task: Task, label_id: str) -> str:
@@ -49,15 +64,44 @@ def display_line(task: Task, label_id: str) -> str:
     return task.display_template.format(emoji=label.emoji, display=label.display, id=label.id).strip()
 
 
+def _score_words(engine: Engine, task: Task, text: str) -> tuple[list[float], Usage]:
+    assert task.labels is not None
+    fixed = task.fixed_messages()
+    prompt = engine.render([*fixed, task.user_message(text)], n_fixed=len(fixed))
+    scores = engine.score(prompt, [w for label in task.labels for w in label.words])
+    return scores.logprobs, scores.usage
+
+
+_biases: weakref.WeakKeyDictionary[Engine, dict[str, list[float]]] = weakref.WeakKeyDictionary()
+_bias_lock = threading.Lock()
+
+
+def calibration_bias(engine: Engine, task: Task) -> list[float] | None:
+    """The task's label bias on content-free inputs (mean label log-probability), measured once per engine."""
+    if task.calibration is None:
+        return None
+    key = task.model_dump_json()
+    with _bias_lock:
+        cached = _biases.setdefault(engine, {}).get(key)
+    if cached is not None:
+        return cached
+    probs = [
+        _softmax(task, label_scores(task, _score_words(engine, task, t)[0])) for t in task.calibration.content_free
+    ]
+    assert task.labels is not None
+    bias = [math.log(sum(p[label.id] for p in probs) / len(probs)) for label in task.labels]
+    with _bias_lock:
+        _biases[engine][key] = bias
+    return bias
+
+
 def classify(engine: Engine, task: Task, text: str) -> Classification:
     """Score every label of a classify task for one text."""
     if task.kind != "classify" or task.labels is None:
         raise InvalidInput(f"task '{task.name}' is not a classify task")
     text, truncated = task.truncation.apply(require_text(text))
-    fixed = task.fixed_messages()
-    prompt = engine.render([*fixed, task.user_message(text)], n_fixed=len(fixed))
-    words = [w for label in task.labels for w in label.words]
-    scores = engine.score(prompt, words)
-    probs = label_probabilities(task, scores.logprobs)
+    bias = calibration_bias(engine, task)
+    logprobs, usage = _score_words(engine, task, text)
+    probs = label_probabilities(task, logprobs, bias)
     best = max(probs, key=probs.__getitem__)
-    return Classification(task.name, best, display_line(task, best), probs, scores.usage, truncated)
+    return Classification(task.name, best, display_line(task, best), probs, usage, truncated)

@@ -234,5 +234,159 @@ def models(as_json: bool) -> None:
         click.echo(f"{r['ref']}\n    {r['name']} · {size} · {r['status']}\n    {r['path']}")
 
 
+def _label_map(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        raw, sep, label = pair.partition("=")
+        if not sep:
+            raise UserError(f"--label-map expects RAW=LABEL, got '{pair}'")
+        out[raw] = label
+    return out
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="text", file=sys.stderr, dynamic_ncols=True, disable=None)
+
+
+def data_options(f: F) -> F:
+    f = click.option("--text-field", default="text", show_default=True, help="Field holding the text.")(f)
+    f = click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N rows.")(f)
+    return f
+
+
+@cli.command("eval")
+@click.argument("task")
+@click.argument("file", type=click.Path(path_type=Path))
+@data_options
+@click.option("--label-field", default="label", show_default=True, help="Field holding the gold label.")
+@click.option("--label-map", multiple=True, metavar="RAW=LABEL", help="Map a file's label to a task label (repeat).")
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path), default=None, help="Dir for metrics.json and predictions.jsonl."
+)
+@model_options
+def eval_cmd(
+    task: str,
+    file: Path,
+    text_field: str,
+    limit: int | None,
+    label_field: str,
+    label_map: tuple[str, ...],
+    output: Path | None,
+    model: str | None,
+    tasks_dir: Path | None,
+) -> None:
+    """Measure a classify TASK on a labelled JSONL/CSV FILE: accuracy, macro-F1, calibration, speed."""
+    from itertools import islice
+
+    from .dataset import label_lookup, read_rows
+    from .evaluate import Prediction, metrics
+
+    router = _router(model, tasks_dir)
+    t = router._kind(task, "classify")
+    lookup = label_lookup(t, _label_map(label_map))
+    rows = list(islice(read_rows(file, text_field, label_field, lookup), limit))  # validates every row first
+    router.engine  # noqa: B018
+    preds = []
+    start = time.perf_counter()
+    with _progress(len(rows), f"eval {task}") as bar:
+        for row in rows:
+            r = router.classify(task, row.text)
+            preds.append(Prediction(row.line, row.label or "", r.label, r.probabilities, r.usage.prompt_tokens))
+            bar.update()
+    m = metrics(preds, [lb.id for lb in t.labels or []], time.perf_counter() - start)
+    m.extra = {"task": task, "file": str(file), "model": router.engine.info.model}
+    _print_metrics(m)
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "metrics.json").write_text(json.dumps(asdict(m), ensure_ascii=False, indent=2) + "\n")
+        with (output / "predictions.jsonl").open("w", encoding="utf-8") as f:
+            for p in preds:
+                f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+        click.echo(f"wrote {output / 'metrics.json'} and {output / 'predictions.jsonl'}")
+
+
+def _print_metrics(m: Any) -> None:
+    click.echo(f"{m.n} texts in {m.seconds:.1f} s ({m.texts_per_s:.2f} texts/s)")
+    click.echo(f"accuracy {m.accuracy:.4f}   macro-F1 {m.macro_f1:.4f}   ECE {m.ece:.4f}")
+    click.echo(f"{'label':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
+    for label, v in m.per_label.items():
+        click.echo(f"{label:<14}{v['precision']:>10.4f}{v['recall']:>10.4f}{v['f1']:>10.4f}{v['support']:>9}")
+    labels = list(m.confusion)
+    click.echo("confusion (rows: gold, columns: predicted)")
+    click.echo(" " * 14 + "".join(f"{lab:>12}" for lab in labels))
+    for gold in labels:
+        click.echo(f"{gold:<14}" + "".join(f"{m.confusion[gold][p]:>12}" for p in labels))
+
+
+def _completed_rows(out: Path) -> int:
+    """Rows already written by an earlier run; a half-written last line is cut off."""
+    if not out.exists():
+        return 0
+    data = out.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        with out.open("r+b") as f:
+            f.truncate(keep)
+    n = data[:keep].count(b"\n")
+    return max(0, n - 1) if out.suffix.lower() == ".csv" else n
+
+
+@cli.command("classify")
+@click.argument("task")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--output",
+    "-o",
+    "out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output .jsonl or .csv; rerunning resumes after the rows already in it.",
+)
+@data_options
+@model_options
+def classify_cmd(
+    task: str, file: Path, out: Path, text_field: str, limit: int | None, model: str | None, tasks_dir: Path | None
+) -> None:
+    """Label every row of a JSONL/CSV FILE with a classify TASK; writes rows plus label and probabilities."""
+    import csv
+    from itertools import islice
+
+    from .dataset import count_rows, read_rows
+
+    if out.suffix.lower() not in (".jsonl", ".csv"):
+        raise UserError(f"--output must end in .jsonl or .csv: {out}")
+    router = _router(model, tasks_dir)
+    t = router._kind(task, "classify")
+    label_ids = [lb.id for lb in t.labels or []]
+    total = count_rows(file) if limit is None else min(limit, count_rows(file))
+    done = _completed_rows(out)
+    if done >= total:
+        click.echo(f"{out}: all {total} rows already done")
+        return
+    router.engine  # noqa: B018
+    with out.open("a", encoding="utf-8", newline="") as f, _progress(total, f"classify {task}") as bar:
+        bar.update(done)
+        writer = None
+        for row in islice(read_rows(file, text_field), done, limit):
+            r = router.classify(task, row.text)
+            if out.suffix.lower() == ".jsonl":
+                f.write(
+                    json.dumps({**row.data, "label": r.label, "probabilities": r.probabilities}, ensure_ascii=False)
+                    + "\n"
+                )
+            else:
+                if writer is None:
+                    fields = [*row.data, "label", *(f"p_{lab}" for lab in label_ids)]
+                    writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+                    if done == 0:
+                        writer.writeheader()
+                writer.writerow({**row.data, "label": r.label, **{f"p_{k}": v for k, v in r.probabilities.items()}})
+            f.flush()
+            bar.update()
+    click.echo(f"wrote {total} rows to {out}")
+
+
 def main() -> None:
     cli(prog_name="allinone")

@@ -47,6 +47,14 @@ class Generation(_Strict):
     seed: int | None = None
 
 
+class Calibration(_Strict):
+    """Contextual calibration: divide out the label bias the prompt has on content-free inputs."""
+
+    content_free: list[str] = Field(
+        min_length=1, description="Inputs with no content (e.g. 'N/A'); their mean label probabilities are the bias."
+    )
+
+
 class Truncation(_Strict):
     """How over-long inputs are cut before they reach the model."""
 
@@ -73,6 +81,7 @@ class Task(_Strict):
     input_template: str = Field("{text}", description="How the user text is wrapped; must contain {text}.")
     labels: list[Label] | None = None
     display_template: str = Field("{emoji} {display}", description="Display line of a classify result.")
+    calibration: Calibration | None = Field(None, description="Classify only: contextual calibration.")
     generation: Generation | None = None
     multi_turn: bool = Field(False, description="Generate tasks only: keeps a conversation history.")
     truncation: Truncation = Field(default_factory=Truncation)
@@ -100,8 +109,8 @@ class Task(_Strict):
             if self.generation is not None or self.multi_turn:
                 raise ValueError("generation / multi_turn only apply to generate tasks")
         else:
-            if self.labels is not None:
-                raise ValueError("labels only apply to classify tasks")
+            if self.labels is not None or self.calibration is not None:
+                raise ValueError("labels and calibration only apply to classify tasks")
             if self.generation is None:
                 object.__setattr__(self, "generation", Generation())
         return self
