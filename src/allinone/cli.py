@@ -349,7 +349,7 @@ def _completed_rows(out: Path) -> int:
 def classify_cmd(
     task: str, file: Path, out: Path, text_field: str, limit: int | None, model: str | None, tasks_dir: Path | None
 ) -> None:
-    """Label every row of a JSONL/CSV FILE with a classify TASK; writes rows plus label and probabilities."""
+    """Label every row of a JSONL/CSV FILE with a classify TASK: each row plus predicted_label and probabilities."""
     import csv
     from itertools import islice
 
@@ -373,16 +373,20 @@ def classify_cmd(
             r = router.classify(task, row.text)
             if out.suffix.lower() == ".jsonl":
                 f.write(
-                    json.dumps({**row.data, "label": r.label, "probabilities": r.probabilities}, ensure_ascii=False)
+                    json.dumps(
+                        {**row.data, "predicted_label": r.label, "probabilities": r.probabilities}, ensure_ascii=False
+                    )
                     + "\n"
                 )
             else:
                 if writer is None:
-                    fields = [*row.data, "label", *(f"p_{lab}" for lab in label_ids)]
+                    fields = [*row.data, "predicted_label", *(f"p_{lab}" for lab in label_ids)]
                     writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
                     if done == 0:
                         writer.writeheader()
-                writer.writerow({**row.data, "label": r.label, **{f"p_{k}": v for k, v in r.probabilities.items()}})
+                writer.writerow(
+                    {**row.data, "predicted_label": r.label, **{f"p_{k}": v for k, v in r.probabilities.items()}}
+                )
             f.flush()
             bar.update()
     click.echo(f"wrote {total} rows to {out}")
