@@ -55,10 +55,10 @@ def task_variant(base: object, shots: int) -> object:
 
 
 def word_logprobs(engine: object, task: object, text: str) -> list[float]:
-    from allinone.classify import _score_words
+    from allinone.classify import score_words
 
     text, _ = task.truncation.apply(text)  # type: ignore[attr-defined]
-    return _score_words(engine, task, text)[0]  # type: ignore[arg-type]
+    return score_words(engine, task, text).logprobs  # type: ignore[arg-type]
 
 
 def accuracy(rows: list[tuple[str, list[float]]], n_words: int, bias: list[float] | None) -> float:

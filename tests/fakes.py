@@ -36,10 +36,11 @@ class FakeEngine(Engine):
     def count_tokens(self, text: str) -> int:
         return len(text)
 
-    def score(self, prompt: Prompt, continuations: Sequence[str]) -> Scores:
+    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
         self.prompts.append(prompt)
         n = len(prompt.text)
-        return Scores([self.scorer(prompt.text, c) for c in continuations], Usage(n, 0, 0))
+        state = [float(len(prompt.text)), float(prompt.text.count("好"))] if hidden else None
+        return Scores([self.scorer(prompt.text, c) for c in continuations], Usage(n, 0, 0), state)
 
     def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
         self.prompts.append(prompt)

@@ -6,9 +6,11 @@ import math
 import threading
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .engines.base import Engine, Usage
-from .errors import InvalidInput
+from .engines.base import Engine, Scores, Usage
+from .errors import InvalidInput, TaskDefinitionError
+from .head import LinearHead
 from .tasks import Task
 
 __all__ = ["Classification", "classify", "require_text"]
@@ -22,6 +24,8 @@ class Classification:
     probabilities: dict[str, float]  # softmax over the label set, in declared order
     usage: Usage = field(default_factory=Usage)
     truncated: bool = False
+    method: str = "prompt"  # "prompt" (label scoring) or "prompt+head" (a learned head refined it)
+    prompt_probabilities: dict[str, float] | None = None  # label scoring alone, when a head was used
 
 
 def require_text(text: str) -> str:
@@ -64,12 +68,28 @@ def display_line(task: Task, label_id: str) -> str:
     return task.display_template.format(emoji=label.emoji, display=label.display, id=label.id).strip()
 
 
-def _score_words(engine: Engine, task: Task, text: str) -> tuple[list[float], Usage]:
+def score_words(engine: Engine, task: Task, text: str, hidden: bool = False) -> Scores:
+    """One pass of the task's prompt over `text`: every verbaliser word's log-probability."""
     assert task.labels is not None
     fixed = task.fixed_messages()
     prompt = engine.render([*fixed, task.user_message(text)], n_fixed=len(fixed))
-    scores = engine.score(prompt, [w for label in task.labels for w in label.words])
-    return scores.logprobs, scores.usage
+    return engine.score(prompt, [w for label in task.labels for w in label.words], hidden=hidden)
+
+
+_heads: dict[tuple[Path, int], LinearHead] = {}
+
+
+def load_head(task: Task) -> LinearHead | None:
+    path = task.head_path
+    if path is None:
+        return None
+    key = (path, path.stat().st_mtime_ns)
+    if key not in _heads:
+        head = LinearHead.load(path)
+        if head.labels != [label.id for label in task.labels or []]:
+            raise TaskDefinitionError(f"{path}: head labels {head.labels} do not match task '{task.name}'")
+        _heads[key] = head
+    return _heads[key]
 
 
 _biases: weakref.WeakKeyDictionary[Engine, dict[str, list[float]]] = weakref.WeakKeyDictionary()
@@ -86,7 +106,7 @@ def calibration_bias(engine: Engine, task: Task) -> list[float] | None:
     if cached is not None:
         return cached
     probs = [
-        _softmax(task, label_scores(task, _score_words(engine, task, t)[0])) for t in task.calibration.content_free
+        _softmax(task, label_scores(task, score_words(engine, task, t).logprobs)) for t in task.calibration.content_free
     ]
     assert task.labels is not None
     bias = [math.log(sum(p[label.id] for p in probs) / len(probs)) for label in task.labels]
@@ -95,13 +115,20 @@ def calibration_bias(engine: Engine, task: Task) -> list[float] | None:
     return bias
 
 
-def classify(engine: Engine, task: Task, text: str) -> Classification:
-    """Score every label of a classify task for one text."""
+def classify(engine: Engine, task: Task, text: str, use_head: bool = True) -> Classification:
+    """Score every label of a classify task for one text (one forward pass)."""
     if task.kind != "classify" or task.labels is None:
         raise InvalidInput(f"task '{task.name}' is not a classify task")
     text, truncated = task.truncation.apply(require_text(text))
     bias = calibration_bias(engine, task)
-    logprobs, usage = _score_words(engine, task, text)
-    probs = label_probabilities(task, logprobs, bias)
-    best = max(probs, key=probs.__getitem__)
-    return Classification(task.name, best, display_line(task, best), probs, usage, truncated)
+    head = load_head(task) if use_head else None
+    scores = score_words(engine, task, text, hidden=head is not None)
+    probs = label_probabilities(task, scores.logprobs, bias)
+    result = Classification(task.name, "", "", probs, scores.usage, truncated)
+    if head is not None and scores.hidden is not None:
+        result.prompt_probabilities = probs
+        result.probabilities = head.probabilities(scores.hidden, label_scores(task, scores.logprobs))
+        result.method = "prompt+head"
+    result.label = max(result.probabilities, key=result.probabilities.__getitem__)
+    result.display = display_line(task, result.label)
+    return result

@@ -392,5 +392,119 @@ def classify_cmd(
     click.echo(f"wrote {total} rows to {out}")
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@cli.command()
+@click.option("--host", default=None, help="Bind address [env ALLINONE_HOST; default 127.0.0.1].")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port [env ALLINONE_PORT; default 8000].")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default=None,
+    help="Log level [env ALLINONE_LOG_LEVEL; default INFO].",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Request log, JSON lines [env ALLINONE_LOG_FILE; default stderr].",
+)
+@model_options
+def serve(
+    host: str | None,
+    port: int | None,
+    log_level: str | None,
+    log_file: Path | None,
+    model: str | None,
+    tasks_dir: Path | None,
+) -> None:
+    """Serve every task over HTTP: the web page at /, the API under /v1, docs at /docs."""
+    import uvicorn
+
+    from .router import Router
+    from .server import create_app
+
+    level = log_level.upper() if log_level else None
+    settings = _settings(host=host, port=port, log_level=level, log_file=log_file, model=model, tasks_dir=tasks_dir)
+    if not _is_loopback(settings.host):
+        click.echo(
+            f"warning: listening on {settings.host}, reachable from other machines; the API has no authentication.",
+            err=True,
+        )
+    router = Router(settings)
+    click.echo("loading the model…", err=True)
+    router.engine  # load before serving, so a bad model is a one-line error  # noqa: B018
+    click.echo(f"serving on http://{settings.host}:{settings.port}  (page /, API docs /docs)", err=True)
+    uvicorn.run(
+        create_app(settings, router),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,  # the app writes one JSON line per request
+    )
+
+
+@cli.command("train-head")
+@click.argument("task")
+@click.argument("file", type=click.Path(path_type=Path))
+@data_options
+@click.option("--label-field", default="label", show_default=True, help="Field holding the gold label.")
+@click.option("--label-map", multiple=True, metavar="RAW=LABEL", help="Map a file's label to a task label (repeat).")
+@click.option("--l2", type=click.FloatRange(0), default=1.0, show_default=True, help="L2 penalty.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Head file to write; point the task's `head:` key at it.",
+)
+@model_options
+def train_head_cmd(
+    task: str,
+    file: Path,
+    text_field: str,
+    limit: int | None,
+    label_field: str,
+    label_map: tuple[str, ...],
+    l2: float,
+    output: Path,
+    model: str | None,
+    tasks_dir: Path | None,
+) -> None:
+    """Train a classify TASK's optional linear head on a labelled JSONL/CSV FILE."""
+    from itertools import islice
+
+    from .classify import label_scores, score_words
+    from .dataset import label_lookup, read_rows
+    from .head import train_head
+
+    router = _router(model, tasks_dir)
+    t = router._kind(task, "classify")
+    rows = list(islice(read_rows(file, text_field, label_field, label_lookup(t, _label_map(label_map))), limit))
+    features, golds = [], []
+    with _progress(len(rows), f"features {task}") as bar:
+        for row in rows:
+            scores = score_words(router.engine, t, t.truncation.apply(row.text)[0], hidden=True)
+            assert scores.hidden is not None
+            features.append([*scores.hidden, *label_scores(t, scores.logprobs)])
+            golds.append(row.label or "")
+            bar.update()
+    head = train_head(features, golds, [lb.id for lb in t.labels or []], l2=l2)
+    head.info.update({"task": task, "file": file.name, "model": router.engine.info.model})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    head.save(output)
+    click.echo(f"trained on {len(rows)} texts (train accuracy {head.info['train_accuracy']:.4f}); wrote {output}")
+    click.echo(f"use it: add `head: {output.name}` to {task}.yaml, next to the file")
+
+
 def main() -> None:
     cli(prog_name="allinone")

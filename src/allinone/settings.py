@@ -28,11 +28,17 @@ class Settings(BaseSettings):
         default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, description="CPU threads for inference."
     )
     n_batch: int = Field(512, ge=32, le=8192, description="Max tokens evaluated per llama_decode call.")
+    use_heads: bool = Field(True, description="Apply a classify task's learned head when it declares one.")
     seed: int = Field(-1, description="Default sampling seed; -1 draws a fresh one per request.")
     host: str = Field("127.0.0.1", description="HTTP bind address.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_file: Path | None = Field(None, description="Request log destination (JSON lines); default stderr.")
+    log_input_chars: int = Field(80, ge=0, le=10000, description="Characters of each request's input logged (masked).")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest accepted HTTP request body, bytes; larger ones get 413."
+    )
+    max_sessions: int = Field(1000, ge=1, description="Chat sessions kept in memory; least recently used go first.")
 
     @property
     def models_dir(self) -> Path:

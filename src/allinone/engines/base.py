@@ -62,6 +62,7 @@ class GenParams:
 class Scores:
     logprobs: list[float]  # total log-probability of each continuation, in the order given
     usage: Usage
+    hidden: list[float] | None = None  # final hidden state at the answer position, when asked for
 
 
 @dataclass
@@ -102,8 +103,11 @@ class Engine(ABC):
         """Number of tokens of `text` as plain (user) text."""
 
     @abstractmethod
-    def score(self, prompt: Prompt, continuations: Sequence[str]) -> Scores:
-        """Total log-probability of each continuation right after the prompt."""
+    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
+        """Total log-probability of each continuation right after the prompt.
+
+        With `hidden`, also the model's final hidden state at the last prompt token (same pass).
+        """
 
     @abstractmethod
     def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:

@@ -282,9 +282,18 @@ class LlamaCppEngine(Engine):
         out: np.ndarray[Any, np.dtype[np.float64]] = logits - (m + math.log(float(np.exp(logits - m).sum())))
         return out
 
-    def score(self, prompt: Prompt, continuations: Sequence[str]) -> Scores:
+    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
+        ll = self._ll
         with self._lock:
-            usage, _ = self._prepare(prompt, reuse_history=False)
+            ll.llama_set_embeddings(self._ctx, hidden)  # the hidden state comes from the same pass
+            try:
+                usage, _ = self._prepare(prompt, reuse_history=False)
+                state = None
+                if hidden:
+                    n_embd = ll.llama_model_n_embd(self._model)
+                    state = np.ctypeslib.as_array(ll.llama_get_embeddings_ith(self._ctx, -1), shape=(n_embd,)).tolist()
+            finally:
+                ll.llama_set_embeddings(self._ctx, False)
             first = self._logprobs(-1)
             n_prompt = len(self._live)
             out = []
@@ -298,7 +307,7 @@ class LlamaCppEngine(Engine):
                     total += sum(float(self._logprobs(j)[t]) for j, t in enumerate(toks[1:]))
                     self._truncate(n_prompt)
                 out.append(total)
-            return Scores(out, usage)
+            return Scores(out, usage, state)
 
     def _sampler(self, params: GenParams) -> Any:
         ll = self._ll

@@ -45,6 +45,8 @@ def load_task_file(path: Path) -> Task:
     if task.name != path.stem:
         raise TaskDefinitionError(f"{path}: key 'name': '{task.name}' must match the file name '{path.stem}'")
     task._source = path
+    if task.head_path is not None and not task.head_path.is_file():
+        raise TaskDefinitionError(f"{path}: key 'head': file not found: {task.head_path}")
     return task
 
 

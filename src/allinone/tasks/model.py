@@ -82,6 +82,9 @@ class Task(_Strict):
     labels: list[Label] | None = None
     display_template: str = Field("{emoji} {display}", description="Display line of a classify result.")
     calibration: Calibration | None = Field(None, description="Classify only: contextual calibration.")
+    head: str | None = Field(
+        None, description="Classify only: a learned linear head file beside this YAML (see `allinone train-head`)."
+    )
     generation: Generation | None = None
     multi_turn: bool = Field(False, description="Generate tasks only: keeps a conversation history.")
     truncation: Truncation = Field(default_factory=Truncation)
@@ -109,8 +112,8 @@ class Task(_Strict):
             if self.generation is not None or self.multi_turn:
                 raise ValueError("generation / multi_turn only apply to generate tasks")
         else:
-            if self.labels is not None or self.calibration is not None:
-                raise ValueError("labels and calibration only apply to classify tasks")
+            if self.labels is not None or self.calibration is not None or self.head is not None:
+                raise ValueError("labels, calibration and head only apply to classify tasks")
             if self.generation is None:
                 object.__setattr__(self, "generation", Generation())
         return self
@@ -118,6 +121,14 @@ class Task(_Strict):
     @property
     def source(self) -> Path | None:
         return self._source
+
+    @property
+    def head_path(self) -> Path | None:
+        """The head file, relative to the YAML file that declares it."""
+        if self.head is None:
+            return None
+        base = self._source.parent if self._source is not None else Path.cwd()
+        return base / self.head
 
     def label(self, label_id: str) -> Label:
         assert self.labels is not None
