@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -13,7 +13,7 @@ from .engines.base import Chunk, Engine, GenParams, Message
 from .errors import InvalidInput
 from .tasks import Task
 
-__all__ = ["ChatSession", "Turn", "analyze_and_reply", "stream_reply"]
+__all__ = ["ChatSession", "Turn", "analyze_and_reply", "split_messages", "stream_reply"]
 
 SENTIMENT_TAG = "[情感标签：{label}]"
 
@@ -38,6 +38,16 @@ class ChatSession:
     def history(self) -> list[dict[str, str]]:
         """The visible conversation, without sentiment tags."""
         return [{"role": t.role, "content": t.content} for t in self.turns]
+
+
+def split_messages(messages: Sequence[Message]) -> tuple[str | None, list[Turn], str]:
+    """A caller's whole conversation (OpenAI style) as (system prompt or None, earlier turns, last user text)."""
+    system = "\n\n".join(m.content for m in messages if m.role == "system") or None
+    rest = [m for m in messages if m.role != "system"]
+    if not rest or rest[-1].role != "user":
+        raise InvalidInput("the conversation must end with a user message")
+    turns = [Turn("assistant" if m.role == "assistant" else "user", m.content) for m in rest[:-1]]
+    return system, turns, rest[-1].content
 
 
 def _model_content(task: Task, turn: Turn) -> str:

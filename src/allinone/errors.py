@@ -29,3 +29,16 @@ class EngineError(AllInOneError):
 
 class ContextOverflow(InvalidInput):
     """The prompt does not fit in the model's context window."""
+
+
+class EmptyText(InvalidInput):
+    """The text is empty or only whitespace."""
+
+    message_zh = "请输入文本"
+
+    def __init__(self) -> None:
+        super().__init__("empty text: please enter some text / 请输入文本")
+
+
+class SessionNotFound(AllInOneError):
+    """No chat session with that id."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .chat import ChatSession, analyze_and_reply, stream_reply
+from .chat import ChatSession, analyze_and_reply, split_messages, stream_reply
 from .classify import Classification, classify
-from .engines import Chunk, Engine, GenParams, load_engine
+from .engines import Chunk, Engine, GenParams, Message, load_engine
 from .errors import InvalidInput, TaskNotFound
 from .settings import Settings
 from .tasks import Task, load_tasks
@@ -27,6 +27,7 @@ class Router:
         self.tasks: dict[str, Task] = load_tasks(settings.tasks_dir)
         self._engine = engine
         self._load_lock = threading.Lock()
+        self._heads: dict[str, str] = {}
 
     @property
     def engine(self) -> Engine:
@@ -79,6 +80,32 @@ class Router:
     ) -> Iterator[Chunk]:
         task = self._kind(name, "generate")
         return stream_reply(self.engine, task, session or ChatSession(), text, self.params(task, options))
+
+    def stream_messages(
+        self,
+        name: str,
+        messages: Sequence[Message],
+        options: Mapping[str, Any] | None = None,
+    ) -> Iterator[Chunk]:
+        """Reply to a conversation the caller holds (OpenAI style); a system message replaces the task's
+        system prompt and examples."""
+        task = self._kind(name, "generate")
+        system, turns, text = split_messages(messages)
+        if system is not None:
+            task = task.model_copy(update={"system": system, "examples": []})
+        return stream_reply(self.engine, task, ChatSession(turns=turns), text, self.params(task, options))
+
+    def classify_messages(self, name: str, messages: Sequence[Message]) -> Classification:
+        """Classify the last user message of a conversation."""
+        return self.classify(name, split_messages(messages)[2])
+
+    def prompt_head(self, name: str, n: int = 50) -> str:
+        """The first characters of the task's rendered prompt (its fixed prefix), for request logs."""
+        head = self._heads.get(name)
+        if head is None:
+            fixed = self.task(name).fixed_messages()
+            head = self._heads[name] = self.engine.render(fixed, n_fixed=len(fixed)).text[:n]
+        return head[:n]
 
     def analyze_and_reply(
         self,

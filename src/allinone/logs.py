@@ -1,0 +1,124 @@
+"""One JSON line per request, with phone numbers, e-mail addresses and ID-card numbers masked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .engines.base import Usage
+from .errors import AllInOneError
+from .settings import Settings
+
+__all__ = ["RequestLog", "RequestRecord", "mask"]
+
+PROMPT_CHARS = 50  # characters of the rendered prompt in each line
+
+_MASKS = [
+    (re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+"), "<email>"),
+    # mainland ID card: 17 digits and a check digit or X (18), or the old 15 digits
+    (re.compile(r"(?<![0-9A-Za-z])(?:\d{17}[\dXx]|\d{15})(?![0-9A-Za-z])"), "<id>"),
+    # mobile numbers, with an optional +86 and spaces or dashes: 138 1234 5678
+    (re.compile(r"(?<!\d)(?:\+?86[\s\-]?)?1[3-9]\d(?:[\s\-]?\d{4}){2}(?!\d)"), "<phone>"),
+    (re.compile(r"(?<!\d)0\d{2,3}-\d{7,8}(?!\d)"), "<phone>"),  # landline with area code: 010-12345678
+    (re.compile(r"\+\d{1,3}(?:[\s\-]?\d){7,14}(?!\d)"), "<phone>"),  # other international numbers
+]
+
+
+def mask(text: str) -> str:
+    """The text with personal identifiers replaced by <email>, <id> and <phone>."""
+    for pattern, placeholder in _MASKS:
+        text = pattern.sub(placeholder, text)
+    return text
+
+
+def _clip(text: str | None, n: int) -> str | None:
+    if text is None:
+        return None
+    text = mask(text)  # before clipping, so a number cut in half is still masked
+    return text if len(text) <= n else text[:n] + "…"
+
+
+@dataclass
+class RequestRecord:
+    """What one request did, filled in by the route and written when the response ends."""
+
+    request_id: str
+    method: str
+    path: str
+    started: float = field(default_factory=time.perf_counter)
+    task: str | None = None
+    input: str | None = None
+    prompt: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    output: str | None = None
+    status: int = 0
+    error: str | None = None
+    first_token_ms: float | None = None
+
+    def add_usage(self, usage: Usage | None) -> None:
+        if usage is not None:
+            self.usage.prompt_tokens += usage.prompt_tokens
+            self.usage.cached_tokens += usage.cached_tokens
+            self.usage.completion_tokens += usage.completion_tokens
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def mark_first_token(self) -> None:
+        if self.first_token_ms is None:
+            self.first_token_ms = round(self.elapsed_ms(), 1)
+
+    def as_log(self, input_chars: int) -> dict[str, Any]:
+        return {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "task": self.task,
+            "input": _clip(self.input, input_chars),
+            "prompt": _clip(self.prompt, PROMPT_CHARS),
+            "prompt_tokens": self.usage.prompt_tokens,
+            "cached_tokens": self.usage.cached_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "latency_ms": round(self.elapsed_ms(), 1),
+            "first_token_ms": self.first_token_ms,
+            "output": _clip(self.output, input_chars),
+            "status": self.status,
+            "error": self.error,
+        }
+
+
+def _level(name: str) -> int:
+    level = logging.getLevelName(name.upper())
+    if not isinstance(level, int):
+        raise AllInOneError(f"unknown log level '{name}'; use DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+class RequestLog:
+    """The request log of one app: its own logger, writing JSON lines to the configured destination."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.input_chars = settings.log_input_chars
+        self.logger = logging.Logger("allinone.requests", _level(settings.log_level))  # not global: one per app
+        if settings.log_file is not None:
+            settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler: logging.Handler = logging.FileHandler(settings.log_file, encoding="utf-8")
+        else:
+            handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self.logger.addHandler(handler)
+
+    def write(self, record: RequestRecord, level: int = logging.INFO) -> None:
+        if self.logger.isEnabledFor(level):
+            self.logger.log(level, json.dumps(record.as_log(self.input_chars), ensure_ascii=False))
+
+    def close(self) -> None:
+        for handler in self.logger.handlers:
+            handler.close()

@@ -1,0 +1,85 @@
+"""`create_app(settings)`: the FastAPI app holding one model that serves every task."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from ..logs import RequestLog
+from ..router import Router
+from ..sessions import MemorySessions
+from ..settings import Settings
+from . import errors, openai_compat, routes
+from .metrics import Metrics
+from .middleware import BodyLimit, Observe
+from .schemas import ErrorOut
+from .state import Services
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("allinone.server")
+
+DESCRIPTION = """\
+One small local LLM, loaded once, serving every prompt-defined task.
+
+* **Tasks**: `POST /v1/tasks/{name}` runs any task (`GET /v1/tasks` lists them).
+* **Original service**: `POST /analyze` and `POST /chat`, unchanged for existing clients.
+* **Combined flow**: `POST /v1/analyze_and_reply`, the sentiment line then the reply (streamable).
+* **OpenAI-compatible**: `POST /v1/chat/completions` and `GET /v1/models`; every task is a model
+  `allinone-<task>`.
+* Errors are JSON: `{"error": {"type", "message", "message_zh"}}`; empty text is 400, an unknown task 404,
+  a malformed body 422, an over-large body 413.
+* Streams are server-sent events; generation stops when the client disconnects.
+"""
+
+
+def _version() -> str:
+    try:
+        return version("qwen-allinone")
+    except PackageNotFoundError:
+        return "0"
+
+
+def create_app(settings: Settings | None = None, router: Router | None = None) -> FastAPI:
+    """The app; the model is loaded at startup (or taken from an injected `router`)."""
+    settings = settings or Settings()
+    owns_engine = router is None or not router.loaded
+    router = router or Router(settings)
+    shared = Services(settings, router, MemorySessions(settings.max_sessions), Metrics(), RequestLog(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        start = time.perf_counter()
+        engine = await run_in_threadpool(lambda: shared.router.engine)  # load once, off the event loop
+        shared.metrics.model_loaded = 1
+        log.info("model %s ready in %.1f s", engine.info.model, time.perf_counter() - start)
+        try:
+            yield
+        finally:
+            shared.metrics.model_loaded = 0
+            if owns_engine:
+                engine.close()
+            shared.log.close()
+
+    app = FastAPI(
+        title="qwen-allinone",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses={422: {"model": ErrorOut, "description": "Malformed JSON or invalid fields"}},
+    )
+    app.state.services = shared
+    errors.install(app)
+    app.include_router(routes.router)
+    app.include_router(openai_compat.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(Observe, log=shared.log, metrics=shared.metrics)  # outermost: sees the 413s too
+    return app

@@ -1,0 +1,119 @@
+"""Model calls from async routes: classification off the event loop, and streamed or joined replies."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from ..classify import Classification
+from ..engines.base import Chunk, Usage
+from ..errors import EmptyText
+from ..logs import RequestRecord
+from .schemas import Timing, UsageOut
+from .state import record, services
+from .streaming import END, ThreadedStream, follow
+
+
+def require_text(text: str) -> str:
+    """Validate text at the edge: empty or whitespace-only is a 400 in both languages."""
+    if not text.strip():
+        raise EmptyText()
+    return text
+
+
+def usage_out(usage: Usage) -> UsageOut:
+    return UsageOut(**asdict(usage))
+
+
+def timing(rec: RequestRecord, sentiment_ms: float | None = None) -> Timing:
+    return Timing(total_ms=round(rec.elapsed_ms(), 1), first_token_ms=rec.first_token_ms, sentiment_ms=sentiment_ms)
+
+
+def note(request: Request, task: str, text: str) -> RequestRecord:
+    """Put the task, its input and the head of its prompt in the request's record."""
+    rec = record(request)
+    rec.task, rec.input, rec.prompt = task, text, services(request).router.prompt_head(task)
+    return rec
+
+
+async def classify(request: Request, task: str, text: str) -> Classification:
+    """Run a classify task in the thread pool, filling in the request's record."""
+    rec = note(request, task, text)
+    result = await run_in_threadpool(services(request).router.classify, task, require_text(text))
+    rec.add_usage(result.usage)
+    rec.output = result.label
+    return result
+
+
+@dataclass
+class Reply:
+    """What a generation has produced so far; its usage adds up in the request's record."""
+
+    rec: RequestRecord
+    parts: list[str] = field(default_factory=list)
+    finish_reason: Any = None
+    classification: Classification | None = None
+    sentiment_ms: float | None = None
+
+    def add(self, item: Classification | Chunk) -> None:
+        if isinstance(item, Classification):
+            self.classification = item
+            self.sentiment_ms = round(self.rec.elapsed_ms(), 1)
+            self.rec.add_usage(item.usage)
+            return
+        if item.text:
+            self.rec.mark_first_token()
+            self.parts.append(item.text)
+        if item.usage is not None:
+            self.finish_reason = item.finish_reason
+            self.rec.add_usage(item.usage)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def summary(self) -> str:
+        """For the log: the reply, after the label in the combined flow."""
+        return f"{self.classification.label} | {self.text}" if self.classification else self.text
+
+
+async def start_stream(items: Iterator[Any]) -> tuple[ThreadedStream[Any], Any]:
+    """Step a generator once before answering, so that its errors (empty text, prompt too long) become
+    HTTP statuses rather than a broken stream."""
+    stream: ThreadedStream[Any] = ThreadedStream(items)
+    try:
+        first = await stream.next()
+    except BaseException:
+        await stream.aclose()
+        raise
+    return stream, first
+
+
+async def items_of(request: Request, stream: ThreadedStream[Any], first: Any) -> AsyncGenerator[Any, None]:
+    """The first item, then the rest until the end or until the client goes away."""
+    if first is END:
+        await stream.aclose()
+        return
+    yield first
+    async with aclosing(follow(request, stream)) as rest:
+        async for item in rest:
+            yield item
+
+
+async def join(request: Request, items: Iterator[Any]) -> Reply:
+    """Run a generation to its end (or until the client goes away) and collect it."""
+    reply = Reply(record(request))
+    stream, first = await start_stream(items)
+    try:
+        async with aclosing(items_of(request, stream, first)) as all_items:
+            async for item in all_items:
+                reply.add(item)
+    finally:
+        await stream.aclose()
+        reply.rec.output = reply.summary()
+    return reply

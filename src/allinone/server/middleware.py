@@ -1,0 +1,102 @@
+"""ASGI middleware: the request-body limit, and the record, log line and metrics of every request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..logs import RequestLog, RequestRecord
+from .errors import error_body
+from .metrics import Metrics
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_QUIET = ("/health", "/metrics", "/static/", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
+
+
+def _too_large(limit: int) -> str:
+    return f"request body larger than {limit} bytes"
+
+
+class BodyLimit:
+    """Refuse bodies over `limit` bytes with 413: by Content-Length at once, else while reading."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, _too_large(self.limit))
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = json.dumps(error_body("request_too_large", _too_large(self.limit)), ensure_ascii=False).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class Observe:
+    """Gives each request a record (request id, timing, what the route filled in); when the response has
+    ended, the last byte of a stream included, writes the log line and the metrics."""
+
+    def __init__(self, app: ASGIApp, log: RequestLog, metrics: Metrics) -> None:
+        self.app = app
+        self.log = log
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        record = RequestRecord(
+            given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16], scope["method"], scope["path"]
+        )
+        scope.setdefault("state", {})["record"] = record
+        quiet = scope["path"] == "/" or scope["path"].startswith(_QUIET)
+        if not quiet:
+            self.metrics.started()
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", record.request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        except BaseException:
+            if record.status in (0, 200):
+                record.status = 500
+            raise
+        finally:
+            self._finish(scope, record, quiet)
+
+    def _finish(self, scope: Scope, record: RequestRecord, quiet: bool) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        task = record.task or ""
+        self.metrics.finished(task, route, record.status, record.elapsed_ms() / 1000, record.usage, counted=not quiet)
+        level = logging.ERROR if record.status >= 500 else logging.DEBUG if quiet else logging.INFO
+        self.log.write(record, level)

@@ -1,0 +1,258 @@
+"""The service's own routes: tasks, the original /analyze and /chat, the combined flow, sessions, health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+
+from ..chat import ChatSession, split_messages
+from ..classify import Classification
+from ..errors import AllInOneError, InvalidInput
+from ..sessions import open_session
+from . import metrics as metrics_module
+from .calls import Reply, classify, items_of, join, note, require_text, start_stream, timing, usage_out
+from .errors import domain_error
+from .schemas import (
+    AnalyzeAndReplyRequest,
+    AnalyzeAndReplyResponse,
+    AnalyzeRequest,
+    AnalyzeResponse,
+    ChatRequest,
+    ChatResponse,
+    ClassifyResponse,
+    ErrorOut,
+    GenerateResponse,
+    HealthOut,
+    Sentiment,
+    SessionOut,
+    TaskInfo,
+    TaskRequest,
+    TaskResponse,
+    TurnOut,
+)
+from .state import Services, record, services
+from .streaming import EventStream, ThreadedStream, sse
+
+router = APIRouter()
+
+INDEX = Path(__file__).parent / "static" / "index.html"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Empty text or an unusable option"},
+    404: {"model": ErrorOut, "description": "Unknown task or session"},
+    413: {"model": ErrorOut, "description": "Body or prompt too large"},
+}
+_SSE_EXAMPLE = (
+    'event: sentiment\ndata: {"sentiment": "负面", "label": "negative", "display": "😡 LLM 情感判断: 负面", ...}\n\n'
+    'event: token\ndata: {"text": "辛苦"}\n\n'
+    'event: done\ndata: {"reply": "辛苦了……", "finish_reason": "stop", "session_id": "…", "usage": {…}, '
+    '"timing": {…}}\n\n'
+)
+_STREAMS: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"example": _SSE_EXAMPLE}}, "description": "JSON, or SSE"}
+}
+
+
+def sentiment_out(result: Classification, svc: Services) -> Sentiment:
+    label = svc.router.task(result.task).label(result.label)
+    return Sentiment(
+        sentiment=label.display,
+        label=result.label,
+        display=result.display,
+        probabilities=result.probabilities,
+        usage=usage_out(result.usage),
+    )
+
+
+def event_stream(request: Request, stream: ThreadedStream[Any], first: Any, done: dict[str, Any]) -> EventStream:
+    """SSE: `sentiment` (combined flow), `token`s, then `done` with the totals, or `error`."""
+    svc, rec = services(request), record(request)
+    reply = Reply(rec)
+
+    async def body() -> AsyncGenerator[str, None]:
+        try:
+            async with aclosing(items_of(request, stream, first)) as all_items:
+                async for item in all_items:
+                    reply.add(item)
+                    if isinstance(item, Classification):
+                        yield sse(sentiment_out(item, svc).model_dump(), "sentiment")
+                    elif item.text:
+                        yield sse({"text": item.text}, "token")
+        except AllInOneError as e:  # the response has started: the error becomes an event
+            rec.status, payload = domain_error(e)
+            rec.error = payload["error"]["type"]
+            yield sse(payload, "error")
+            return
+        finally:
+            await stream.aclose()
+            rec.output = reply.summary()
+        if rec.status != 499:
+            end = {"reply": reply.text, "finish_reason": reply.finish_reason, **done}
+            end |= {"usage": usage_out(rec.usage).model_dump(), "timing": timing(rec, reply.sentiment_ms).model_dump()}
+            yield sse(end, "done")
+
+    return EventStream(body())
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(INDEX, media_type="text/html; charset=utf-8")
+
+
+@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}}, tags=["service"])
+async def health(request: Request) -> Any:
+    """Ready (200) once the model is loaded; 503 while it loads."""
+    svc = services(request)
+    if not svc.router.loaded:
+        return JSONResponse(HealthOut(status="loading", ready=False).model_dump(), status_code=503)
+    info = svc.router.engine.info
+    return HealthOut(status="ok", ready=True, model=info.model, backend=info.backend, tasks=task_infos(svc))
+
+
+@router.get("/metrics", response_class=PlainTextResponse, tags=["service"])
+async def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus text: requests, latency histograms and tokens per task, cache-hit tokens, in-flight requests."""
+    return PlainTextResponse(services(request).metrics.render(), media_type=metrics_module.CONTENT_TYPE)
+
+
+def task_infos(svc: Services) -> list[TaskInfo]:
+    return [
+        TaskInfo(
+            name=t.name,
+            kind=t.kind,
+            description=" ".join(t.description.split()),
+            model_id=f"allinone-{t.name}",
+            labels=[label.id for label in t.labels] if t.labels else None,
+        )
+        for t in svc.router.tasks.values()
+    ]
+
+
+@router.get("/v1/tasks", response_model=list[TaskInfo], tags=["tasks"])
+async def list_tasks(request: Request) -> list[TaskInfo]:
+    """Every task the model serves."""
+    return task_infos(services(request))
+
+
+@router.post(
+    "/v1/tasks/{name}",
+    response_model=TaskResponse,
+    responses={**_ERRORS, **_STREAMS},
+    tags=["tasks"],
+)
+async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
+    """Run any task. Classify tasks return the label, display line and probabilities; generate tasks
+    return text (`stream: true` for server-sent events). Options override the task's defaults."""
+    svc, rec = services(request), record(request)
+    task = svc.router.task(name)
+    messages = [m.message() for m in body.messages] if body.messages else None
+    text = split_messages(messages)[2] if messages else (body.text or "")
+    if task.kind == "classify":
+        if body.model_extra:  # generation overrides do not apply and are ignored; unknown names are mistakes
+            raise InvalidInput(f"unknown option(s) for classify task '{name}': {', '.join(sorted(body.model_extra))}")
+        result = await classify(request, name, text)
+        out = ClassifyResponse(
+            task=name,
+            label=result.label,
+            display=result.display,
+            probabilities=result.probabilities,
+            truncated=result.truncated,
+            usage=usage_out(result.usage),
+            timing=timing(rec),
+        )
+        return EventStream(_one_event(out.model_dump(), "result")) if body.stream else out
+    note(request, name, require_text(text))
+    session = open_session(svc.sessions, body.session_id) if body.session_id and task.multi_turn else None
+    if messages:
+        items = svc.router.stream_messages(name, messages, body.options())
+    else:
+        items = svc.router.stream(name, text, session, body.options())
+    session_id = session.id if session else None
+    if body.stream:
+        stream, first = await start_stream(items)
+        return event_stream(request, stream, first, {"session_id": session_id})
+    reply = await join(request, items)
+    return GenerateResponse(
+        task=name,
+        text=reply.text,
+        finish_reason=reply.finish_reason,
+        session_id=session_id,
+        usage=usage_out(rec.usage),
+        timing=timing(rec),
+    )
+
+
+async def _one_event(data: dict[str, Any], event: str) -> AsyncGenerator[str, None]:
+    yield sse(data, event)
+
+
+@router.post("/analyze", response_model=AnalyzeResponse, responses=_ERRORS, tags=["original service"])
+async def analyze(body: AnalyzeRequest, request: Request) -> AnalyzeResponse:
+    """The original service's sentiment route: `{"text"}` -> `{"sentiment": "正面" | "负面", ...}`."""
+    svc = services(request)
+    result = await classify(request, "sentiment", body.text)
+    s = sentiment_out(result, svc)
+    return AnalyzeResponse(**s.model_dump(), timing=timing(record(request)))
+
+
+@router.post("/chat", response_model=ChatResponse, responses=_ERRORS, tags=["original service"])
+async def chat(body: ChatRequest, request: Request) -> ChatResponse:
+    """The original service's chat route: `{"text", "session_id"?}` -> `{"reply", "session_id", ...}`."""
+    svc, rec = services(request), note(request, "chat", body.text)
+    session = open_session(svc.sessions, body.session_id)
+    reply = await join(request, svc.router.stream("chat", require_text(body.text), session))
+    return ChatResponse(reply=reply.text, session_id=session.id, usage=usage_out(rec.usage), timing=timing(rec))
+
+
+@router.post(
+    "/v1/analyze_and_reply",
+    response_model=AnalyzeAndReplyResponse,
+    responses={**_ERRORS, **_STREAMS},
+    tags=["combined"],
+)
+async def analyze_and_reply(body: AnalyzeAndReplyRequest, request: Request) -> Any:
+    """The sentiment line first, then the assistant's reply that knows it, in the same session.
+    With `stream: true`: SSE `sentiment`, then `token` events, then `done`."""
+    svc, rec = services(request), note(request, "chat", body.text)
+    rec.task = "analyze_and_reply"
+    session = open_session(svc.sessions, body.session_id)
+    items = svc.router.analyze_and_reply(session, require_text(body.text), body.options())
+    if body.stream:
+        stream, first = await start_stream(items)
+        return event_stream(request, stream, first, {"session_id": session.id})
+    reply = await join(request, items)
+    assert reply.classification is not None
+    return AnalyzeAndReplyResponse(
+        sentiment=sentiment_out(reply.classification, svc),
+        reply=reply.text,
+        finish_reason=reply.finish_reason,
+        session_id=session.id,
+        usage=usage_out(rec.usage),
+        timing=timing(rec, reply.sentiment_ms),
+    )
+
+
+def session_out(session: ChatSession) -> SessionOut:
+    turns = [TurnOut(role=t.role, content=t.content, sentiment=t.sentiment) for t in session.turns]
+    return SessionOut(session_id=session.id, turns=turns)
+
+
+@router.get("/v1/sessions/{session_id}", response_model=SessionOut, responses=_ERRORS, tags=["sessions"])
+async def get_session(session_id: str, request: Request) -> SessionOut:
+    """A session's conversation so far."""
+    return session_out(services(request).sessions.get(session_id))
+
+
+@router.delete("/v1/sessions/{session_id}", status_code=204, tags=["sessions"])
+async def delete_session(session_id: str, request: Request) -> Response:
+    """Forget a session (the page's reset button). Deleting an unknown session is not an error."""
+    services(request).sessions.delete(session_id)
+    return Response(status_code=204)

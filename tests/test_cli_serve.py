@@ -1,0 +1,51 @@
+"""`allinone serve`: loads the model, runs uvicorn on the configured address, warns off loopback."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from click.testing import CliRunner
+
+from allinone import cli as cli_module
+from allinone import router as router_module
+from tests.fakes import FakeEngine
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    calls: dict[str, Any] = {}
+    monkeypatch.setenv("ALLINONE_HOME", str(tmp_path))
+    monkeypatch.setattr(router_module, "load_engine", lambda settings: FakeEngine(lambda p, w: math.log(0.5)))
+
+    def run(app: Any, **kwargs: Any) -> None:
+        calls.update(kwargs, app=app)
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    return calls
+
+
+def test_serve_runs_the_app_on_loopback_port_8000_by_default(served: dict[str, Any]) -> None:
+    result = CliRunner().invoke(cli_module.cli, ["serve"])
+    assert result.exit_code == 0, result.output
+    assert (served["host"], served["port"]) == ("127.0.0.1", 8000)
+    assert served["app"].state.services.router.loaded  # loaded before serving
+    assert "warning" not in result.output
+
+
+def test_serve_takes_host_and_port_and_warns_off_loopback(served: dict[str, Any]) -> None:
+    result = CliRunner().invoke(cli_module.cli, ["serve", "--host", "0.0.0.0", "--port", "9123"])
+    assert result.exit_code == 0, result.output
+    assert (served["host"], served["port"]) == ("0.0.0.0", 9123)
+    assert "warning: listening on 0.0.0.0" in result.output
+
+
+def test_serve_with_a_missing_model_file_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ALLINONE_HOME", str(tmp_path))
+    result = CliRunner().invoke(cli_module.cli, ["serve", "--model", str(tmp_path / "missing.gguf")])
+    assert result.exit_code == 2
+    assert result.output.startswith("loading the model") and "error:" in result.output
+    assert "Traceback" not in result.output

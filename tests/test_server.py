@@ -1,0 +1,505 @@
+"""The HTTP service on the fake engine, through the ASGI client: every endpoint and every error path."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from allinone import router as router_module
+from allinone.engines.base import Chunk, GenParams, Prompt, Usage
+from allinone.errors import ContextOverflow, EngineError
+from allinone.router import Router
+from allinone.server import create_app
+from allinone.settings import Settings
+from tests.fakes import FakeEngine
+
+
+def negative(prompt: str, word: str) -> float:
+    return math.log(0.9) if word == "负面" else math.log(0.1)
+
+
+def make_client(tmp_path: Path, engine: FakeEngine | None = None, **overrides: Any) -> TestClient:
+    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)
+    app = create_app(settings, Router(settings, engine or FakeEngine(negative)))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine(negative)
+
+
+@pytest.fixture
+def client(tmp_path: Path, engine: FakeEngine) -> Iterator[TestClient]:
+    with make_client(tmp_path, engine) as c:
+        yield c
+
+
+def events(body: str) -> list[tuple[str, Any]]:
+    """Server-sent events as (event, data); `message` when unnamed, data JSON-decoded unless [DONE]."""
+    out = []
+    for block in body.strip().split("\n\n"):
+        event = re.search(r"^event: (.*)$", block, re.M)
+        data = re.search(r"^data: (.*)$", block, re.M)
+        assert data, block
+        raw = data.group(1)
+        out.append((event.group(1) if event else "message", raw if raw == "[DONE]" else json.loads(raw)))
+    return out
+
+
+def log_lines(tmp_path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (tmp_path / "requests.log").read_text(encoding="utf-8").splitlines()]
+
+
+# --- health, startup, page, docs ----------------------------------------------------------------
+
+
+def test_health_reports_ready_with_the_model_and_its_tasks(client: TestClient) -> None:
+    r = client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["ready"] is True and body["model"] == "fake-model"
+    assert {t["name"] for t in body["tasks"]} >= {"sentiment", "chat"}
+
+
+def test_health_is_503_until_startup_has_loaded_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loads: list[int] = []
+
+    def load(settings: Settings) -> FakeEngine:
+        loads.append(1)
+        return FakeEngine(negative)
+
+    monkeypatch.setattr(router_module, "load_engine", load)
+    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log")
+    app = create_app(settings)  # building the app does no work
+    assert loads == []
+    assert TestClient(app).get("/health").status_code == 503  # no lifespan: nothing loaded
+    with TestClient(app) as c:
+        assert loads == [1]
+        assert c.get("/health").json()["ready"] is True
+        c.post("/analyze", json={"text": "好"})
+        c.post("/v1/tasks/chat", json={"text": "hi"})
+    assert loads == [1]  # once, for every task
+
+
+def test_page_is_served_with_its_buttons_and_no_external_assets(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for label in ("分析情感", "开始对话", "发送", "重置对话"):
+        assert label in page.text
+    assets = [client.get(p) for p in ("/static/app.js", "/static/style.css")]
+    assert all(a.status_code == 200 for a in assets)
+    for text in [page.text, *(a.text for a in assets)]:
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I)  # no CDN, works offline
+
+
+def test_openapi_docs_describe_every_route_with_examples(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    for path in (
+        "/v1/tasks/{name}",
+        "/analyze",
+        "/chat",
+        "/v1/analyze_and_reply",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/health",
+        "/metrics",
+    ):
+        assert path in spec["paths"], path
+    schemas = spec["components"]["schemas"]
+    for name in ("TaskRequest", "AnalyzeRequest", "ChatRequest", "AnalyzeAndReplyRequest", "ChatCompletionRequest"):
+        assert schemas[name].get("examples"), name
+
+
+# --- /v1/tasks/{name} ---------------------------------------------------------------------------
+
+
+def test_classify_task_returns_label_display_probabilities_usage_and_timing(client: TestClient) -> None:
+    r = client.post("/v1/tasks/sentiment", json={"text": "这家酒店服务太差了"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["kind"] == "classify" and body["label"] == "negative"
+    assert body["display"] == "😡 LLM 情感判断: 负面"
+    assert body["probabilities"] == pytest.approx({"positive": 0.1, "negative": 0.9})
+    assert body["usage"]["prompt_tokens"] > 0 and set(body["usage"]) == {
+        "prompt_tokens",
+        "cached_tokens",
+        "completion_tokens",
+    }
+    assert body["timing"]["total_ms"] >= 0
+
+
+def test_generate_task_returns_text_with_request_overrides_applied(client: TestClient, engine: FakeEngine) -> None:
+    engine.enqueue("你好呀")
+    r = client.post("/v1/tasks/chat", json={"text": "你好", "max_tokens": 7, "temperature": 0.2, "seed": 3})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["text"] == "你好呀" and body["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == 3 and body["timing"]["first_token_ms"] is not None
+    assert (engine.params[-1].max_tokens, engine.params[-1].temperature, engine.params[-1].seed) == (7, 0.2, 3)
+
+
+def test_generate_task_streams_tokens_then_done(client: TestClient, engine: FakeEngine) -> None:
+    engine.enqueue("abc")
+    r = client.post("/v1/tasks/chat", json={"text": "hi", "stream": True})
+    assert r.headers["content-type"].startswith("text/event-stream")
+    evs = events(r.text)
+    assert [e for e, _ in evs] == ["token", "token", "token", "done"]
+    assert "".join(d["text"] for e, d in evs if e == "token") == "abc"
+    assert evs[-1][1]["reply"] == "abc" and evs[-1][1]["usage"]["completion_tokens"] == 3
+
+
+def test_generate_task_takes_a_conversation_as_messages(client: TestClient, engine: FakeEngine) -> None:
+    messages = [
+        {"role": "system", "content": "You are a pirate."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "arr"},
+        {"role": "user", "content": "who are you?"},
+    ]
+    r = client.post("/v1/tasks/chat", json={"messages": messages})
+    assert r.status_code == 200
+    prompt = engine.prompts[-1].text
+    assert "You are a pirate." in prompt and "温暖" not in prompt  # the request's system prompt replaces the task's
+    assert prompt.index("hi") < prompt.index("arr") < prompt.index("who are you?")
+
+
+def test_multi_turn_task_keeps_history_under_a_session_id(client: TestClient, engine: FakeEngine) -> None:
+    engine.enqueue("first", "second")
+    client.post("/v1/tasks/chat", json={"text": "one", "session_id": "s-1"})
+    r = client.post("/v1/tasks/chat", json={"text": "two", "session_id": "s-1"})
+    assert r.json()["session_id"] == "s-1"
+    assert "first" in engine.prompts[-1].text  # the earlier reply is in the second prompt
+    turns = client.get("/v1/sessions/s-1").json()["turns"]
+    assert [t["content"] for t in turns] == ["one", "first", "two", "second"]
+
+
+def test_task_list_names_each_task_with_its_model_id(client: TestClient) -> None:
+    tasks = {t["name"]: t for t in client.get("/v1/tasks").json()}
+    assert tasks["sentiment"]["model_id"] == "allinone-sentiment" and tasks["sentiment"]["labels"]
+
+
+# --- the original service's routes --------------------------------------------------------------
+
+
+def test_analyze_answers_in_the_original_shape(client: TestClient) -> None:
+    r = client.post("/analyze", json={"text": "这家酒店服务太差了，再也不来了"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["sentiment"] == "负面" and body["label"] == "negative"
+    assert "usage" in body and "timing" in body
+
+
+def test_chat_answers_a_reply_and_continues_the_session(client: TestClient, engine: FakeEngine) -> None:
+    engine.enqueue("你好！", "记得。")
+    first = client.post("/chat", json={"text": "你好"}).json()
+    assert first["reply"] == "你好！" and first["session_id"]
+    second = client.post("/chat", json={"text": "记得我吗", "session_id": first["session_id"]}).json()
+    assert second["reply"] == "记得。" and second["session_id"] == first["session_id"]
+    assert "你好！" in engine.prompts[-1].text
+
+
+def test_session_can_be_read_and_deleted(client: TestClient) -> None:
+    sid = client.post("/chat", json={"text": "hi"}).json()["session_id"]
+    assert len(client.get(f"/v1/sessions/{sid}").json()["turns"]) == 2
+    assert client.delete(f"/v1/sessions/{sid}").status_code == 204
+    r = client.get(f"/v1/sessions/{sid}")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "session_not_found"
+
+
+# --- the combined flow --------------------------------------------------------------------------
+
+
+def test_analyze_and_reply_gives_sentiment_and_reply_in_one_session(client: TestClient, engine: FakeEngine) -> None:
+    engine.enqueue("抱抱你。")
+    body = client.post("/v1/analyze_and_reply", json={"text": "我好难过", "session_id": "c-1"}).json()
+    assert body["sentiment"]["display"] == "😡 LLM 情感判断: 负面" and body["sentiment"]["sentiment"] == "负面"
+    assert body["reply"] == "抱抱你。" and body["session_id"] == "c-1"
+    assert body["usage"]["prompt_tokens"] > body["sentiment"]["usage"]["prompt_tokens"]  # both calls counted
+    assert body["timing"]["sentiment_ms"] <= body["timing"]["total_ms"]
+    assert client.get("/v1/sessions/c-1").json()["turns"][0]["sentiment"] == "负面"
+
+
+def test_analyze_and_reply_streams_the_sentiment_first_then_tokens(client: TestClient, engine: FakeEngine) -> None:
+    engine.enqueue("嗯嗯")
+    r = client.post("/v1/analyze_and_reply", json={"text": "我好难过", "stream": True})
+    evs = events(r.text)
+    assert [e for e, _ in evs] == ["sentiment", "token", "token", "done"]
+    assert evs[0][1]["display"] == "😡 LLM 情感判断: 负面"
+    assert evs[-1][1]["reply"] == "嗯嗯" and evs[-1][1]["session_id"]
+
+
+# --- OpenAI-compatible --------------------------------------------------------------------------
+
+
+def chat_body(model: str, content: str = "你好", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def test_models_list_every_task_as_a_model_id(client: TestClient) -> None:
+    body = client.get("/v1/models").json()
+    assert body["object"] == "list"
+    assert {"allinone-chat", "allinone-sentiment"} <= {m["id"] for m in body["data"]}
+
+
+def test_chat_completion_for_a_generate_task(client: TestClient, engine: FakeEngine) -> None:
+    engine.enqueue("hello")
+    body = client.post("/v1/chat/completions", json=chat_body("allinone-chat", max_tokens=9)).json()
+    assert body["object"] == "chat.completion" and body["model"] == "allinone-chat"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 5
+    assert "cached_tokens" in body["usage"]["prompt_tokens_details"]
+    assert engine.params[-1].max_tokens == 9
+
+
+def test_chat_completion_for_a_classify_task_answers_the_display_line(client: TestClient) -> None:
+    body = client.post("/v1/chat/completions", json=chat_body("allinone-sentiment", "太差了")).json()
+    assert body["choices"][0]["message"]["content"] == "😡 LLM 情感判断: 负面"
+    assert body["classification"]["label"] == "negative"
+    assert body["classification"]["probabilities"]["negative"] == pytest.approx(0.9)
+
+
+def test_chat_completion_accepts_the_bare_task_name_and_text_parts(client: TestClient, engine: FakeEngine) -> None:
+    engine.enqueue("ok")
+    parts = [{"type": "text", "text": "你"}, {"type": "text", "text": "好"}]
+    r = client.post("/v1/chat/completions", json={"model": "chat", "messages": [{"role": "user", "content": parts}]})
+    assert r.status_code == 200
+    assert "你好" in engine.prompts[-1].text
+
+
+def test_chat_completion_stream_ends_with_done_and_can_include_usage(client: TestClient, engine: FakeEngine) -> None:
+    engine.enqueue("abc")
+    body = chat_body("allinone-chat", stream=True, stream_options={"include_usage": True})
+    evs = [d for _, d in events(client.post("/v1/chat/completions", json=body).text)]
+    assert evs[-1] == "[DONE]"
+    chunks = evs[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "abc"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_chat_completion_stream_for_a_classify_task_is_one_chunk(client: TestClient) -> None:
+    evs = [d for _, d in events(client.post("/v1/chat/completions", json=chat_body("sentiment", stream=True)).text)]
+    assert len(evs) == 2 and evs[-1] == "[DONE]"
+    assert evs[0]["choices"][0]["delta"]["content"] == "😡 LLM 情感判断: 负面"
+    assert evs[0]["choices"][0]["finish_reason"] == "stop" and evs[0]["classification"]["label"] == "negative"
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+EMPTY_TEXT_REQUESTS = [
+    ("/analyze", {"text": ""}),
+    ("/analyze", {"text": "   \n\t"}),
+    ("/chat", {"text": " "}),
+    ("/v1/tasks/sentiment", {"text": ""}),
+    ("/v1/tasks/chat", {"text": "  "}),
+    ("/v1/tasks/chat", {"text": " ", "stream": True}),
+    ("/v1/analyze_and_reply", {"text": ""}),
+    ("/v1/analyze_and_reply", {"text": "  ", "stream": True}),
+    ("/v1/chat/completions", chat_body("allinone-chat", " ")),
+    ("/v1/chat/completions", chat_body("allinone-sentiment", "", stream=True)),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), EMPTY_TEXT_REQUESTS)
+def test_empty_text_is_400_in_chinese_and_english(client: TestClient, path: str, body: dict[str, Any]) -> None:
+    r = client.post(path, json=body)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["type"] == "invalid_input"
+    assert error["message_zh"] == "请输入文本" and "empty text" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1/tasks/nope", {"text": "hi"}), ("/v1/chat/completions", chat_body("allinone-nope"))],
+)
+def test_unknown_task_is_404(client: TestClient, path: str, body: dict[str, Any]) -> None:
+    r = client.post(path, json=body)
+    assert r.status_code == 404
+    assert r.json()["error"]["type"] == "task_not_found" and "sentiment" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/analyze", b'{"text": "unterminated'),
+        ("/analyze", b"not json at all"),
+        ("/analyze", {"texts": "typo"}),
+        ("/analyze", {"text": 123}),
+        ("/analyze", ["text"]),
+        ("/chat", {"text": "hi", "session_id": "bad id with spaces"}),
+        ("/v1/tasks/sentiment", {}),
+        ("/v1/tasks/sentiment", {"text": "a", "messages": [{"role": "user", "content": "b"}]}),
+        ("/v1/tasks/chat", {"text": "a", "temperature": 9}),
+        ("/v1/tasks/chat", {"text": "a", "max_tokens": 0}),
+        ("/v1/tasks/chat", {"messages": [{"role": "robot", "content": "b"}]}),
+        ("/v1/analyze_and_reply", {"text": "a", "bogus": 1}),
+        ("/v1/chat/completions", {"model": "allinone-chat"}),
+        ("/v1/chat/completions", {"model": "allinone-chat", "messages": []}),
+        ("/v1/chat/completions", {**chat_body("allinone-chat"), "n": 2}),
+    ],
+)
+def test_malformed_json_or_fields_are_422(client: TestClient, path: str, body: Any) -> None:
+    r = client.post(path, content=body) if isinstance(body, bytes) else client.post(path, json=body)
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["type"] == "validation_error" and error["message"] and error["details"]
+
+
+def test_body_over_the_limit_is_413_by_length_or_while_streaming_in(tmp_path: Path) -> None:
+    with make_client(tmp_path, max_body_bytes=2048) as c:
+        big = {"text": "好" * 5000}
+        r = c.post("/analyze", json=big)
+        assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
+        chunked = c.post("/analyze", content=iter([b'{"text": "', b"x" * 4096, b'"}']))  # no Content-Length
+        assert chunked.status_code == 413 and chunked.json()["error"]["type"] == "request_too_large"
+        assert c.post("/analyze", json={"text": "好" * 100}).status_code == 200
+
+
+class OverflowEngine(FakeEngine):
+    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
+        raise ContextOverflow("the prompt is 9000 tokens; the context holds 4096")
+        yield Chunk("")  # a generator, like the real engine
+
+
+def test_prompt_over_the_context_is_413(tmp_path: Path) -> None:
+    with make_client(tmp_path, OverflowEngine(negative)) as c:
+        for body in ({"text": "long"}, {"text": "long", "stream": True}):
+            r = c.post("/v1/tasks/chat", json=body)
+            assert r.status_code == 413 and r.json()["error"]["type"] == "context_overflow"
+
+
+class FailingEngine(FakeEngine):
+    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
+        yield Chunk("part")
+        raise EngineError("llama_decode failed with code 1")
+
+
+def test_an_engine_failure_mid_stream_ends_the_stream_with_an_error_event(tmp_path: Path) -> None:
+    with make_client(tmp_path, FailingEngine(negative)) as c:
+        evs = events(c.post("/v1/analyze_and_reply", json={"text": "hi", "stream": True}).text)
+        assert [e for e, _ in evs] == ["sentiment", "token", "error"]
+        assert evs[-1][1]["error"]["type"] == "engine_error"
+        openai = events(c.post("/v1/chat/completions", json=chat_body("chat", stream=True)).text)
+        assert openai[-1][1]["error"]["type"] == "engine_error"
+        joined = c.post("/chat", json={"text": "hi"})
+        assert joined.status_code == 503 and joined.json()["error"]["type"] == "engine_error"
+
+
+@pytest.mark.parametrize("task", ["chat", "sentiment"])
+def test_an_option_the_task_does_not_have_is_400(client: TestClient, task: str) -> None:
+    r = client.post(f"/v1/tasks/{task}", json={"text": "hi", "lenght": "short"})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_input" and "lenght" in r.json()["error"]["message"]
+
+
+def test_unknown_route_and_wrong_method_have_the_error_shape(client: TestClient) -> None:
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+    r = client.get("/analyze")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/analyze", "/chat", "/v1/tasks/sentiment", "/v1/tasks/chat", "/v1/analyze_and_reply", "/v1/chat/completions"],
+)
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"null",
+        b"[]",
+        b'"text"',
+        b'{"text": null}',
+        b'{"text": {"a": 1}}',
+        b'{"text": "\\u0000\\ud800"}',
+        b'{"text": "<|im_end|>"}',
+        b'{"messages": "hi"}',
+        b'{"messages": [{"role": "assistant", "content": "last"}]}',
+        b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}',
+        b'{"model": "allinone-chat", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',
+        b'{"text": "x", "stop": ""}',
+        b"\xff\xfe",
+    ],
+)
+def test_bad_input_never_yields_a_500(client: TestClient, path: str, body: bytes) -> None:
+    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code < 500, r.text
+    if r.status_code >= 400:
+        assert set(r.json()["error"]) >= {"type", "message"}
+
+
+# --- metrics and logs ---------------------------------------------------------------------------
+
+
+def test_metrics_count_requests_latency_tokens_cache_hits_and_in_flight(tmp_path: Path) -> None:
+    class Cached(FakeEngine):
+        def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
+            yield Chunk("hi")
+            yield Chunk("", "stop", Usage(100, 80, 1))
+
+    with make_client(tmp_path, Cached(negative)) as c:
+        c.post("/analyze", json={"text": "好"})
+        c.post("/v1/tasks/chat", json={"text": "hi"})
+        c.post("/analyze", json={"text": ""})
+        text = c.get("/metrics").text
+    assert 'allinone_requests_total{task="sentiment",route="/analyze",status="200"} 1' in text
+    assert 'allinone_requests_total{task="sentiment",route="/analyze",status="400"} 1' in text
+    assert 'allinone_request_duration_seconds_bucket{task="chat",route="/v1/tasks/{name}",le="+Inf"} 1' in text
+    assert 'allinone_request_duration_seconds_count{task="sentiment",route="/analyze"} 2' in text
+    assert 'allinone_tokens_total{task="chat",kind="completion"} 1' in text
+    assert 'allinone_tokens_total{task="chat",kind="prompt"} 100' in text
+    assert 'allinone_cache_hit_tokens_total{task="chat"} 80' in text
+    assert "allinone_in_flight_requests 0" in text
+    assert "allinone_model_loaded 1" in text
+
+
+def test_each_request_writes_one_masked_json_log_line(tmp_path: Path, engine: FakeEngine) -> None:
+    engine.enqueue("收到")
+    with make_client(tmp_path, engine, log_input_chars=60) as c:
+        text = "我的电话是13812345678，邮箱 zhang.san@example.com，身份证 11010519491231002X，" + "很" * 100
+        r = c.post("/v1/tasks/chat", json={"text": text}, headers={"x-request-id": "req-42"})
+        assert r.headers["x-request-id"] == "req-42"
+        c.post("/analyze", json={"text": " "})
+    lines = log_lines(tmp_path)
+    assert len(lines) == 2
+    line = lines[0]
+    assert line["request_id"] == "req-42" and line["task"] == "chat" and line["status"] == 200
+    assert "13812345678" not in line["input"] and "zhang.san" not in line["input"] and "1949" not in line["input"]
+    assert "<phone>" in line["input"] and "<email>" in line["input"] and "<id>" in line["input"]
+    assert len(line["input"]) <= 61  # the first N characters, and an ellipsis
+    assert line["prompt"].startswith("<system>") and len(line["prompt"]) <= 51
+    assert line["completion_tokens"] == 2 and line["prompt_tokens"] > 0 and "cached_tokens" in line
+    assert line["output"] == "收到" and line["latency_ms"] >= 0 and line["ts"]
+    assert lines[1]["status"] == 400 and lines[1]["error"] == "invalid_input"
+
+
+def test_log_level_filters_the_request_lines(tmp_path: Path) -> None:
+    with make_client(tmp_path, log_level="WARNING") as c:
+        c.post("/analyze", json={"text": "好"})
+        c.post("/analyze", json={"text": ""})
+    lines = log_lines(tmp_path)
+    assert [line["status"] for line in lines] == []  # 4xx are INFO: a user's mistake is not a server problem
+
+
+def test_stream_log_line_is_written_when_the_stream_ends(
+    client: TestClient, engine: FakeEngine, tmp_path: Path
+) -> None:
+    engine.enqueue("流式回复")
+    client.post("/v1/analyze_and_reply", json={"text": "我好难过", "stream": True})
+    line = log_lines(tmp_path)[-1]
+    assert line["task"] == "analyze_and_reply" and line["output"] == "negative | 流式回复"
+    assert line["completion_tokens"] == 4 and line["first_token_ms"] is not None
