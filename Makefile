@@ -5,8 +5,10 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
 
-.PHONY: run test setup lint bench clean
+.PHONY: run test setup browser lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +28,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-test: lint
+# Debian's headless Chromium (and CJK/emoji fonts for legible screenshots) for the web page's browser test;
+# Playwright drives it, since it cannot download its own browsers here.
+browser:
+	@if [ ! -x $(CHROMIUM) ] || ! fc-list :lang=zh 2>/dev/null | grep -q .; then \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			chromium chromium-driver fonts-noto-cjk fonts-noto-color-emoji; \
+	fi
+
+test: lint browser
 	$(BIN)/pytest
 
 bench: $(STAMP)
