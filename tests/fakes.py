@@ -39,7 +39,8 @@ class FakeEngine(Engine):
     def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
         self.prompts.append(prompt)
         n = len(prompt.text)
-        state = [float(len(prompt.text)), float(prompt.text.count("好"))] if hidden else None
+        user = [s.text for s in prompt.suffix if not s.trusted][-1:] or [""]
+        state = [float(len(prompt.text)), float(user[0].count("好"))] if hidden else None  # [length, 好 in input]
         return Scores([self.scorer(prompt.text, c) for c in continuations], Usage(n, 0, 0), state)
 
     def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:

@@ -57,13 +57,11 @@ def scorer(prompt: str, word: str) -> float:
 
 
 def test_classify_applies_the_head_and_keeps_the_prompt_probabilities(tmp_path: Path) -> None:
-    # fake hidden state = [prompt length, count of 好]; this head says negative unless 好 appears
+    # fake hidden state = [prompt length, count of 好 in the input]; this head says negative unless 好 appears
     weight = np.array([[0.0, 5.0, 0.0, 0.0], [0.0, -5.0, 0.0, 0.0]])
     head = LinearHead(["positive", "negative"], np.zeros(4), np.ones(4), weight, np.array([-5.0, 5.0]), {})
     task = load_task_file(sentiment_with_head(tmp_path, head))
     engine = FakeEngine(scorer)
-    # the system prompt holds no 好, so the count is the user's
-    assert "好" not in "".join(m.content for m in task.fixed_messages())
     negative = classify(engine, task, "一般般")
     assert negative.method == "prompt+head" and negative.label == "negative"
     assert negative.prompt_probabilities == pytest.approx({"positive": 0.7, "negative": 0.3})

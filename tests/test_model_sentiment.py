@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from allinone.chat import ChatSession
 from allinone.classify import Classification
 from allinone.router import Router
+from allinone.settings import Settings
 
 pytestmark = pytest.mark.model
 
@@ -100,3 +106,20 @@ def test_combined_flow_on_the_real_model(router: Router) -> None:
     assert reply.strip() and cjk_share(reply) > 0.6
     assert session.history[0] == {"role": "user", "content": "今天被老板骂了，心情很糟糕"}
     assert "情感标签" not in reply
+
+
+def test_eval_command_on_other_domains_with_the_real_model(tmp_path: Path, settings: Settings) -> None:
+    """Take-out, shopping, social media and English texts: the task is not tuned to one benchmark."""
+    domains = Path(__file__).parent / "data" / "sentiment_domains.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "allinone", "eval", "sentiment", str(domains), "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ALLINONE_HOME": str(settings.home)},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n"] == 48 and metrics["accuracy"] >= 0.9, result.stdout
+    preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").open()]
+    assert len(preds) == 48 and all(abs(sum(p["probabilities"].values()) - 1) < 1e-6 for p in preds)

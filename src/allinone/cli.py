@@ -450,6 +450,7 @@ def serve(
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,  # the app writes one JSON line per request
+        timeout_graceful_shutdown=5,  # open streams get 5 s to finish on Ctrl-C
     )
 
 
@@ -460,6 +461,12 @@ def serve(
 @click.option("--label-field", default="label", show_default=True, help="Field holding the gold label.")
 @click.option("--label-map", multiple=True, metavar="RAW=LABEL", help="Map a file's label to a task label (repeat).")
 @click.option("--l2", type=click.FloatRange(0), default=1.0, show_default=True, help="L2 penalty.")
+@click.option(
+    "--exclude",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Skip texts that also appear in this file, e.g. the dev/test sets (repeat).",
+)
 @click.option(
     "--output",
     "-o",
@@ -476,6 +483,7 @@ def train_head_cmd(
     label_field: str,
     label_map: tuple[str, ...],
     l2: float,
+    exclude: tuple[Path, ...],
     output: Path,
     model: str | None,
     tasks_dir: Path | None,
@@ -489,7 +497,9 @@ def train_head_cmd(
 
     router = _router(model, tasks_dir)
     t = router._kind(task, "classify")
-    rows = list(islice(read_rows(file, text_field, label_field, label_lookup(t, _label_map(label_map))), limit))
+    held_out = {row.text for path in exclude for row in read_rows(path, text_field)}
+    labelled = read_rows(file, text_field, label_field, label_lookup(t, _label_map(label_map)))
+    rows = list(islice((r for r in labelled if r.text not in held_out), limit))
     features, golds = [], []
     with _progress(len(rows), f"features {task}") as bar:
         for row in rows:
@@ -499,7 +509,9 @@ def train_head_cmd(
             golds.append(row.label or "")
             bar.update()
     head = train_head(features, golds, [lb.id for lb in t.labels or []], l2=l2)
-    head.info.update({"task": task, "file": file.name, "model": router.engine.info.model})
+    head.info.update(
+        {"task": task, "file": file.name, "model": router.engine.info.model, "excluded": [p.name for p in exclude]}
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     head.save(output)
     click.echo(f"trained on {len(rows)} texts (train accuracy {head.info['train_accuracy']:.4f}); wrote {output}")
