@@ -1,0 +1,20 @@
+"""The README documents every setting and its two commands are the ones CI runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from allinone.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    missing = [name for name in Settings.model_fields if f"`ALLINONE_{name.upper()}`" not in README]
+    assert not missing, f"settings missing from the README table: {missing}"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    assert "`make test`" in README and "`make run`" in README
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
