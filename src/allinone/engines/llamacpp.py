@@ -176,12 +176,12 @@ class LlamaCppEngine(Engine):
         self._clock += 1
         return self._clock
 
-    def _decode(self, tokens: list[int], logits_all: bool = False) -> None:
-        """Append tokens to the live sequence; logits for the last token (or for all of them)."""
+    def _decode(self, tokens: list[int], logits_all: bool = False, logits_last: bool = True) -> None:
+        """Append tokens to the live sequence; logits for the last token (or all of them, or none)."""
         ll, b = self._ll, self._batch
         for start in range(0, len(tokens), self._n_batch):
             chunk = tokens[start : start + self._n_batch]
-            last = start + len(chunk) == len(tokens)
+            last = logits_last and start + len(chunk) == len(tokens)
             pos0 = len(self._live)
             b.n_tokens = len(chunk)
             for j, tok in enumerate(chunk):
@@ -234,7 +234,7 @@ class LlamaCppEngine(Engine):
             base.used = self._tick()
 
     def _prepare(self, prompt: Prompt, reuse_history: bool) -> tuple[Usage, list[int]]:
-        """Make the live sequence hold the whole prompt, evaluating only what no saved state holds.
+        """Load the saved state the prompt starts with; the caller evaluates the rest of `tokens`.
 
         Only a saved state that is a whole prefix of the prompt is reused, and a task's fixed prefix is
         always evaluated on its own, so a prompt is always evaluated in the same batches and gives
@@ -256,9 +256,7 @@ class LlamaCppEngine(Engine):
             fits = [s for s in self._saved if len(s.tokens) < len(tokens) and tokens[: len(s.tokens)] == s.tokens]
             base = max(fits, key=lambda s: len(s.tokens), default=None)
         self._load(base)
-        n_cached = len(self._live)
-        self._decode(tokens[n_cached:])
-        return Usage(prompt_tokens=len(tokens), cached_tokens=max(0, n_cached - computed)), tokens
+        return Usage(prompt_tokens=len(tokens), cached_tokens=max(0, len(self._live) - computed)), tokens
 
     def _save_turn(self, prompt_tokens: list[int], text: str) -> None:
         """Save where the next chat turn starts: prompt plus reply when the reply's tokens are what its
@@ -285,9 +283,13 @@ class LlamaCppEngine(Engine):
     def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
         ll = self._ll
         with self._lock:
-            ll.llama_set_embeddings(self._ctx, hidden)  # the hidden state comes from the same pass
+            usage, tokens = self._prepare(prompt, reuse_history=False)
+            # The last token always gets a batch of its own: llama.cpp outputs every token of a batch in
+            # embeddings mode, and this keeps the logits identical whether the hidden state is read or not.
+            self._decode(tokens[len(self._live) : -1], logits_last=False)
+            ll.llama_set_embeddings(self._ctx, hidden)
             try:
-                usage, _ = self._prepare(prompt, reuse_history=False)
+                self._decode(tokens[-1:])
                 state = None
                 if hidden:
                     n_embd = ll.llama_model_n_embd(self._model)
@@ -332,6 +334,7 @@ class LlamaCppEngine(Engine):
         ll = self._ll
         with self._lock:
             usage, prompt_tokens = self._prepare(prompt, reuse_history=True)
+            self._decode(prompt_tokens[len(self._live) :])
             sampler = self._sampler(params)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             stops = StopBuffer(params.stop)
