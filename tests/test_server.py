@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -101,7 +106,10 @@ def test_page_is_served_with_its_buttons_and_no_external_assets(client: TestClie
 
 
 def test_openapi_docs_describe_every_route_with_examples(client: TestClient) -> None:
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and not re.search(r"https?://", docs.text)  # its scripts are served here
+    scripts = re.findall(r"(?:src|href)=['\"](/[^'\"]+)['\"]", docs.text)
+    assert scripts and all(client.get(s).status_code == 200 for s in scripts)
     spec = client.get("/openapi.json").json()
     for path in (
         "/v1/tasks/{name}",
@@ -503,3 +511,103 @@ def test_stream_log_line_is_written_when_the_stream_ends(
     line = log_lines(tmp_path)[-1]
     assert line["task"] == "analyze_and_reply" and line["output"] == "negative | 流式回复"
     assert line["completion_tokens"] == 4 and line["first_token_ms"] is not None
+
+
+class LockingEngine(FakeEngine):
+    """Like the real engine: one lock held for a whole stream and for each scoring, and slow steps."""
+
+    def __init__(self) -> None:
+        super().__init__(negative)
+        self.lock = threading.Lock()
+
+    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Any:
+        with self.lock:
+            time.sleep(0.01)
+            return super().score(prompt, continuations, hidden)
+
+    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
+        with self.lock:
+            for ch in "slow reply":
+                time.sleep(0.02)
+                yield Chunk(ch)
+            yield Chunk("", "stop", Usage(1, 0, 10))
+
+
+def test_many_requests_during_a_stream_queue_for_the_model_without_starving_the_thread_pool(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log")
+    app = create_app(settings, Router(settings, LockingEngine()))
+
+    async def main() -> list[int]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 4  # a small pool, easy to use up
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            with anyio.fail_after(30):
+                stream = c.post("/v1/tasks/chat", json={"text": "hi", "stream": True})
+                others = [c.post("/analyze", json={"text": f"text {i}"}) for i in range(12)]
+                responses = await asyncio.gather(stream, *others)
+        return [r.status_code for r in responses]
+
+    assert anyio.run(main) == [200] * 13
+
+
+class EndlessEngine(LockingEngine):
+    """Streams until closed, holding its lock meanwhile; records that it was closed."""
+
+    closed = False
+
+    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
+        with self.lock:
+            try:
+                while True:
+                    time.sleep(0.01)
+                    yield Chunk("x")
+            finally:
+                self.closed = True
+
+
+@pytest.mark.parametrize("path", ["/v1/tasks/chat", "/v1/analyze_and_reply", "/v1/chat/completions", "/chat"])
+def test_a_client_that_leaves_stops_the_generation_and_frees_the_engine(tmp_path: Path, path: str) -> None:
+    engine = EndlessEngine()
+    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log")
+    app = create_app(settings, Router(settings, engine))
+    body = (
+        {"model": "chat", "messages": [{"role": "user", "content": "hi"}]} if "completions" in path else {"text": "hi"}
+    )
+    if path != "/chat":
+        body["stream"] = True
+    sent: list[dict[str, Any]] = []
+    leave_at: list[float] = []
+
+    async def receive() -> dict[str, Any]:
+        if not leave_at:  # the request body; the client goes away a little later
+            leave_at.append(time.monotonic() + 0.2)
+            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        if time.monotonic() < leave_at[0]:
+            await anyio.sleep(leave_at[0] - time.monotonic())
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            await app(scope, receive, send)
+
+    anyio.run(main)
+    assert engine.closed and engine.lock.acquire(timeout=1.0)  # generation stopped, engine free
+    line = log_lines(tmp_path)[-1]
+    assert line["status"] == 499 and line["completion_tokens"] == 0  # no final usage: it never finished

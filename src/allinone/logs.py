@@ -60,6 +60,7 @@ class RequestRecord:
     status: int = 0
     error: str | None = None
     first_token_ms: float | None = None
+    client_gone: bool = False  # the client disconnected before the response ended: logged as status 499
 
     def add_usage(self, usage: Usage | None) -> None:
         if usage is not None:

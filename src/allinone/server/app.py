@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from ..logs import RequestLog
@@ -68,7 +69,7 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
                 engine.close()
             shared.log.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their scripts served by the app: they work offline
         title="qwen-allinone",
         version=_version(),
         description=DESCRIPTION,

@@ -44,7 +44,9 @@ def note(request: Request, task: str, text: str) -> RequestRecord:
 async def classify(request: Request, task: str, text: str) -> Classification:
     """Run a classify task in the thread pool, filling in the request's record."""
     rec = note(request, task, text)
-    result = await run_in_threadpool(services(request).router.classify, task, require_text(text))
+    svc = services(request)
+    async with svc.slot:
+        result = await run_in_threadpool(svc.router.classify, task, require_text(text))
     rec.add_usage(result.usage)
     rec.output = result.label
     return result
@@ -82,10 +84,10 @@ class Reply:
         return f"{self.classification.label} | {self.text}" if self.classification else self.text
 
 
-async def start_stream(items: Iterator[Any]) -> tuple[ThreadedStream[Any], Any]:
-    """Step a generator once before answering, so that its errors (empty text, prompt too long) become
-    HTTP statuses rather than a broken stream."""
-    stream: ThreadedStream[Any] = ThreadedStream(items)
+async def start_stream(request: Request, items: Iterator[Any]) -> tuple[ThreadedStream[Any], Any]:
+    """Wait for the model, then step the generator once before answering, so that its errors (empty text,
+    prompt too long) become HTTP statuses rather than a broken stream."""
+    stream: ThreadedStream[Any] = ThreadedStream(items, services(request).slot)
     try:
         first = await stream.next()
     except BaseException:
@@ -108,7 +110,7 @@ async def items_of(request: Request, stream: ThreadedStream[Any], first: Any) ->
 async def join(request: Request, items: Iterator[Any]) -> Reply:
     """Run a generation to its end (or until the client goes away) and collect it."""
     reply = Reply(record(request))
-    stream, first = await start_stream(items)
+    stream, first = await start_stream(request, items)
     try:
         async with aclosing(items_of(request, stream, first)) as all_items:
             async for item in all_items:

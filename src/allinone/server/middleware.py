@@ -7,7 +7,9 @@ import logging
 import re
 import uuid
 
+import anyio
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logs import RequestLog, RequestRecord
@@ -15,7 +17,7 @@ from .errors import error_body
 from .metrics import Metrics
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-_QUIET = ("/health", "/metrics", "/static/", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
+_QUIET = ("/health", "/metrics", "/static", "/docs", "/redoc", "/openapi.json", "/favicon.ico")  # logged at DEBUG
 
 
 def _too_large(limit: int) -> str:
@@ -79,19 +81,27 @@ class Observe:
         if not quiet:
             self.metrics.started()
 
+        complete = False
+
         async def observed(message: Message) -> None:
+            nonlocal complete
             if message["type"] == "http.response.start":
                 record.status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", record.request_id.encode())]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
             await send(message)
 
         try:
             await self.app(scope, receive, observed)
-        except BaseException:
+        except BaseException as e:
             if record.status in (0, 200):
-                record.status = 500
+                gone = isinstance(e, OSError | ClientDisconnect | anyio.get_cancelled_exc_class())
+                record.status = 499 if gone else 500
             raise
         finally:
+            if record.client_gone or (record.status and record.status < 400 and not complete):
+                record.status = 499  # the client went away before the response ended
             self._finish(scope, record, quiet)
 
     def _finish(self, scope: Scope, record: RequestRecord, quiet: bool) -> None:

@@ -127,8 +127,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     note(request, name, text)
     items = svc.router.stream_messages(name, messages, body.options())
     if body.stream:
-        stream, first = await start_stream(items)
-        return EventStream(_chunks(request, stream, first, head, include_usage))
+        stream, first = await start_stream(request, items)
+        return EventStream(_chunks(request, stream, first, head, include_usage), stream)
     reply = await join(request, items)
     rec = record(request)
     return ChatCompletion(
@@ -162,8 +162,8 @@ async def _chunks(
 ) -> AsyncGenerator[str, None]:
     rec = record(request)
     reply = Reply(rec)
-    yield _chunk(head, {"role": "assistant", "content": ""})
     try:
+        yield _chunk(head, {"role": "assistant", "content": ""})
         async with aclosing(items_of(request, stream, first)) as items:
             async for item in items:
                 reply.add(item)
@@ -177,7 +177,7 @@ async def _chunks(
     finally:
         await stream.aclose()
         rec.output = reply.summary()
-    if rec.status == 499:
+    if rec.client_gone:
         return
     yield _chunk(head, {}, reply.finish_reason)
     if include_usage:

@@ -91,12 +91,12 @@ def event_stream(request: Request, stream: ThreadedStream[Any], first: Any, done
         finally:
             await stream.aclose()
             rec.output = reply.summary()
-        if rec.status != 499:
+        if not rec.client_gone:
             end = {"reply": reply.text, "finish_reason": reply.finish_reason, **done}
             end |= {"usage": usage_out(rec.usage).model_dump(), "timing": timing(rec, reply.sentiment_ms).model_dump()}
             yield sse(end, "done")
 
-    return EventStream(body())
+    return EventStream(body(), stream)
 
 
 # --- routes -------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
         items = svc.router.stream(name, text, session, body.options())
     session_id = session.id if session else None
     if body.stream:
-        stream, first = await start_stream(items)
+        stream, first = await start_stream(request, items)
         return event_stream(request, stream, first, {"session_id": session_id})
     reply = await join(request, items)
     return GenerateResponse(
@@ -226,7 +226,7 @@ async def analyze_and_reply(body: AnalyzeAndReplyRequest, request: Request) -> A
     session = open_session(svc.sessions, body.session_id)
     items = svc.router.analyze_and_reply(session, require_text(body.text), body.options())
     if body.stream:
-        stream, first = await start_stream(items)
+        stream, first = await start_stream(request, items)
         return event_stream(request, stream, first, {"session_id": session.id})
     reply = await join(request, items)
     assert reply.classification is not None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import anyio
 from fastapi import Request
 
 from ..logs import RequestLog, RequestRecord
@@ -20,6 +21,7 @@ class Services:
     sessions: SessionStore
     metrics: Metrics
     log: RequestLog
+    slot: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(1))  # the model: one request at a time
 
 
 def services(request: Request) -> Services:

@@ -28,11 +28,18 @@ END = _End()
 
 
 class ThreadedStream(Generic[T]):
-    """A blocking iterator stepped in worker threads; `aclose` waits for a running step, then closes it."""
+    """A blocking iterator stepped in worker threads; `aclose` waits for a running step, then closes it.
 
-    def __init__(self, iterator: Iterator[T]) -> None:
+    With a `slot`, the first step waits (without a thread) for it and `aclose` gives it back, so requests
+    queue for the model in the event loop rather than as worker threads blocked on the engine's lock:
+    those could use up the thread pool while the stream that holds the engine waits for a thread.
+    """
+
+    def __init__(self, iterator: Iterator[T], slot: anyio.Semaphore | None = None) -> None:
         self._it = iterator
         self._lock = threading.Lock()  # one step or close at a time, from whichever thread
+        self._slot = slot
+        self._held = False
         self.closed = False
 
     def _step(self) -> T | _End:
@@ -48,15 +55,23 @@ class ThreadedStream(Generic[T]):
                     close()
 
     async def next(self) -> T | _End:
+        if self._slot is not None and not self._held and not self.closed:
+            await self._slot.acquire()
+            self._held = True
         return await anyio.to_thread.run_sync(self._step)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._close)
+            try:
+                await anyio.to_thread.run_sync(self._close)
+            finally:
+                if self._held and self._slot is not None:
+                    self._held = False
+                    self._slot.release()
 
 
 async def follow(request: Request, stream: ThreadedStream[T]) -> AsyncGenerator[T, None]:
-    """The stream's items until it ends or the client disconnects (then the record says 499)."""
+    """The stream's items until it ends or the client disconnects (the record then says so)."""
     try:
         while True:
             item = await stream.next()
@@ -66,7 +81,7 @@ async def follow(request: Request, stream: ThreadedStream[T]) -> AsyncGenerator[
             if await request.is_disconnected():
                 record = getattr(request.state, "record", None)
                 if record is not None:
-                    record.status = 499  # client closed the request
+                    record.client_gone = True
                 return
     finally:
         await stream.aclose()
@@ -79,19 +94,21 @@ def sse(data: Any, event: str | None = None) -> str:
 
 
 class EventStream(StreamingResponse):
-    """A text/event-stream response that always closes its body iterator, however the response ends."""
+    """A text/event-stream response that always closes its body and then `stream`, however the response
+    ends (even when the client leaves before the body has started)."""
 
-    def __init__(self, body: AsyncGenerator[str, None]) -> None:
+    def __init__(self, body: AsyncGenerator[str, None], stream: ThreadedStream[Any] | None = None) -> None:
         super().__init__(
             body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         self._body = body
+        self._stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            aclose = getattr(self._body, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
+            with anyio.CancelScope(shield=True):
+                await self._body.aclose()
+                if self._stream is not None:
+                    await self._stream.aclose()
