@@ -610,4 +610,4 @@ def test_a_client_that_leaves_stops_the_generation_and_frees_the_engine(tmp_path
     anyio.run(main)
     assert engine.closed and engine.lock.acquire(timeout=1.0)  # generation stopped, engine free
     line = log_lines(tmp_path)[-1]
-    assert line["status"] == 499 and line["completion_tokens"] == 0  # no final usage: it never finished
+    assert line["status"] == 499 and 0 < line["completion_tokens"] < 1000  # the chunks it did stream

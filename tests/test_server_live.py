@@ -3,6 +3,7 @@ client disconnects, odd input, and the web page in headless Chromium."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import socket
@@ -185,22 +186,24 @@ def test_a_client_that_disconnects_mid_stream_frees_the_engine_within_a_second(l
     )
     with socket.create_connection(("127.0.0.1", live.port), timeout=60) as sock:
         sock.sendall(head.encode() + body)
-        received = b""
-        while received.count(b"event: token") < 3:
+        received, arrivals = b"", []
+        while received.count(b"event: token") < 4:
             chunk = sock.recv(4096)
-            assert chunk, "the stream ended before three tokens"
+            assert chunk, "the stream ended before four tokens"
             received += chunk
-    left = time.monotonic()
+            arrivals.append(time.monotonic())
+    # The token being computed when the client left is finished first. That takes ~40 ms; only on an
+    # overloaded machine, where one token takes longer, is the second stretched to three token-times.
+    slowest = max(b - a for a, b in itertools.pairwise(arrivals))
+    budget = max(1.0, 3 * slowest)
     lock = live.engine._lock  # held by the engine for the whole of a stream
-    assert lock.acquire(timeout=1.0), "the engine was still generating 1 s after the client left"
-    freed_after = time.monotonic() - left
+    assert lock.acquire(timeout=budget), f"the engine was still generating {budget:.1f} s after the client left"
     lock.release()
     deadline = time.monotonic() + 5
     while not (lines := [x for x in live.log_lines() if x["path"] == "/v1/tasks/chat" and x["status"] == 499]):
         assert time.monotonic() < deadline, "no log line for the abandoned stream"
         time.sleep(0.05)
-    assert lines[-1]["completion_tokens"] < 100  # stopped, not run on to max_tokens
-    assert freed_after < 1.0
+    assert 4 <= lines[-1]["completion_tokens"] < 20  # stopped where the client left, not run on to max_tokens
     r = httpx.post(f"{live.url}/analyze", json={"text": NEGATIVE}, timeout=60)
     assert r.status_code == 200 and r.json()["sentiment"] == "负面"
 

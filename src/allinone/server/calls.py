@@ -83,6 +83,13 @@ class Reply:
         """For the log: the reply, after the label in the combined flow."""
         return f"{self.classification.label} | {self.text}" if self.classification else self.text
 
+    def close(self) -> None:
+        """Record the output; a stream stopped early never got its usage, so count its chunks (about one
+        token each) as the tokens generated."""
+        self.rec.output = self.summary()
+        if self.finish_reason is None:
+            self.rec.usage.completion_tokens += len(self.parts)
+
 
 async def start_stream(request: Request, items: Iterator[Any]) -> tuple[ThreadedStream[Any], Any]:
     """Wait for the model, then step the generator once before answering, so that its errors (empty text,
@@ -117,5 +124,5 @@ async def join(request: Request, items: Iterator[Any]) -> Reply:
                 reply.add(item)
     finally:
         await stream.aclose()
-        reply.rec.output = reply.summary()
+        reply.close()
     return reply

@@ -176,7 +176,7 @@ async def _chunks(
         return
     finally:
         await stream.aclose()
-        rec.output = reply.summary()
+        reply.close()
     if rec.client_gone:
         return
     yield _chunk(head, {}, reply.finish_reason)

@@ -90,7 +90,7 @@ def event_stream(request: Request, stream: ThreadedStream[Any], first: Any, done
             return
         finally:
             await stream.aclose()
-            rec.output = reply.summary()
+            reply.close()
         if not rec.client_gone:
             end = {"reply": reply.text, "finish_reason": reply.finish_reason, **done}
             end |= {"usage": usage_out(rec.usage).model_dump(), "timing": timing(rec, reply.sentiment_ms).model_dump()}
