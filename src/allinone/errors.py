@@ -42,3 +42,7 @@ class EmptyText(InvalidInput):
 
 class SessionNotFound(AllInOneError):
     """No chat session with that id."""
+
+
+class OutputInvalid(EngineError):
+    """The model's output does not parse as the JSON the task's output_schema declares."""

@@ -8,46 +8,69 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import TaskDefinitionError
-from .model import Task
+from .model import FieldProblem, Task
 
 
 def builtin_dir() -> Path:
     return Path(__file__).parent / "builtin"
 
 
-def _format_validation(path: Path, err: ValidationError) -> str:
+def _format_validation(path: Path, err: ValidationError) -> list[str]:
     problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
+        cause = e.get("ctx", {}).get("error")
+        if isinstance(cause, FieldProblem):
+            problems.append(f"{path}: key '{cause.key}': {cause}")
+        elif e["type"] == "extra_forbidden":
             problems.append(f"{path}: key '{key}': unknown key")
         else:
-            problems.append(f"{path}: key '{key}': {e['msg']}")
-    return "; ".join(problems)
+            msg = e["msg"].removeprefix("Value error, ")
+            problems.append(f"{path}: key '{key}': {msg}")
+    return problems
 
 
-def load_task_file(path: Path) -> Task:
-    """Parse and validate one task file; errors name the file and the key."""
+def _parse(path: Path) -> tuple[Task | None, list[str]]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise TaskDefinitionError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
+        return None, [f"{path}:{where} invalid YAML: {getattr(e, 'problem', e)}"]
     except (OSError, UnicodeDecodeError) as e:
-        raise TaskDefinitionError(f"{path}: cannot read: {e}") from None
+        return None, [f"{path}: cannot read: {e}"]
     if not isinstance(data, dict):
-        raise TaskDefinitionError(f"{path}: expected a mapping of task fields at the top level")
+        return None, [f"{path}: expected a mapping of task fields at the top level"]
     try:
         task = Task.model_validate(data)
     except ValidationError as e:
-        raise TaskDefinitionError(_format_validation(path, e)) from None
+        return None, _format_validation(path, e)
+    problems = []
     if task.name != path.stem:
-        raise TaskDefinitionError(f"{path}: key 'name': '{task.name}' must match the file name '{path.stem}'")
+        problems.append(f"{path}: key 'name': '{task.name}' must match the file name '{path.stem}'")
     task._source = path
     if task.head_path is not None and not task.head_path.is_file():
-        raise TaskDefinitionError(f"{path}: key 'head': file not found: {task.head_path}")
+        problems.append(f"{path}: key 'head': file not found: {task.head_path}")
+    return task, problems
+
+
+def load_task_file(path: Path) -> Task:
+    """Parse and validate one task file; errors name the file and the key."""
+    task, problems = _parse(path)
+    if problems or task is None:
+        raise TaskDefinitionError("; ".join(problems))
     return task
+
+
+def check_task_file(path: Path) -> list[str]:
+    """Every problem of one task file, each naming the file and the key; also builds its output grammar."""
+    task, problems = _parse(path)
+    if task is not None and task.output_schema is not None:
+        try:
+            task.grammar  # noqa: B018
+        except Exception as e:  # the converter's own errors are plain exceptions
+            problems.append(f"{path}: key 'output_schema': cannot build a grammar: {e}")
+    return problems
 
 
 def _files(directory: Path) -> list[Path]:

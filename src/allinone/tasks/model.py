@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..engines.base import Message
+from ..errors import InvalidInput
+from .options import TaskOption
+
+RESERVED_NAMES = {"auto"}  # `auto` asks the router to pick the task
+GEN_OPTIONS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed"}  # request options of every generate task
+_PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+
+
+class FieldProblem(ValueError):
+    """A whole-task check that fails because of one key; the loader names that key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class _Strict(BaseModel):
@@ -45,6 +61,12 @@ class Generation(_Strict):
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    max_chars: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Hard limit on the reply's characters: max_tokens follows it; a reply is cut at a sentence end.",
+    )
 
 
 class Calibration(_Strict):
@@ -70,15 +92,35 @@ class Truncation(_Strict):
         return text[:head] + "……" + (text[-tail:] if tail else ""), True
 
 
+class Routing(_Strict):
+    """How `auto` routing sees a task: whether it may be picked, and inputs that show what it is for."""
+
+    enabled: bool = Field(True, description="Whether `auto` may pick this task.")
+    examples: list[str] = Field(
+        default_factory=list, description="Typical inputs for this task; the router sees them as few-shot examples."
+    )
+
+    @field_validator("examples")
+    @classmethod
+    def _not_blank(cls, v: list[str]) -> list[str]:
+        if any(not e.strip() for e in v):
+            raise ValueError("routing examples must not be blank")
+        return v
+
+
 class Task(_Strict):
     """A capability of the shared model, defined entirely by prompts."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_\-]*$")
-    description: str = Field(min_length=1)
+    description: str = Field(min_length=1, description="What the task does; `auto` routing reads it to pick a task.")
     kind: Literal["classify", "generate"]
     system: str = Field(min_length=1, description="System prompt; part of the cached prefix.")
     examples: list[Example] = Field(default_factory=list)
     input_template: str = Field("{text}", description="How the user text is wrapped; must contain {text}.")
+    options: dict[str, TaskOption] = Field(
+        default_factory=dict,
+        description="Named request options; a value fills the placeholder {name} in system / input_template.",
+    )
     labels: list[Label] | None = None
     display_template: str = Field("{emoji} {display}", description="Display line of a classify result.")
     calibration: Calibration | None = Field(None, description="Classify only: contextual calibration.")
@@ -87,9 +129,40 @@ class Task(_Strict):
     )
     generation: Generation | None = None
     multi_turn: bool = Field(False, description="Generate tasks only: keeps a conversation history.")
+    output_schema: dict[str, Any] | None = Field(
+        None,
+        description="Generate tasks only: a JSON Schema (bounded subset) the reply is constrained to; "
+        "the result carries the parsed JSON.",
+    )
+    routing: Routing = Field(default_factory=lambda: Routing(), description="How `auto` routing sees this task.")
     truncation: Truncation = Field(default_factory=Truncation)
 
     _source: Path | None = PrivateAttr(None)
+    _grammar: str | None = PrivateAttr(None)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in RESERVED_NAMES:
+            raise ValueError(f"'{v}' is reserved (it asks the router to pick a task)")
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _option_names(cls, v: dict[str, TaskOption]) -> dict[str, TaskOption]:
+        bad = [n for n in v if not re.fullmatch(r"[a-z][a-z0-9_]*", n) or n in GEN_OPTIONS or n == "text"]
+        if bad:
+            raise ValueError(f"option names must be lowercase words and not text or {sorted(GEN_OPTIONS)}: {bad}")
+        return v
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema_is_supported(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        from ..structured import check_schema
+
+        if v is not None:
+            check_schema(v)
+        return v
 
     @field_validator("input_template")
     @classmethod
@@ -116,7 +189,24 @@ class Task(_Strict):
                 raise ValueError("labels, calibration and head only apply to classify tasks")
             if self.generation is None:
                 object.__setattr__(self, "generation", Generation())
+        if self.output_schema is not None and (self.kind != "generate" or self.multi_turn):
+            raise FieldProblem("output_schema", "only applies to single-turn generate tasks")
+        self._check_placeholders()
         return self
+
+    def _check_placeholders(self) -> None:
+        for key in ("system", "input_template"):
+            unknown = set(_PLACEHOLDER.findall(getattr(self, key))) - set(self.options) - {"text"}
+            if unknown:
+                raise FieldProblem(key, f"placeholder(s) {sorted(unknown)} are not declared under options")
+        for name, option in self.options.items():
+            slot = "{" + name + "}"
+            number_limit = option.number is not None and option.number.max_chars
+            uses_limit = number_limit or any(c.max_chars for c in option.choices.values())
+            if slot not in self.system and slot not in self.input_template and not uses_limit:
+                raise FieldProblem(f"options.{name}", f"{slot} appears in neither system nor input_template")
+            if uses_limit and self.kind != "generate":
+                raise FieldProblem(f"options.{name}", "max_chars only applies to generate tasks")
 
     @property
     def source(self) -> Path | None:
@@ -148,3 +238,37 @@ class Task(_Strict):
 
     def user_message(self, text: str) -> Message:
         return Message("user", self.input_template.replace("{text}", text))
+
+    @property
+    def grammar(self) -> str | None:
+        """The llama.cpp grammar of output_schema, built on first use."""
+        if self.output_schema is not None and self._grammar is None:
+            from ..structured import schema_to_gbnf
+
+            self._grammar = schema_to_gbnf(self.output_schema)
+        return self._grammar
+
+    def with_options(self, values: Mapping[str, Any], text: str) -> tuple[Task, dict[str, str]]:
+        """This task with its option placeholders filled (defaults where a value is missing), and the
+        resolved values; `text` decides `auto` values."""
+        unknown = set(values) - set(self.options)
+        if unknown:
+            known = ", ".join(self.options) or "none"
+            raise InvalidInput(f"task '{self.name}' has no option(s) {sorted(unknown)}; its options: {known}")
+        system, template, chosen = self.system, self.input_template, {}
+        generation = self.generation
+        for name, option in self.options.items():
+            try:
+                value, choice = option.resolve(values.get(name, option.default), text)
+            except InvalidInput as e:
+                raise InvalidInput(f"option '{name}' of task '{self.name}': {e}") from None
+            chosen[name] = value
+            system = system.replace("{" + name + "}", choice.fill)
+            template = template.replace("{" + name + "}", choice.fill)
+            if choice.max_chars is not None and generation is not None:
+                generation = generation.model_copy(update={"max_chars": choice.max_chars})
+        if not self.options:
+            return self, chosen
+        self.grammar  # noqa: B018 - built once here, then shared by every filled copy
+        update = {"system": system, "input_template": template, "generation": generation}
+        return self.model_copy(update=update), chosen
