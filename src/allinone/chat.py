@@ -94,9 +94,10 @@ def analyze_and_reply(
     session: ChatSession,
     text: str,
     params: GenParams,
+    use_head: bool = True,
 ) -> Iterator[Classification | Chunk]:
     """The combined flow: the sentiment result first, then the reply that knows it."""
-    result = classify(engine, sentiment_task, text)
+    result = classify(engine, sentiment_task, text, use_head)
     yield result
     label = sentiment_task.label(result.label).display
     yield from stream_reply(engine, chat_task, session, text, params, sentiment=label)

@@ -11,12 +11,14 @@ from .chat import ChatSession, analyze_and_reply, split_messages, stream_reply
 from .classify import Classification, classify
 from .engines import Chunk, Engine, GenParams, Message, load_engine
 from .errors import InvalidInput, TaskNotFound
+from .generate import Generated, join_reply, limit_stream, token_budget
+from .routing import AUTO, Route, route, routing_task
 from .settings import Settings
 from .tasks import Task, load_tasks
 
 __all__ = ["Router"]
 
-_OPTION_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed"}
+_OPTION_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed"}  # generation options of every task
 
 
 class Router:
@@ -28,6 +30,7 @@ class Router:
         self._engine = engine
         self._load_lock = threading.Lock()
         self._heads: dict[str, str] = {}
+        self._routing: Task | None = None
 
     @property
     def engine(self) -> Engine:
@@ -47,7 +50,30 @@ class Router:
             return self.tasks[name]
         except KeyError:
             known = ", ".join(sorted(self.tasks))
-            raise TaskNotFound(f"unknown task '{name}'; known tasks: {known}") from None
+            hint = f" (or '{AUTO}' to let the model pick)" if name != AUTO else ""
+            raise TaskNotFound(f"unknown task '{name}'; known tasks: {known}{hint}") from None
+
+    def route(self, text: str) -> Route:
+        """The task the model picks for `text` by scoring the routable tasks' descriptions."""
+        if self._routing is None:
+            self._routing = routing_task(self.tasks.values())
+        return route(self.engine, self._routing, text)
+
+    def prepare(
+        self, name: str, text: str, options: Mapping[str, Any] | None = None
+    ) -> tuple[Task, GenParams, dict[str, str]]:
+        """A generate task with its options filled in, its generation parameters (grammar, length budget
+        included) and the option values used."""
+        task = self._kind(name, "generate")
+        options = {k: v for k, v in (options or {}).items() if v is not None}
+        task, chosen = task.with_options({k: options.pop(k) for k in list(options) if k in task.options}, text)
+        params = self.params(task, options)
+        if task.grammar is not None:
+            params = replace(params, grammar=task.grammar)
+        max_chars = task.generation.max_chars if task.generation else None
+        if max_chars is not None:
+            params = replace(params, max_tokens=min(params.max_tokens, token_budget(self.engine, text, max_chars)))
+        return task, params, chosen
 
     def params(self, task: Task, options: Mapping[str, Any] | None = None) -> GenParams:
         """The task's generation defaults with request overrides applied."""
@@ -63,13 +89,15 @@ class Router:
         options = {k: v for k, v in (options or {}).items() if v is not None}
         unknown = set(options) - _OPTION_KEYS
         if unknown:
-            raise InvalidInput(f"unknown option(s): {', '.join(sorted(unknown))}")
+            own = f"; task '{task.name}' options: {', '.join(task.options)}" if task.options else ""
+            raise InvalidInput(f"unknown option(s): {', '.join(sorted(unknown))}{own}")
         if "stop" in options:
             options["stop"] = (options["stop"],) if isinstance(options["stop"], str) else tuple(options["stop"])
         return replace(base, **options)
 
-    def classify(self, name: str, text: str) -> Classification:
-        return classify(self.engine, self._kind(name, "classify"), text)
+    def classify(self, name: str, text: str, options: Mapping[str, Any] | None = None) -> Classification:
+        task, _ = self._kind(name, "classify").with_options(options or {}, text)
+        return classify(self.engine, task, text, self.settings.use_heads)
 
     def stream(
         self,
@@ -78,8 +106,25 @@ class Router:
         session: ChatSession | None = None,
         options: Mapping[str, Any] | None = None,
     ) -> Iterator[Chunk]:
-        task = self._kind(name, "generate")
-        return stream_reply(self.engine, task, session or ChatSession(), text, self.params(task, options))
+        """Stream a generate task's reply; task options (e.g. `length`) may sit beside generation options."""
+        task, params, _ = self.prepare(name, text, options)
+        return self._reply(task, params, text, session)
+
+    def generate(
+        self,
+        name: str,
+        text: str,
+        session: ChatSession | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Generated:
+        """A generate task's whole reply; `data` holds the parsed JSON of a task with output_schema."""
+        task, params, chosen = self.prepare(name, text, options)
+        return join_reply(task, self._reply(task, params, text, session), chosen)
+
+    def _reply(self, task: Task, params: GenParams, text: str, session: ChatSession | None) -> Iterator[Chunk]:
+        chunks = stream_reply(self.engine, task, session or ChatSession(), text, params)
+        max_chars = task.generation.max_chars if task.generation else None
+        return limit_stream(chunks, max_chars) if max_chars is not None else chunks
 
     def stream_messages(
         self,
@@ -123,6 +168,7 @@ class Router:
             session,
             text,
             self.params(chat, options),
+            self.settings.use_heads,
         )
 
     def _kind(self, name: str, kind: str) -> Task:
