@@ -77,10 +77,28 @@ def cli() -> None:
     """One small local LLM, loaded once, serving many prompt-defined tasks."""
 
 
+def _pairs(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} expects KEY=VALUE, got '{pair}'")
+        out[key.strip()] = value.strip()
+    return out
+
+
 @cli.command()
 @click.argument("task")
 @click.argument("text")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option(
+    "--option",
+    "-O",
+    "task_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A task option, e.g. length=short or target=en (repeat; `allinone tasks show TASK` lists them).",
+)
 @click.option("--max-tokens", type=click.IntRange(1, 8192), default=None, help="Generate tasks: token limit.")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None, help="Generate tasks: temperature.")
 @click.option("--seed", type=int, default=None, help="Generate tasks: sampling seed.")
@@ -89,50 +107,48 @@ def run(
     task: str,
     text: str,
     as_json: bool,
+    task_options: tuple[str, ...],
     max_tokens: int | None,
     temperature: float | None,
     seed: int | None,
     model: str | None,
     tasks_dir: Path | None,
 ) -> None:
-    """Run TASK on TEXT ('-' reads stdin)."""
+    """Run TASK on TEXT ('-' reads stdin); TASK `auto` lets the model pick the task first."""
+    from .routing import AUTO
+
     router = _router(model, tasks_dir)
-    t = router.task(task)
     text = _read_text(text)
+    options = _pairs(task_options, "--option")
     start = time.perf_counter()
+    route = None
+    if task == AUTO:
+        route = router.route(text)
+        task = route.task
+        if not as_json:
+            click.echo(f"auto → {task} ({route.probability:.2f})")
+    extra = {"route": asdict(route)} if route else {}
+    t = router.task(task)
     if t.kind == "classify":
-        result = router.classify(task, text)
+        result = router.classify(task, text, options)
         ms = (time.perf_counter() - start) * 1000
         if as_json:
-            click.echo(json.dumps({**asdict(result), "timing_ms": round(ms, 1)}, ensure_ascii=False))
+            click.echo(json.dumps({**extra, **asdict(result), "timing_ms": round(ms, 1)}, ensure_ascii=False))
         else:
             click.echo(f"{result.display}   ({_probs_line(result.probabilities)})")
         return
-    options = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
-    stream = router.stream(task, text, options=options)
-    parts, last = [], None
-    for chunk in stream:
-        parts.append(chunk.text)
-        if not as_json:
-            click.echo(chunk.text, nl=False)
-        last = chunk
-    ms = (time.perf_counter() - start) * 1000
-    if as_json:
-        usage = asdict(last.usage) if last and last.usage else None
-        click.echo(
-            json.dumps(
-                {
-                    "task": task,
-                    "text": "".join(parts),
-                    "finish_reason": last and last.finish_reason,
-                    "usage": usage,
-                    "timing_ms": round(ms, 1),
-                },
-                ensure_ascii=False,
-            )
-        )
-    else:
-        click.echo()
+    options.update(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    if t.output_schema is not None or as_json:  # structured results are shown whole, once parsed
+        reply = router.generate(task, text, options=options)
+        ms = (time.perf_counter() - start) * 1000
+        if as_json:
+            click.echo(json.dumps({**extra, **asdict(reply), "timing_ms": round(ms, 1)}, ensure_ascii=False))
+        else:
+            click.echo(json.dumps(reply.data, ensure_ascii=False))
+        return
+    for chunk in router.stream(task, text, options=options):
+        click.echo(chunk.text, nl=False)
+    click.echo()
 
 
 @cli.command()
@@ -219,6 +235,58 @@ def tasks_show(tasks_dir: Path | None, name: str) -> None:
     click.echo(found.source.read_text(encoding="utf-8") if found.source else json.dumps(found.model_dump()))
 
 
+@tasks.command("validate")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def tasks_validate(path: Path) -> None:
+    """Check a task YAML file, or every one in a dir: each problem is printed with its file and key."""
+    from .tasks import check_task_file
+
+    files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+    if not files:
+        raise UserError(f"no .yaml files in {path}")
+    bad = 0
+    for f in files:
+        problems = check_task_file(f)
+        for problem in problems:
+            click.echo(problem)
+        if not problems:
+            click.echo(f"ok: {f}")
+        bad += bool(problems)
+    if bad:
+        click.echo(f"{bad} of {len(files)} file(s) have problems", err=True)
+        sys.exit(1)
+
+
+@tasks.command("new")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["classify", "generate"]), required=True, help="What the task returns.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write NAME.yaml [default: ALLINONE_TASKS_DIR, else the current dir].",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def tasks_new(name: str, kind: str, directory: Path | None, force: bool) -> None:
+    """Write a commented starting file for a new task NAME; edit it, then `allinone tasks validate` it."""
+    from .tasks import check_task_file
+    from .tasks.templates import starting_file
+
+    directory = directory or _settings().tasks_dir or Path.cwd()
+    path = directory / f"{name}.yaml"
+    if path.exists() and not force:
+        raise UserError(f"{path} exists; use --force to overwrite it")
+    text = starting_file(name, kind)  # raises InvalidInput on a bad name
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    problems = check_task_file(path)
+    if problems:  # the templates are tested; this guards against an odd name
+        raise UserError("; ".join(problems))
+    click.echo(f"wrote {path}")
+    click.echo(f"try it: allinone run {name} 'some text' --tasks-dir {directory}")
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def models(as_json: bool) -> None:
@@ -256,12 +324,39 @@ def data_options(f: F) -> F:
     return f
 
 
+def labelled_options(f: F) -> F:
+    """--label-field and --label-map, for commands that read gold labels."""
+    f = click.option(
+        "--label-map", multiple=True, metavar="RAW=LABEL", help="Map a file's label to a task label (repeat)."
+    )(f)
+    f = click.option("--label-field", default="label", show_default=True, help="Field holding the gold label.")(f)
+    return f
+
+
+def _labelled_rows(
+    task: Any,
+    file: Path,
+    text_field: str,
+    label_field: str,
+    label_map: tuple[str, ...],
+    limit: int | None,
+    exclude: tuple[Path, ...] = (),
+) -> list[Any]:
+    """Every labelled row (checked before any model work), minus texts that occur in `exclude` files."""
+    from itertools import islice
+
+    from .dataset import label_lookup, read_rows
+
+    held_out = {row.text for path in exclude for row in read_rows(path, text_field)}
+    rows = read_rows(file, text_field, label_field, label_lookup(task, _label_map(label_map)))
+    return list(islice((r for r in rows if r.text not in held_out), limit))
+
+
 @cli.command("eval")
 @click.argument("task")
 @click.argument("file", type=click.Path(path_type=Path))
 @data_options
-@click.option("--label-field", default="label", show_default=True, help="Field holding the gold label.")
-@click.option("--label-map", multiple=True, metavar="RAW=LABEL", help="Map a file's label to a task label (repeat).")
+@labelled_options
 @click.option(
     "--output", "-o", type=click.Path(path_type=Path), default=None, help="Dir for metrics.json and predictions.jsonl."
 )
@@ -278,15 +373,12 @@ def eval_cmd(
     tasks_dir: Path | None,
 ) -> None:
     """Measure a classify TASK on a labelled JSONL/CSV FILE: accuracy, macro-F1, calibration, speed."""
-    from itertools import islice
 
-    from .dataset import label_lookup, read_rows
     from .evaluate import Prediction, metrics
 
     router = _router(model, tasks_dir)
     t = router._kind(task, "classify")
-    lookup = label_lookup(t, _label_map(label_map))
-    rows = list(islice(read_rows(file, text_field, label_field, lookup), limit))  # validates every row first
+    rows = _labelled_rows(t, file, text_field, label_field, label_map, limit)
     router.engine  # noqa: B018
     preds = []
     start = time.perf_counter()
@@ -458,8 +550,7 @@ def serve(
 @click.argument("task")
 @click.argument("file", type=click.Path(path_type=Path))
 @data_options
-@click.option("--label-field", default="label", show_default=True, help="Field holding the gold label.")
-@click.option("--label-map", multiple=True, metavar="RAW=LABEL", help="Map a file's label to a task label (repeat).")
+@labelled_options
 @click.option("--l2", type=click.FloatRange(0), default=1.0, show_default=True, help="L2 penalty.")
 @click.option(
     "--exclude",
@@ -489,17 +580,13 @@ def train_head_cmd(
     tasks_dir: Path | None,
 ) -> None:
     """Train a classify TASK's optional linear head on a labelled JSONL/CSV FILE."""
-    from itertools import islice
 
     from .classify import label_scores, score_words
-    from .dataset import label_lookup, read_rows
     from .head import train_head
 
     router = _router(model, tasks_dir)
     t = router._kind(task, "classify")
-    held_out = {row.text for path in exclude for row in read_rows(path, text_field)}
-    labelled = read_rows(file, text_field, label_field, label_lookup(t, _label_map(label_map)))
-    rows = list(islice((r for r in labelled if r.text not in held_out), limit))
+    rows = _labelled_rows(t, file, text_field, label_field, label_map, limit, exclude)
     features, golds = [], []
     with _progress(len(rows), f"features {task}") as bar:
         for row in rows:
