@@ -140,10 +140,6 @@ class Router:
             task = task.model_copy(update={"system": system, "examples": []})
         return stream_reply(self.engine, task, ChatSession(turns=turns), text, self.params(task, options))
 
-    def classify_messages(self, name: str, messages: Sequence[Message]) -> Classification:
-        """Classify the last user message of a conversation."""
-        return self.classify(name, split_messages(messages)[2])
-
     def prompt_head(self, name: str, n: int = 50) -> str:
         """The first characters of the task's rendered prompt (its fixed prefix), for request logs."""
         head = self._heads.get(name)

@@ -111,7 +111,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     svc = services(request)
     name = task_for(body.model, svc)
     messages = to_messages(body.messages)
-    text = require_text(split_messages(messages)[2])
+    text = split_messages(messages)[2]
+    note(request, name, text)
+    require_text(text)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if svc.router.task(name).kind == "classify":
@@ -124,7 +126,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             timing=timing(record(request)),
         )
         return EventStream(_classify_chunks(out, include_usage)) if body.stream else out
-    note(request, name, text)
     items = svc.router.stream_messages(name, messages, body.options())
     if body.stream:
         stream, first = await start_stream(request, items)

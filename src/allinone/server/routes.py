@@ -169,7 +169,8 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
             timing=timing(rec),
         )
         return EventStream(_one_event(out.model_dump(), "result")) if body.stream else out
-    note(request, name, require_text(text))
+    note(request, name, text)
+    require_text(text)
     session = open_session(svc.sessions, body.session_id) if body.session_id and task.multi_turn else None
     if messages:
         items = svc.router.stream_messages(name, messages, body.options())
@@ -207,8 +208,9 @@ async def analyze(body: AnalyzeRequest, request: Request) -> AnalyzeResponse:
 async def chat(body: ChatRequest, request: Request) -> ChatResponse:
     """The original service's chat route: `{"text", "session_id"?}` -> `{"reply", "session_id", ...}`."""
     svc, rec = services(request), note(request, "chat", body.text)
+    text = require_text(body.text)
     session = open_session(svc.sessions, body.session_id)
-    reply = await join(request, svc.router.stream("chat", require_text(body.text), session))
+    reply = await join(request, svc.router.stream("chat", text, session))
     return ChatResponse(reply=reply.text, session_id=session.id, usage=usage_out(rec.usage), timing=timing(rec))
 
 
@@ -223,8 +225,9 @@ async def analyze_and_reply(body: AnalyzeAndReplyRequest, request: Request) -> A
     With `stream: true`: SSE `sentiment`, then `token` events, then `done`."""
     svc, rec = services(request), note(request, "chat", body.text)
     rec.task = "analyze_and_reply"
+    text = require_text(body.text)
     session = open_session(svc.sessions, body.session_id)
-    items = svc.router.analyze_and_reply(session, require_text(body.text), body.options())
+    items = svc.router.analyze_and_reply(session, text, body.options())
     if body.stream:
         stream, first = await start_stream(request, items)
         return event_stream(request, stream, first, {"session_id": session.id})
