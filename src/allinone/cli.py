@@ -129,6 +129,12 @@ def run(
             click.echo(f"auto → {task} ({route.probability:.2f})")
     extra = {"route": asdict(route)} if route else {}
     t = router.task(task)
+    unknown = sorted(set(options) - set(t.options))  # generation settings have their own flags
+    if unknown:
+        own = ", ".join(t.options) or "none"
+        raise UserError(
+            f"task '{task}' has no option(s) {unknown} (its options: {own}; use --max-tokens etc. for generation)"
+        )
     if t.kind == "classify":
         result = router.classify(task, text, options)
         ms = (time.perf_counter() - start) * 1000
@@ -137,16 +143,16 @@ def run(
         else:
             click.echo(f"{result.display}   ({_probs_line(result.probabilities)})")
         return
-    options.update(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    gen_options = {**options, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
     if t.output_schema is not None or as_json:  # structured results are shown whole, once parsed
-        reply = router.generate(task, text, options=options)
+        reply = router.generate(task, text, options=gen_options)
         ms = (time.perf_counter() - start) * 1000
         if as_json:
             click.echo(json.dumps({**extra, **asdict(reply), "timing_ms": round(ms, 1)}, ensure_ascii=False))
         else:
             click.echo(json.dumps(reply.data, ensure_ascii=False))
         return
-    for chunk in router.stream(task, text, options=options):
+    for chunk in router.stream(task, text, options=gen_options):
         click.echo(chunk.text, nl=False)
     click.echo()
 

@@ -48,7 +48,8 @@ def routing_task(tasks: Iterable[Task]) -> Task:
         system=SYSTEM.format(tasks=lines),
         examples=[ex for r in rounds for ex in r if ex is not None],
         labels=[Label(id=t.name, display=t.name, words=[t.name]) for t in candidates],
-        calibration=Calibration(content_free=["N/A", "...", "?"]),  # divides out the prompt's own preference among names
+        # contextual calibration: divide out the prompt's own preference among the names
+        calibration=Calibration(content_free=["N/A", "...", "?"]),
         truncation=Truncation(max_chars=600, head_ratio=0.7),
     )
 

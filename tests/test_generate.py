@@ -1,0 +1,93 @@
+"""Generate tasks on the fake engine: length limits, structured results, options through the router."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from allinone.engines.base import Chunk, Usage
+from allinone.errors import InvalidInput, OutputInvalid
+from allinone.generate import cut_at_sentence, limit_stream
+from allinone.router import Router
+from allinone.settings import Settings
+from tests.fakes import FakeEngine
+
+
+@pytest.fixture
+def fake() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def router(fake: FakeEngine, tmp_path: Path) -> Router:
+    return Router(Settings(home=tmp_path), fake)
+
+
+def chunks(*texts: str, finish: str = "stop") -> list[Chunk]:
+    return [*(Chunk(t) for t in texts), Chunk("", finish, Usage(10, 0, len(texts)))]  # type: ignore[arg-type]
+
+
+def test_cut_keeps_whole_sentences_within_the_limit() -> None:
+    assert cut_at_sentence("第一句。第二句很长很长。", 8) == "第一句。"
+    assert cut_at_sentence("One. Two three. Four.", 16) == "One. Two three."
+    assert cut_at_sentence("Version 2.5 is out. More text here.", 22) == "Version 2.5 is out."
+    assert cut_at_sentence("短", 5) == "短"
+
+
+def test_cut_without_a_sentence_end_ends_a_word_with_an_ellipsis() -> None:
+    cut = cut_at_sentence("The city council approved a budget that increases spending", 30)
+    assert cut == "The city council approved a…" and len(cut) <= 30
+    assert cut_at_sentence("一二三四五六七八九十", 5) == "一二三四…"
+
+
+def test_limit_stream_sends_only_text_it_keeps_and_marks_a_cut_as_length() -> None:
+    out = list(limit_stream(chunks("第一句", "。第二", "句。第三句还在继续", "很长。"), 12))
+    assert [c.text for c in out if c.text] == ["第一句。", "第二句。"]
+    assert out[-1].finish_reason == "length" and out[-1].usage and out[-1].usage.completion_tokens == 4
+
+
+def test_limit_stream_passes_a_short_reply_whole() -> None:
+    out = list(limit_stream(chunks("Short ", "reply. And", " the end"), 100))
+    assert "".join(c.text for c in out) == "Short reply. And the end" and out[-1].finish_reason == "stop"
+
+
+def test_limit_stream_drops_an_unfinished_sentence_when_tokens_ran_out() -> None:
+    out = list(limit_stream(chunks("完整的一句。", "没写完的", finish="length"), 100))
+    assert "".join(c.text for c in out) == "完整的一句。" and out[-1].finish_reason == "length"
+
+
+def test_summary_length_is_enforced_through_the_router(router: Router, fake: FakeEngine) -> None:
+    fake.enqueue("这是第一句摘要。这是第二句，它会超出长度限制。")
+    reply = router.generate("summary", "一段很长的中文新闻。" * 5, options={"length": "12"})
+    assert reply.text == "这是第一句摘要。" and len(reply.text) <= 12
+    assert reply.options == {"length": "12", "language": "zh"} and reply.finish_reason == "length"
+    assert fake.params[-1].max_tokens < 300  # derived from the 12 characters, not the task's 300
+    assert "at most 12 characters" in fake.prompts[-1].text
+
+
+def test_structured_task_sends_a_grammar_and_returns_parsed_json(router: Router, fake: FakeEngine) -> None:
+    fake.enqueue('["北京", "颐和园", "北京"]')
+    reply = router.generate("keywords", "今天去北京颐和园。")
+    assert reply.data == ["北京", "颐和园"]
+    assert fake.params[-1].grammar == router.task("keywords").grammar
+
+
+def test_structured_task_with_a_cut_reply_is_an_error(router: Router, fake: FakeEngine) -> None:
+    fake.enqueue('["北京", "颐')
+    with pytest.raises(OutputInvalid, match="not complete JSON"):
+        router.generate("keywords", "今天去北京颐和园。")
+
+
+def test_translate_direction_is_detected_or_given(router: Router, fake: FakeEngine) -> None:
+    assert router.generate("translate", "你好世界").options == {"target": "en"}
+    assert "Translate into English:" in fake.prompts[-1].text
+    assert router.generate("translate", "hello world").options == {"target": "zh"}
+    assert "Translate into Simplified Chinese:" in fake.prompts[-1].text
+    router.generate("translate", "你好", options={"target": "zh"})
+    assert "Translate into Simplified Chinese:" in fake.prompts[-1].text
+
+
+def test_unknown_option_lists_the_tasks_own_options(router: Router) -> None:
+    with pytest.raises(InvalidInput, match=r"unknown option.*colour.*options: length, language"):
+        router.generate("summary", "text", options={"colour": "red"})
