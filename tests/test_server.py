@@ -611,3 +611,51 @@ def test_a_client_that_leaves_stops_the_generation_and_frees_the_engine(tmp_path
     assert engine.closed and engine.lock.acquire(timeout=1.0)  # generation stopped, engine free
     line = log_lines(tmp_path)[-1]
     assert line["status"] == 499 and 0 < line["completion_tokens"] < 1000  # the chunks it did stream
+
+
+# --- the lead's task features through HTTP: auto routing, task options, structured output -------
+
+
+def pick(task: str) -> Any:
+    """A scorer under which routing picks `task` and sentiment says negative."""
+
+    def scorer(prompt: str, word: str) -> float:
+        if word in ("正面", "负面"):
+            return negative(prompt, word)
+        last_user_message = prompt.split("<user>")[-1]
+        return 0.0 if word == task and "北京" in last_user_message else -9.0  # content-free prompts: all alike
+
+    return scorer
+
+
+@pytest.mark.parametrize(("task", "kind"), [("sentiment", "classify"), ("keywords", "generate")])
+def test_task_auto_lets_the_model_pick_the_task(tmp_path: Path, task: str, kind: str) -> None:
+    engine = FakeEngine(pick(task))
+    engine.enqueue('["北京"]', '["酒店"]')
+    with make_client(tmp_path, engine) as c:
+        body = c.post("/v1/tasks/auto", json={"text": "今天北京天气晴朗"}).json()
+        assert body["kind"] == kind and body["task"] == task
+        assert body["route"]["task"] == task and body["route"]["probability"] > 0.5
+        openai = c.post("/v1/chat/completions", json=chat_body("allinone-auto", "北京的酒店太差了")).json()
+        assert openai["route"]["task"] == task
+    assert "allinone-auto" in {m["id"] for m in make_client(tmp_path).get("/v1/models").json()["data"]}
+
+
+def test_structured_task_returns_its_parsed_json(client: TestClient, engine: FakeEngine) -> None:
+    engine.enqueue('["北京", "颐和园"]', '["a", "b"]', "not json")
+    body = client.post("/v1/tasks/keywords", json={"text": "今天去北京颐和园"}).json()
+    assert body["data"] == ["北京", "颐和园"] and body["text"] == '["北京", "颐和园"]'
+    assert engine.params[-1].grammar  # generation was constrained by the schema's grammar
+    done = events(client.post("/v1/tasks/keywords", json={"text": "x y", "stream": True}).text)[-1]
+    assert done[0] == "done" and done[1]["data"] == ["a", "b"]
+    r = client.post("/v1/tasks/keywords", json={"text": "z"})
+    assert r.status_code == 502 and r.json()["error"]["type"] == "output_invalid"
+
+
+def test_a_task_option_beside_the_text_reaches_the_task(client: TestClient, engine: FakeEngine) -> None:
+    engine.enqueue("短摘要。")
+    r = client.post("/v1/tasks/summary", json={"text": "一段很长的会议记录。" * 5, "length": "short"})
+    assert r.status_code == 200
+    assert "ONE short sentence" in engine.prompts[-1].text  # the option filled the prompt
+    bad = client.post("/v1/tasks/summary", json={"text": "一段文字", "length": "epic"})
+    assert bad.status_code == 400 and "length" in bad.json()["error"]["message"]

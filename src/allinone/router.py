@@ -132,13 +132,13 @@ class Router:
         messages: Sequence[Message],
         options: Mapping[str, Any] | None = None,
     ) -> Iterator[Chunk]:
-        """Reply to a conversation the caller holds (OpenAI style); a system message replaces the task's
-        system prompt and examples."""
-        task = self._kind(name, "generate")
+        """Reply to a conversation the caller holds (OpenAI style), with the task's options, grammar and
+        length limit as in `stream`; a system message replaces the task's system prompt and examples."""
         system, turns, text = split_messages(messages)
+        task, params, _ = self.prepare(name, text, options)
         if system is not None:
             task = task.model_copy(update={"system": system, "examples": []})
-        return stream_reply(self.engine, task, ChatSession(turns=turns), text, self.params(task, options))
+        return self._reply(task, params, text, ChatSession(turns=turns))
 
     def prompt_head(self, name: str, n: int = 50) -> str:
         """The first characters of the task's rendered prompt (its fixed prefix), for request logs."""

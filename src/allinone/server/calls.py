@@ -14,7 +14,10 @@ from ..classify import Classification
 from ..engines.base import Chunk, Usage
 from ..errors import EmptyText
 from ..logs import RequestRecord
-from .schemas import Timing, UsageOut
+from ..routing import Route
+from ..structured import parse_output
+from ..tasks import Task
+from .schemas import RouteOut, Timing, UsageOut
 from .state import record, services
 from .streaming import END, ThreadedStream, follow
 
@@ -41,15 +44,35 @@ def note(request: Request, task: str, text: str) -> RequestRecord:
     return rec
 
 
-async def classify(request: Request, task: str, text: str) -> Classification:
-    """Run a classify task in the thread pool, filling in the request's record."""
+async def classify(request: Request, task: str, text: str, options: dict[str, Any] | None = None) -> Classification:
+    """Run a classify task (with its own options, if any) in the thread pool, filling in the request's record."""
     rec = note(request, task, text)
     svc = services(request)
     async with svc.slot:
-        result = await run_in_threadpool(svc.router.classify, task, require_text(text))
+        result = await run_in_threadpool(svc.router.classify, task, require_text(text), options)
     rec.add_usage(result.usage)
     rec.output = result.label
     return result
+
+
+async def route(request: Request, text: str) -> Route:
+    """The task the model picks for `text` (task `auto`); its usage counts toward the request's."""
+    svc = services(request)
+    async with svc.slot:
+        found = await run_in_threadpool(svc.router.route, require_text(text))
+    record(request).add_usage(found.usage)
+    return found
+
+
+def route_out(found: Route | None) -> RouteOut | None:
+    if found is None:
+        return None
+    return RouteOut(task=found.task, probability=found.probability, probabilities=found.probabilities)
+
+
+def parsed(task: Task, text: str, finish_reason: str | None) -> Any:
+    """A task with output_schema: its reply's JSON (OutputInvalid when the reply does not parse)."""
+    return None if task.output_schema is None else parse_output(task.output_schema, text, finish_reason)
 
 
 @dataclass

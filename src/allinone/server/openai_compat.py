@@ -14,7 +14,8 @@ from ..chat import split_messages
 from ..classify import Classification as ClassifyResult
 from ..engines.base import Message, Usage
 from ..errors import AllInOneError, InvalidInput, TaskNotFound
-from .calls import Reply, classify, items_of, join, note, require_text, start_stream, timing
+from ..routing import AUTO
+from .calls import Reply, classify, items_of, join, note, parsed, require_text, route, route_out, start_stream, timing
 from .errors import domain_error
 from .schemas import (
     ChatCompletion,
@@ -51,7 +52,7 @@ _SSE_EXAMPLE = (
 def task_for(model: str, svc: Services) -> str:
     """The task behind a model id: `allinone-<task>` or the bare task name."""
     name = model.removeprefix(PREFIX)
-    if name in svc.router.tasks:
+    if name == AUTO or name in svc.router.tasks:
         return name
     if model in svc.router.tasks:
         return model
@@ -88,7 +89,7 @@ def classification(result: ClassifyResult) -> Classification:
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
-    """Every task as a model id, `allinone-<task>`."""
+    """Every task as a model id, `allinone-<task>`, and `allinone-auto`, which lets the model pick the task."""
     tasks = services(request).router.tasks.values()
     cards = [
         ModelCard(
@@ -96,6 +97,8 @@ async def list_models(request: Request) -> ModelList:
         )
         for t in tasks
     ]
+    auto = "The model picks the task for the last user message. 由模型为消息选择任务。"
+    cards.append(ModelCard(id=PREFIX + AUTO, created=_CREATED, task=AUTO, kind="auto", description=auto))
     return ModelList(data=cards)
 
 
@@ -112,6 +115,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     name = task_for(body.model, svc)
     messages = to_messages(body.messages)
     text = split_messages(messages)[2]
+    found = await route(request, text) if name == AUTO else None
+    name = found.task if found else name
     note(request, name, text)
     require_text(text)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
@@ -123,6 +128,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             choices=[Choice(message=CompletionMessage(content=result.display), finish_reason="stop")],
             usage=completion_usage(result.usage),
             classification=classification(result),
+            route=route_out(found),
             timing=timing(record(request)),
         )
         return EventStream(_classify_chunks(out, include_usage)) if body.stream else out
@@ -136,6 +142,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         **head,
         choices=[Choice(message=CompletionMessage(content=reply.text), finish_reason=reply.finish_reason)],
         usage=completion_usage(rec.usage),
+        data=parsed(svc.router.task(name), reply.text, reply.finish_reason),
+        route=route_out(found),
         timing=timing(rec),
     )
 

@@ -12,10 +12,25 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 
 from ..chat import ChatSession, split_messages
 from ..classify import Classification
-from ..errors import AllInOneError, InvalidInput
+from ..errors import AllInOneError
+from ..routing import AUTO
 from ..sessions import open_session
+from ..tasks import Task
 from . import metrics as metrics_module
-from .calls import Reply, classify, items_of, join, note, require_text, start_stream, timing, usage_out
+from .calls import (
+    Reply,
+    classify,
+    items_of,
+    join,
+    note,
+    parsed,
+    require_text,
+    route,
+    route_out,
+    start_stream,
+    timing,
+    usage_out,
+)
 from .errors import domain_error
 from .schemas import (
     AnalyzeAndReplyRequest,
@@ -69,8 +84,11 @@ def sentiment_out(result: Classification, svc: Services) -> Sentiment:
     )
 
 
-def event_stream(request: Request, stream: ThreadedStream[Any], first: Any, done: dict[str, Any]) -> EventStream:
-    """SSE: `sentiment` (combined flow), `token`s, then `done` with the totals, or `error`."""
+def event_stream(
+    request: Request, stream: ThreadedStream[Any], first: Any, done: dict[str, Any], task: Task | None = None
+) -> EventStream:
+    """SSE: `sentiment` (combined flow), `token`s, then `done` with the totals (and a structured task's
+    `data`), or `error`."""
     svc, rec = services(request), record(request)
     reply = Reply(rec)
 
@@ -83,6 +101,11 @@ def event_stream(request: Request, stream: ThreadedStream[Any], first: Any, done
                         yield sse(sentiment_out(item, svc).model_dump(), "sentiment")
                     elif item.text:
                         yield sse({"text": item.text}, "token")
+            if rec.client_gone:
+                return
+            end = {"reply": reply.text, "finish_reason": reply.finish_reason, **done}
+            if task is not None and task.output_schema is not None:
+                end["data"] = parsed(task, reply.text, reply.finish_reason)
         except AllInOneError as e:  # the response has started: the error becomes an event
             rec.status, payload = domain_error(e)
             rec.error = payload["error"]["type"]
@@ -91,10 +114,8 @@ def event_stream(request: Request, stream: ThreadedStream[Any], first: Any, done
         finally:
             await stream.aclose()
             reply.close()
-        if not rec.client_gone:
-            end = {"reply": reply.text, "finish_reason": reply.finish_reason, **done}
-            end |= {"usage": usage_out(rec.usage).model_dump(), "timing": timing(rec, reply.sentiment_ms).model_dump()}
-            yield sse(end, "done")
+        end |= {"usage": usage_out(rec.usage).model_dump(), "timing": timing(rec, reply.sentiment_ms).model_dump()}
+        yield sse(end, "done")
 
     return EventStream(body(), stream)
 
@@ -149,23 +170,25 @@ async def list_tasks(request: Request) -> list[TaskInfo]:
     tags=["tasks"],
 )
 async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
-    """Run any task. Classify tasks return the label, display line and probabilities; generate tasks
-    return text (`stream: true` for server-sent events). Options override the task's defaults."""
+    """Run any task, or `auto` to let the model pick it. Classify tasks return the label, display line and
+    probabilities; generate tasks return text (and `data` when they declare an output_schema), with
+    `stream: true` as server-sent events. Options override the task's defaults."""
     svc, rec = services(request), record(request)
-    task = svc.router.task(name)
     messages = [m.message() for m in body.messages] if body.messages else None
     text = split_messages(messages)[2] if messages else (body.text or "")
+    found = await route(request, text) if name == AUTO else None
+    name = found.task if found else name
+    task = svc.router.task(name)
     if task.kind == "classify":
-        if body.model_extra:  # generation overrides do not apply and are ignored; unknown names are mistakes
-            raise InvalidInput(f"unknown option(s) for classify task '{name}': {', '.join(sorted(body.model_extra))}")
-        result = await classify(request, name, text)
+        result = await classify(request, name, text, body.model_extra)  # generation overrides do not apply
         out = ClassifyResponse(
             task=name,
             label=result.label,
             display=result.display,
             probabilities=result.probabilities,
             truncated=result.truncated,
-            usage=usage_out(result.usage),
+            route=route_out(found),
+            usage=usage_out(rec.usage),
             timing=timing(rec),
         )
         return EventStream(_one_event(out.model_dump(), "result")) if body.stream else out
@@ -179,13 +202,17 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
     session_id = session.id if session else None
     if body.stream:
         stream, first = await start_stream(request, items)
-        return event_stream(request, stream, first, {"session_id": session_id})
+        routed = route_out(found)
+        done = {"task": name, "session_id": session_id, "route": routed.model_dump() if routed else None}
+        return event_stream(request, stream, first, done, task)
     reply = await join(request, items)
     return GenerateResponse(
         task=name,
         text=reply.text,
         finish_reason=reply.finish_reason,
         session_id=session_id,
+        data=parsed(task, reply.text, reply.finish_reason),
+        route=route_out(found),
         usage=usage_out(rec.usage),
         timing=timing(rec),
     )

@@ -101,8 +101,9 @@ class ErrorOut(BaseModel):
 
 
 class TaskRequest(Options):
-    """One request to any task: `text`, or `messages` for a chat-like (generate) task. Fields other than
-    these are the task's own options (e.g. a summary's `length`); the task rejects ones it does not have."""
+    """One request to any task (or `auto`: the model picks the task): `text`, or `messages` for a chat-like
+    (generate) task. Other fields are the task's own options (e.g. a summary's `length`); a task rejects
+    ones it does not have."""
 
     model_config = ConfigDict(
         extra="allow",
@@ -110,6 +111,7 @@ class TaskRequest(Options):
             {"text": "这家酒店服务太差了，再也不来了"},
             {"text": "今天工作好累", "session_id": "demo-1", "max_tokens": 64, "temperature": 0.7},
             {"messages": [{"role": "user", "content": "用一句话介绍你自己"}], "max_tokens": 48},
+            {"text": "会议纪要：……（一段长文本）", "length": "short"},
         ),
     )
 
@@ -130,6 +132,12 @@ class TaskRequest(Options):
         if self.messages is not None and self.session_id is not None:
             raise ValueError("`messages` carries its own history; `session_id` applies to `text` only")
         return self
+
+
+class RouteOut(BaseModel):
+    task: str = Field(description="The task the model picked.")
+    probability: float
+    probabilities: dict[str, float] = Field(description="Every routable task.")
 
 
 class ClassifyResponse(BaseModel):
@@ -154,6 +162,7 @@ class ClassifyResponse(BaseModel):
     display: str = Field(description="The line shown to people.")
     probabilities: dict[str, float] = Field(description="Probability of every label, in declared order.")
     truncated: bool = Field(description="The input was longer than the task keeps and was cut.")
+    route: RouteOut | None = Field(None, description="Task `auto`: the task the model picked for the text.")
     usage: UsageOut
     timing: Timing
 
@@ -178,6 +187,8 @@ class GenerateResponse(BaseModel):
     text: str
     finish_reason: Literal["stop", "length"] | None
     session_id: str | None = Field(None, description="The session the turn was added to (multi-turn tasks).")
+    data: Any = Field(None, description="Tasks with an output_schema: the reply parsed as JSON.")
+    route: RouteOut | None = Field(None, description="Task `auto`: the task the model picked for the text.")
     usage: UsageOut
     timing: Timing
 
@@ -453,6 +464,8 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: CompletionUsage
     classification: Classification | None = Field(None, description="Classify tasks: label and probabilities.")
+    data: Any = Field(None, description="Tasks with an output_schema: the reply parsed as JSON.")
+    route: RouteOut | None = Field(None, description="Model `allinone-auto`: the task the model picked.")
     timing: Timing | None = None
 
 
@@ -462,7 +475,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "allinone"
     task: str
-    kind: Literal["classify", "generate"]
+    kind: Literal["classify", "generate", "auto"]
     description: str
 
 
