@@ -49,18 +49,18 @@ class Label(_Strict):
 class Example(_Strict):
     """A few-shot example held in the cached prefix."""
 
-    input: str = Field(min_length=1)
+    input: str = Field(min_length=1, description="The example's user text.")
     output: str = Field(min_length=1, description="Classify: a label id. Generate: the expected answer.")
 
 
 class Generation(_Strict):
     """Default generation limits; requests may override them."""
 
-    max_tokens: int = Field(256, ge=1, le=8192)
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(0.9, gt=0.0, le=1.0)
-    stop: list[str] = Field(default_factory=list)
-    seed: int | None = None
+    max_tokens: int = Field(256, ge=1, le=8192, description="Most tokens in a reply.")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling: keep the most likely tokens up to p.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end the reply (not included).")
+    seed: int | None = Field(None, description="Sampling seed; unset uses ALLINONE_SEED.")
     max_chars: int | None = Field(
         None,
         ge=1,
@@ -80,7 +80,7 @@ class Calibration(_Strict):
 class Truncation(_Strict):
     """How over-long inputs are cut before they reach the model."""
 
-    max_chars: int = Field(2000, ge=16)
+    max_chars: int = Field(2000, ge=16, description="Longest input kept, in characters.")
     head_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Share of max_chars kept from the start.")
 
     def apply(self, text: str) -> tuple[str, bool]:
@@ -111,23 +111,23 @@ class Routing(_Strict):
 class Task(_Strict):
     """A capability of the shared model, defined entirely by prompts."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_\-]*$")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_\-]*$", description="Task name; must match the file name.")
     description: str = Field(min_length=1, description="What the task does; `auto` routing reads it to pick a task.")
-    kind: Literal["classify", "generate"]
+    kind: Literal["classify", "generate"] = Field(description="classify: score labels. generate: write a reply.")
     system: str = Field(min_length=1, description="System prompt; part of the cached prefix.")
-    examples: list[Example] = Field(default_factory=list)
+    examples: list[Example] = Field(default_factory=list, description="Few-shot examples in the cached prefix.")
     input_template: str = Field("{text}", description="How the user text is wrapped; must contain {text}.")
     options: dict[str, TaskOption] = Field(
         default_factory=dict,
         description="Named request options; a value fills the placeholder {name} in system / input_template.",
     )
-    labels: list[Label] | None = None
+    labels: list[Label] | None = Field(None, description="Classify only: the label set, at least two.")
     display_template: str = Field("{emoji} {display}", description="Display line of a classify result.")
     calibration: Calibration | None = Field(None, description="Classify only: contextual calibration.")
     head: str | None = Field(
         None, description="Classify only: a learned linear head file beside this YAML (see `allinone train-head`)."
     )
-    generation: Generation | None = None
+    generation: Generation | None = Field(None, description="Generate only: default generation settings.")
     multi_turn: bool = Field(False, description="Generate tasks only: keeps a conversation history.")
     output_schema: dict[str, Any] | None = Field(
         None,
@@ -135,7 +135,7 @@ class Task(_Strict):
         "the result carries the parsed JSON.",
     )
     routing: Routing = Field(default_factory=lambda: Routing(), description="How `auto` routing sees this task.")
-    truncation: Truncation = Field(default_factory=Truncation)
+    truncation: Truncation = Field(default_factory=Truncation, description="How over-long inputs are cut.")
 
     _source: Path | None = PrivateAttr(None)
     _grammar: str | None = PrivateAttr(None)
