@@ -52,6 +52,8 @@ def test_grammar_bounds_the_array_and_forbids_raw_control_characters() -> None:
     gbnf = schema_to_gbnf(KEYWORDS)
     assert gbnf.count('"," space item') == 2  # at most 3 items
     assert 'char ::= [^"\\\\\\x7F\\x00-\\x1F]' in gbnf
+    assert 'item ::= "\\"" char-first' in gbnf  # a non-empty string starts with a visible character
+    assert "char-first ::= [^" in gbnf and "\\x00-\\x20" in gbnf
     assert "root ::=" in schema_to_gbnf(OBJECT)
 
 

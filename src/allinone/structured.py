@@ -8,12 +8,14 @@ invalid JSON: it gets the parsed value or an `OutputInvalid` error.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .errors import OutputInvalid
 
 __all__ = ["check_schema", "parse_output", "schema_to_gbnf", "validate"]
 
+_CHAR_FIRST = r'char-first ::= [^"\\\x7F\x00-\x20\u00A0\u3000] | "\\" ["\\/]'
 _COMMON = {"type", "description", "title", "examples", "default"}
 _KEYWORDS = {
     "object": {"properties", "required", "additionalProperties"},
@@ -95,7 +97,10 @@ def schema_to_gbnf(schema: dict[str, Any]) -> str:
 
     gbnf: str = json_schema_to_gbnf(json.dumps(schema))
     # JSON strings may not hold raw control characters; the converter's `char` rule allows them
-    return gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+    gbnf = gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+    # a string that must not be empty starts with a visible character, so it is never blank once stripped
+    gbnf, n = re.subn(r'"\\"" char(?=[ )])', '"\\\\"" char-first', gbnf)
+    return gbnf + (f"\n{_CHAR_FIRST}" if n else "")
 
 
 def validate(schema: dict[str, Any], value: Any, path: str = "$") -> list[str]:
