@@ -39,6 +39,9 @@ def test_cut_without_a_sentence_end_ends_a_word_with_an_ellipsis() -> None:
     cut = cut_at_sentence("The city council approved a budget that increases spending", 30)
     assert cut == "The city council approved a…" and len(cut) <= 30
     assert cut_at_sentence("一二三四五六七八九十", 5) == "一二三四…"
+    clauses = "地铁开通运营，通勤时间缩短到四十分钟，首日客流超过十二万人次"
+    assert cut_at_sentence(clauses, 24) == "地铁开通运营，通勤时间缩短到四十分钟…"
+    assert cut_at_sentence("Budget approved, with buses and trams for everyone", 30) == "Budget approved, with buses…"
 
 
 def test_limit_stream_sends_only_text_it_keeps_and_marks_a_cut_as_length() -> None:

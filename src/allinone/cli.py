@@ -120,6 +120,7 @@ def run(
     router = _router(model, tasks_dir)
     text = _read_text(text)
     options = _pairs(task_options, "--option")
+    router.engine  # noqa: B018 - load first, so timing_ms is the request alone
     start = time.perf_counter()
     route = None
     if task == AUTO:

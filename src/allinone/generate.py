@@ -37,15 +37,19 @@ def sentence_ends(text: str, final: bool) -> list[int]:
 
 
 def cut_at_sentence(text: str, max_chars: int) -> str:
-    """The longest start of `text` within max_chars that ends a sentence; a word cut with '…' if none does."""
+    """The longest start of `text` within max_chars that ends a sentence; if none does, a cut at a clause break
+    (else a word break) in the second half, marked with '…'."""
     if len(text) <= max_chars:
         return text
     ends = [i for i in sentence_ends(text[: max_chars + 1], final=False) if i <= max_chars]
     if ends:
         return text[: ends[-1]]
     head = text[: max_chars - 1]
-    space = head.rfind(" ")
-    return (head[:space] if space > max_chars // 2 else head).rstrip() + "…"
+    for breaks in ("，,、：:", " "):
+        at = max((i for i, ch in enumerate(head) if ch in breaks), default=-1)
+        if at > max_chars // 2:
+            return head[:at].rstrip() + "…"
+    return head.rstrip() + "…"
 
 
 def limit_stream(chunks: Iterable[Chunk], max_chars: int) -> Iterator[Chunk]:
