@@ -49,7 +49,7 @@ def main() -> None:
     from allinone.router import Router
     from allinone.settings import Settings
 
-    router = Router(Settings())
+    router = Router(Settings(use_heads=True))  # one pass gives both: label scoring alone, and with the head
     task = router.task("sentiment")
     has_head = task.head is not None
     results: dict[str, object] = {"task": task.model_dump(mode="json"), "has_head": has_head}

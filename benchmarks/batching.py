@@ -93,8 +93,10 @@ def main() -> None:
     for k, r in results.items():
         print(f"{f'multi-sequence batch k={k}':<26}{r['texts_per_s']:>10.2f}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"n_texts": N_TEXTS, "engine_sequential_texts_per_s": engine_rate,
-                               "batched": results}, indent=2) + "\n")
+    OUT.write_text(
+        json.dumps({"n_texts": N_TEXTS, "engine_sequential_texts_per_s": engine_rate, "batched": results}, indent=2)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

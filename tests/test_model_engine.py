@@ -10,6 +10,7 @@ from allinone.chat import ChatSession
 from allinone.engines import GenParams, Message, Prompt
 from allinone.engines.llamacpp import LlamaCppEngine
 from allinone.router import Router
+from allinone.settings import Settings
 
 pytestmark = pytest.mark.model
 
@@ -109,3 +110,15 @@ def test_abandoned_stream_frees_the_engine(router: Router) -> None:
     done = threading.Event()
     threading.Thread(target=lambda: (router.classify("sentiment", "好"), done.set())).start()
     assert done.wait(30)
+
+
+def test_learned_head_refines_the_same_pass_without_changing_the_prompt_scores(
+    router: Router, settings: Settings
+) -> None:
+    with_head = Router(settings.model_copy(update={"use_heads": True}), router.engine)
+    for text in ["房间很干净，服务也好", "The food was cold and the waiter was rude."]:
+        plain = router.classify("sentiment", text)
+        refined = with_head.classify("sentiment", text)
+        assert plain.method == "prompt" and refined.method == "prompt+head"
+        assert refined.prompt_probabilities == plain.probabilities  # bit-identical: one pass, same batches
+        assert refined.label in {"positive", "negative"} and sum(refined.probabilities.values()) == pytest.approx(1)

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
         default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, description="CPU threads for inference."
     )
     n_batch: int = Field(512, ge=32, le=8192, description="Max tokens evaluated per llama_decode call.")
-    use_heads: bool = Field(True, description="Apply a classify task's learned head when it declares one.")
+    use_heads: bool = Field(False, description="Apply the learned head a classify task declares (opt-in: see README).")
     seed: int = Field(-1, description="Default sampling seed; -1 draws a fresh one per request.")
     host: str = Field("127.0.0.1", description="HTTP bind address.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
