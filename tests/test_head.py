@@ -62,12 +62,12 @@ def test_classify_applies_the_head_and_keeps_the_prompt_probabilities(tmp_path: 
     head = LinearHead(["positive", "negative"], np.zeros(4), np.ones(4), weight, np.array([-5.0, 5.0]), {})
     task = load_task_file(sentiment_with_head(tmp_path, head))
     engine = FakeEngine(scorer)
-    negative = classify(engine, task, "一般般")
+    negative = classify(engine, task, "一般般", use_head=True)
     assert negative.method == "prompt+head" and negative.label == "negative"
     assert negative.prompt_probabilities == pytest.approx({"positive": 0.7, "negative": 0.3})
     assert negative.display == "😡 LLM 情感判断: 负面"
-    assert classify(engine, task, "好好好").label == "positive"
-    plain = classify(engine, task, "一般般", use_head=False)
+    assert classify(engine, task, "好好好", use_head=True).label == "positive"
+    plain = classify(engine, task, "一般般")
     assert plain.method == "prompt" and plain.label == "positive" and plain.prompt_probabilities is None
 
 

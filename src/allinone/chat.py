@@ -94,7 +94,7 @@ def analyze_and_reply(
     session: ChatSession,
     text: str,
     params: GenParams,
-    use_head: bool = True,
+    use_head: bool = False,
 ) -> Iterator[Classification | Chunk]:
     """The combined flow: the sentiment result first, then the reply that knows it."""
     result = classify(engine, sentiment_task, text, use_head)

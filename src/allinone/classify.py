@@ -115,7 +115,7 @@ def calibration_bias(engine: Engine, task: Task) -> list[float] | None:
     return bias
 
 
-def classify(engine: Engine, task: Task, text: str, use_head: bool = True) -> Classification:
+def classify(engine: Engine, task: Task, text: str, use_head: bool = False) -> Classification:
     """Score every label of a classify task for one text (one forward pass)."""
     if task.kind != "classify" or task.labels is None:
         raise InvalidInput(f"task '{task.name}' is not a classify task")
