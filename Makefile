@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make run    set up (venv, dependencies, embedded default model) and run the demo
+#   make run    set up (venv, dependencies, embedded default model), run the demo, start the service
 #   make test   set up and run lint, type checks and the whole test suite on the real default model
 VENV ?= .venv
 PYTHON ?= python3
@@ -18,10 +18,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The demo on the embedded default model, then the service: web page, API and docs on 127.0.0.1:8000.
 run: $(STAMP)
 	$(BIN)/allinone run sentiment "这家酒店服务太差了，再也不来了"
 	$(BIN)/allinone run sentiment "The room was spotless and the staff were lovely."
 	printf '今天工作好累，老板还批评了我\n/exit\n' | $(BIN)/allinone chat --seed 7
+	@echo "serving on http://127.0.0.1:8000 (web page /, API docs /docs); Ctrl-C stops"
+	$(BIN)/allinone serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
