@@ -36,8 +36,10 @@ def load(split: str) -> list[dict[str, str]]:
 def pick_examples(k: int) -> list[dict[str, str]]:
     """k train examples, alternating labels, shortest first among 20-60 characters."""
     train = [r for r in load("train") if 20 <= len(r["text"]) <= 60]
-    by_label = {lab: sorted((r for r in train if r["label"] == lab), key=lambda r: len(r["text"]))
-                for lab in ("positive", "negative")}
+    by_label = {
+        lab: sorted((r for r in train if r["label"] == lab), key=lambda r: len(r["text"]))
+        for lab in ("positive", "negative")
+    }
     out = []
     for i in range(k // 2):
         out += [by_label["positive"][i * 7], by_label["negative"][i * 7]]  # spread, not near-duplicates
@@ -97,13 +99,26 @@ def main() -> None:
                     probs.append((math.exp(pos - z), math.exp(neg - z)))
                 bias = [math.log(sum(p[i] for p in probs) / len(probs)) for i in (0, 1)]
             acc = accuracy(rows, n_words, bias)
-            results.append({"shots": shots, "verbaliser": vname, "calibrated": calibrate, "dev_accuracy": acc,
-                            "n_dev": len(dev), "texts_per_s": len(dev) / secs})
-            print(f"shots={shots} words={vname:<5} calibrated={calibrate!s:<5} dev acc={acc:.4f} "
-                  f"({len(dev) / secs:.2f} texts/s)", flush=True)
+            results.append(
+                {
+                    "shots": shots,
+                    "verbaliser": vname,
+                    "calibrated": calibrate,
+                    "dev_accuracy": acc,
+                    "n_dev": len(dev),
+                    "texts_per_s": len(dev) / secs,
+                }
+            )
+            print(
+                f"shots={shots} words={vname:<5} calibrated={calibrate!s:<5} dev acc={acc:.4f} "
+                f"({len(dev) / secs:.2f} texts/s)",
+                flush=True,
+            )
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"examples": {k: pick_examples(k) for k in SHOTS}, "results": results},
-                              ensure_ascii=False, indent=1) + "\n")
+    OUT.write_text(
+        json.dumps({"examples": {k: pick_examples(k) for k in SHOTS}, "results": results}, ensure_ascii=False, indent=1)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":
