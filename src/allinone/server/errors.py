@@ -37,7 +37,13 @@ _DOMAIN: list[tuple[type[AllInOneError], int, str]] = [
     (AllInOneError, 400, "error"),
 ]
 
-_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 422: "validation_error"}
+_HTTP_TYPES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    422: "validation_error",
+}
 
 _ZH = {
     "context_overflow": "输入过长，超出模型上下文",
@@ -46,6 +52,7 @@ _ZH = {
     "model_unavailable": "模型不可用",
     "engine_error": "推理引擎出错，请稍后重试",
     "output_invalid": "模型输出不是有效的 JSON",
+    "unauthorized": "缺少或无效的 API 密钥",
     "not_found": "未找到",
     "method_not_allowed": "不支持该请求方法",
     "request_too_large": "请求体过大",
@@ -67,6 +74,12 @@ def domain_error(exc: AllInOneError) -> tuple[int, dict[str, Any]]:
     """HTTP status and body of a domain error."""
     status, type_ = next((s, t) for cls, s, t in _DOMAIN if isinstance(exc, cls))
     return status, error_body(type_, str(exc), getattr(exc, "message_zh", None))
+
+
+def unauthorized() -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and headers of a request without a valid API key."""
+    body = error_body("unauthorized", "missing or invalid API key: send `Authorization: Bearer <key>`")
+    return 401, body, {"WWW-Authenticate": "Bearer"}
 
 
 def _validation_message(exc: RequestValidationError) -> str:

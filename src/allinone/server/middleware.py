@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -13,10 +14,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logs import RequestLog, RequestRecord
-from .errors import error_body
+from .errors import error_body, unauthorized
 from .metrics import Metrics
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_OPEN = ("/health", "/static/", "/favicon.ico")  # no key needed: the page loads, then asks for one
 _QUIET = ("/health", "/metrics", "/static", "/docs", "/redoc", "/openapi.json", "/favicon.ico")  # logged at DEBUG
 
 
@@ -57,6 +59,44 @@ class BodyLimit:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _send_json(send: Send, status: int, body: dict[str, object], headers: dict[str, str]) -> None:
+    raw = json.dumps(body, ensure_ascii=False).encode()
+    pairs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    pairs += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": pairs})
+    await send({"type": "http.response.body", "body": raw})
+
+
+class ApiKeys:
+    """Refuse requests without `Authorization: Bearer <key>` for one of `keys` with 401; `/`, the page's
+    static files and `/health` stay open. No keys: every request passes."""
+
+    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+
+    def _allowed(self, scope: Scope) -> bool:
+        path = scope["path"]
+        if not self.keys or path == "/" or path.startswith(_OPEN):
+            return True
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, key = given.partition(b" ")
+        ok = False
+        for known in self.keys:  # every key compared, in constant time each
+            ok |= hmac.compare_digest(key.strip(), known)
+        return scheme.lower() == b"bearer" and ok
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        status, body, headers = unauthorized()
+        record = scope.get("state", {}).get("record")
+        if record is not None:
+            record.error = body["error"]["type"]
+        await _send_json(send, status, body, headers)
 
 
 class Observe:

@@ -81,13 +81,30 @@ function addError(turn, err) {
   scrollDown();
 }
 
+// API key (only when the server asks for one): kept in localStorage, sent as a Bearer token.
+const API_KEY = "allinone.apiKey";
+function authHeaders(extra = {}) {
+  const key = localStorage.getItem(API_KEY);
+  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
+}
+function askForKey() {
+  $("keybox").hidden = false;
+  $("apikey").focus();
+}
+$("apikey").value = localStorage.getItem(API_KEY) || "";
+$("apikey").addEventListener("input", () => {
+  const key = $("apikey").value.trim();
+  if (key) localStorage.setItem(API_KEY, key); else localStorage.removeItem(API_KEY);
+});
+
 async function post(path, body, signal) {
   const res = await fetch(path, {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: authHeaders({ "Content-Type": "application/json" }),
     body: JSON.stringify(body),
     signal,
   });
+  if (res.status === 401) askForKey();
   if (!res.ok) {
     let err;
     try { err = await res.json(); } catch { err = { error: { message: `HTTP ${res.status}` } }; }
@@ -185,7 +202,8 @@ async function send(turn, value, signal) {
 }
 
 async function restore() {
-  const res = await fetch(`/v1/sessions/${sessionId}`);
+  const res = await fetch(`/v1/sessions/${sessionId}`, { headers: authHeaders() });
+  if (res.status === 401) askForKey();
   if (!res.ok) return;
   const s = await res.json();
   let turn = null;
@@ -226,7 +244,7 @@ text.addEventListener("keydown", (e) => {
 });
 $("reset").addEventListener("click", async () => {
   if (controller) controller.abort();
-  fetch(`/v1/sessions/${sessionId}`, { method: "DELETE" }).catch(() => {});
+  fetch(`/v1/sessions/${sessionId}`, { method: "DELETE", headers: authHeaders() }).catch(() => {});
   sessionId = newId();
   localStorage.setItem(SESSION_KEY, sessionId);
   showSession();
