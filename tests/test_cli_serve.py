@@ -43,6 +43,16 @@ def test_serve_takes_host_and_port_and_warns_off_loopback(served: dict[str, Any]
     assert "warning: listening on 0.0.0.0" in result.output
 
 
+def test_serve_off_loopback_with_api_keys_does_not_warn(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLINONE_API_KEYS", "k1,k2")
+    result = CliRunner().invoke(cli_module.cli, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+    assert served["app"].state.services.settings.api_keys == ["k1", "k2"]
+
+
 def test_serve_with_a_missing_model_file_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ALLINONE_HOME", str(tmp_path))
     result = CliRunner().invoke(cli_module.cli, ["serve", "--model", str(tmp_path / "missing.gguf")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import re
@@ -534,7 +535,7 @@ class LockingEngine(FakeEngine):
 
 
 def test_many_requests_during_a_stream_queue_for_the_model_without_starving_the_thread_pool(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log")
+    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", max_queue=16)
     app = create_app(settings, Router(settings, LockingEngine()))
 
     async def main() -> list[int]:
@@ -659,3 +660,194 @@ def test_a_task_option_beside_the_text_reaches_the_task(client: TestClient, engi
     assert "ONE short sentence" in engine.prompts[-1].text  # the option filled the prompt
     bad = client.post("/v1/tasks/summary", json={"text": "一段文字", "length": "epic"})
     assert bad.status_code == 400 and "length" in bad.json()["error"]["message"]
+
+
+# --- API keys and CORS --------------------------------------------------------------------------
+
+
+def test_no_api_keys_configured_means_every_route_is_open(client: TestClient) -> None:
+    assert client.get("/v1/tasks").status_code == 200
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic k1"}])
+def test_api_keys_refuse_a_missing_or_wrong_key_with_401(tmp_path: Path, headers: dict[str, str]) -> None:
+    with make_client(tmp_path, api_keys=["k1", "k2"]) as c:
+        r = c.post("/analyze", json={"text": "好"}, headers=headers)
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["error"]["type"] == "unauthorized" and r.json()["error"]["message_zh"]
+        assert c.get("/v1/tasks", headers=headers).status_code == 401
+        assert c.get("/metrics", headers=headers).status_code == 401
+
+
+def test_each_of_several_api_keys_is_accepted(tmp_path: Path) -> None:
+    with make_client(tmp_path, api_keys=["k1", "k2"]) as c:
+        for key in ("k1", "k2"):
+            r = c.post("/analyze", json={"text": "好"}, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+
+
+def test_api_keys_from_the_environment_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLINONE_API_KEYS", " k1, k2 ,")
+    assert Settings().api_keys == ["k1", "k2"]
+
+
+def test_health_and_the_page_stay_open_with_api_keys(tmp_path: Path) -> None:
+    with make_client(tmp_path, api_keys=["k1"]) as c:
+        assert c.get("/health").status_code == 200
+        assert c.get("/").status_code == 200
+        assert c.get("/static/app.js").status_code == 200
+
+
+def test_the_request_log_never_holds_the_api_key(tmp_path: Path) -> None:
+    with make_client(tmp_path, api_keys=["secret-key-1"]) as c:
+        c.post("/analyze", json={"text": "好"}, headers={"Authorization": "Bearer secret-key-1"})
+        c.post("/analyze", json={"text": "好"}, headers={"Authorization": "Bearer secret-key-2"})
+    text = (tmp_path / "requests.log").read_text(encoding="utf-8")
+    assert [line["status"] for line in log_lines(tmp_path) if line.get("path") == "/analyze"] == [200, 401]
+    assert "secret-key" not in text and "Bearer" not in text
+
+
+def test_cors_headers_only_for_allowed_origins(tmp_path: Path) -> None:
+    with make_client(tmp_path, cors_origins=["https://ok.example"], api_keys=["k1"]) as c:
+        ok = c.options(
+            "/analyze",
+            headers={
+                "Origin": "https://ok.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        assert ok.status_code == 200  # the preflight needs no key
+        assert ok.headers["access-control-allow-origin"] == "https://ok.example"
+        other = c.get("/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_no_cors_headers_by_default(client: TestClient) -> None:
+    r = client.get("/health", headers={"Origin": "https://ok.example"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+# --- admission control: a bounded queue, 429/503 with Retry-After, a per-request timeout --------
+
+
+class GatedEngine(LockingEngine):
+    """Each stream blocks in its first step until `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
+        with self.lock:
+            self.gate.wait(10)
+            yield Chunk("ok")
+            yield Chunk("", "stop", Usage(1, 0, 1))
+
+
+async def _until(condition: Any) -> None:
+    with anyio.fail_after(5):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def test_a_full_queue_answers_429_with_retry_after_at_once(tmp_path: Path) -> None:
+    engine = GatedEngine()
+    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", max_queue=1)
+    app = create_app(settings, Router(settings, engine))
+    admission = app.state.services.admission
+
+    async def main() -> tuple[list[int], httpx.Response, str, str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c, anyio.create_task_group() as tg:
+            statuses: list[int] = []
+
+            async def post(path: str) -> None:
+                statuses.append((await c.post(path, json={"text": "hi"})).status_code)
+
+            tg.start_soon(post, "/v1/tasks/chat")  # holds the model, blocked on the gate
+            await _until(lambda: admission._slot.value == 0)
+            tg.start_soon(post, "/chat")  # waits in the queue
+            await _until(lambda: admission.waiting == 1)
+            during = (await c.get("/metrics")).text
+            refused = await c.post("/analyze", json={"text": "好"})
+            engine.gate.set()
+        return statuses, refused, during, (await _metrics(app))
+
+    statuses, refused, during, after = anyio.run(main)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["type"] == "queue_full" and refused.json()["error"]["message_zh"]
+    assert sorted(statuses) == [200, 200]  # the queued request was served once the model was free
+    assert "allinone_queue_depth 1" in during
+    assert 'allinone_rejected_total{reason="queue_full"} 1' in after and "allinone_queue_depth 0" in after
+
+
+async def _metrics(app: Any) -> str:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        return (await c.get("/metrics")).text
+
+
+def test_model_requests_get_503_with_retry_after_while_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(router_module, "load_engine", lambda settings: FakeEngine(negative))
+    app = create_app(Settings(home=tmp_path, log_file=tmp_path / "requests.log"))
+    c = TestClient(app, raise_server_exceptions=False)  # no lifespan: the model is not loaded yet
+    r = c.post("/analyze", json={"text": "好"})
+    assert r.status_code == 503 and r.json()["error"]["type"] == "model_loading"
+    assert int(r.headers["retry-after"]) > 0
+    assert not app.state.services.router.loaded  # refused, not loaded on the request's time
+    assert 'allinone_rejected_total{reason="loading"} 1' in c.get("/metrics").text
+
+
+def _post_within(app: Any, seconds: float, path: str, body: dict[str, Any]) -> httpx.Response:
+    """POST on the ASGI app, failing (not hanging) when no answer comes within `seconds`."""
+
+    async def main() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            with anyio.fail_after(seconds):
+                return await c.post(path, json=body)
+
+    return anyio.run(main)
+
+
+@pytest.mark.parametrize("path", ["/chat", "/v1/tasks/chat"])
+def test_the_request_timeout_ends_a_generation_with_504_and_frees_the_engine(tmp_path: Path, path: str) -> None:
+    engine = EndlessEngine()
+    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", request_timeout=0.3)
+    app = create_app(settings, Router(settings, engine))
+    r = _post_within(app, 5, path, {"text": "hi"})
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+    assert engine.closed and engine.lock.acquire(timeout=1.0)  # generation stopped, engine free
+    assert 'allinone_rejected_total{reason="timeout"} 1' in anyio.run(_metrics, app)
+
+
+def test_the_request_timeout_ends_a_started_stream_early(tmp_path: Path) -> None:
+    engine = EndlessEngine()
+    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", request_timeout=0.3)
+    app = create_app(settings, Router(settings, engine))
+    r = _post_within(app, 5, "/v1/tasks/chat", {"text": "hi", "stream": True})
+    assert r.status_code == 200  # already answered: the stream just ends
+    assert engine.closed and engine.lock.acquire(timeout=1.0)
+    line = [x for x in log_lines(tmp_path) if x.get("path") == "/v1/tasks/chat"][-1]
+    assert line["error"] == "timeout"
+
+
+def test_the_request_timeout_counts_the_time_waiting_in_the_queue(tmp_path: Path) -> None:
+    engine = GatedEngine()
+    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", request_timeout=0.3)
+    app = create_app(settings, Router(settings, engine))
+    admission = app.state.services.admission
+
+    async def main() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c, anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(c.post, "/v1/tasks/chat", json={"text": "hi"}))
+            await _until(lambda: admission._slot.value == 0)
+            waited = await c.post("/analyze", json={"text": "好"})
+            engine.gate.set()
+        return waited
+
+    waited = anyio.run(main)
+    assert waited.status_code == 504 and waited.json()["error"]["type"] == "timeout"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import uvicorn
 import yaml
@@ -150,6 +151,21 @@ def test_openai_client_sentiment_stream(client: OpenAI) -> None:
     assert contents == ["😄 LLM 情感判断: 正面"]
 
 
+def test_openai_client_with_an_api_key_on_a_server_that_requires_one(
+    settings: Settings, engine: LlamaCppEngine, tmp_path: Path
+) -> None:
+    keyed = settings.model_copy(update={"api_keys": ["k1", "k2"], "log_file": tmp_path / "requests.log"})
+    with serving(create_app(keyed, Router(keyed, engine))) as port:
+        url = f"http://127.0.0.1:{port}/v1"
+        messages: Any = [{"role": "user", "content": NEGATIVE}]
+        good = OpenAI(base_url=url, api_key="k2", max_retries=0, timeout=120)
+        r = good.chat.completions.create(model="allinone-sentiment", messages=messages)
+        assert r.choices[0].message.content == "😡 LLM 情感判断: 负面"
+        with pytest.raises(openai.AuthenticationError):
+            OpenAI(base_url=url, api_key="wrong", max_retries=0, timeout=120).models.list()
+    assert "k2" not in (tmp_path / "requests.log").read_text(encoding="utf-8")
+
+
 # --- the original routes and odd input on the real model ----------------------------------------
 
 
@@ -250,5 +266,30 @@ def test_web_page_shows_the_sentiment_line_and_a_streamed_reply(live: Live) -> N
             page.get_by_role("button", name="重置对话").click()
             expect(turns).to_have_count(0)
             assert httpx.get(f"{live.url}/v1/sessions/{session}", timeout=10).status_code == 404
+        finally:
+            browser.close()
+
+
+def test_web_page_asks_for_the_api_key_on_401_and_then_sends_it(
+    settings: Settings, engine: LlamaCppEngine, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    keyed = settings.model_copy(update={"api_keys": ["k1"], "log_file": tmp_path / "requests.log"})
+    with serving(create_app(keyed, Router(keyed, engine))) as port, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            expect(page.locator("#health")).to_contain_text("ready")  # /health needs no key
+            expect(page.locator("#keybox")).to_be_visible()  # restoring the session got 401
+            page.fill("#text", NEGATIVE)
+            page.get_by_role("button", name="分析情感").click()
+            expect(page.locator(".turn .error")).to_contain_text("API")
+            page.fill("#apikey", "k1")
+            page.fill("#text", NEGATIVE)  # the page clears the text once sent
+            page.get_by_role("button", name="分析情感").click()
+            expect(page.locator(".turn .sentiment").first).to_contain_text("负面", timeout=60_000)
+            assert page.evaluate("localStorage.getItem('allinone.apiKey')") == "k1"
         finally:
             browser.close()

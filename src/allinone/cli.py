@@ -534,9 +534,10 @@ def serve(
 
     level = log_level.upper() if log_level else None
     settings = _settings(host=host, port=port, log_level=level, log_file=log_file, model=model, tasks_dir=tasks_dir)
-    if not _is_loopback(settings.host):
+    if not _is_loopback(settings.host) and not settings.api_keys:
         click.echo(
-            f"warning: listening on {settings.host}, reachable from other machines; the API has no authentication.",
+            f"warning: listening on {settings.host}, reachable from other machines; the API has no authentication"
+            " (set ALLINONE_API_KEYS).",
             err=True,
         )
     router = Router(settings)

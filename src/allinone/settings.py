@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_home() -> Path:
@@ -39,6 +40,23 @@ class Settings(BaseSettings):
         1_000_000, ge=1024, description="Largest accepted HTTP request body, bytes; larger ones get 413."
     )
     max_sessions: int = Field(1000, ge=1, description="Chat sessions kept in memory; least recently used go first.")
+    max_queue: int = Field(8, ge=0, description="Model requests that may wait for the model; more get 429 at once.")
+    request_timeout: float = Field(
+        300, ge=0, description="Seconds a model request may wait plus run; then 504 and the model is freed. 0 = none."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated API keys (`Authorization: Bearer`); empty = no auth."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS; empty = no CORS headers."
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @property
     def models_dir(self) -> Path:

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +21,7 @@ from ..sessions import MemorySessions
 from ..settings import Settings
 from . import errors, openai_compat, routes
 from .metrics import Metrics
-from .middleware import BodyLimit, Observe
+from .middleware import ApiKeys, BodyLimit, Observe
 from .schemas import ErrorOut
 from .state import Services
 
@@ -82,5 +83,14 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
     app.include_router(openai_compat.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(ApiKeys, keys=settings.api_keys)
+    if settings.cors_origins:  # outside ApiKeys: preflight requests carry no key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )
     app.add_middleware(Observe, log=shared.log, metrics=shared.metrics)  # outermost: sees the 413s too
     return app

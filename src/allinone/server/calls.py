@@ -17,6 +17,7 @@ from ..logs import RequestRecord
 from ..routing import Route
 from ..structured import parse_output
 from ..tasks import Task
+from .admission import RequestTimeout
 from .schemas import RouteOut, Timing, UsageOut
 from .state import record, services
 from .streaming import END, ThreadedStream, follow
@@ -39,8 +40,9 @@ def timing(rec: RequestRecord, sentiment_ms: float | None = None) -> Timing:
 
 def note(request: Request, task: str, text: str) -> RequestRecord:
     """Put the task, its input and the head of its prompt in the request's record."""
-    rec = record(request)
-    rec.task, rec.input, rec.prompt = task, text, services(request).router.prompt_head(task)
+    rec, svc = record(request), services(request)
+    svc.admission.check_ready()  # before anything touches the model
+    rec.task, rec.input, rec.prompt = task, text, svc.router.prompt_head(task)
     return rec
 
 
@@ -48,7 +50,7 @@ async def classify(request: Request, task: str, text: str, options: dict[str, An
     """Run a classify task (with its own options, if any) in the thread pool, filling in the request's record."""
     rec = note(request, task, text)
     svc = services(request)
-    async with svc.slot:
+    async with svc.admission.hold(svc.admission.deadline(rec)):
         result = await run_in_threadpool(svc.router.classify, task, require_text(text), options)
     rec.add_usage(result.usage)
     rec.output = result.label
@@ -58,7 +60,7 @@ async def classify(request: Request, task: str, text: str, options: dict[str, An
 async def route(request: Request, text: str) -> Route:
     """The task the model picks for `text` (task `auto`); its usage counts toward the request's."""
     svc = services(request)
-    async with svc.slot:
+    async with svc.admission.hold(svc.admission.deadline(record(request))):
         found = await run_in_threadpool(svc.router.route, require_text(text))
     record(request).add_usage(found.usage)
     return found
@@ -117,12 +119,15 @@ class Reply:
 async def start_stream(request: Request, items: Iterator[Any]) -> tuple[ThreadedStream[Any], Any]:
     """Wait for the model, then step the generator once before answering, so that its errors (empty text,
     prompt too long) become HTTP statuses rather than a broken stream."""
-    stream: ThreadedStream[Any] = ThreadedStream(items, services(request).slot)
+    admission = services(request).admission
+    stream: ThreadedStream[Any] = ThreadedStream(items, admission, admission.deadline(record(request)))
     try:
         first = await stream.next()
     except BaseException:
         await stream.aclose()
         raise
+    if stream.timed_out:
+        raise RequestTimeout(f"the request ran longer than {admission.timeout:g} s")
     return stream, first
 
 
@@ -148,4 +153,6 @@ async def join(request: Request, items: Iterator[Any]) -> Reply:
     finally:
         await stream.aclose()
         reply.close()
+    if stream.timed_out:
+        raise RequestTimeout(f"the request ran longer than {services(request).admission.timeout:g} s")
     return reply

@@ -21,11 +21,15 @@ from ..errors import (
     TaskDefinitionError,
     TaskNotFound,
 )
+from .admission import ModelLoading, QueueFull, RequestTimeout
 
 log = logging.getLogger("allinone.server")
 
 # (class, status, type); the first match wins, so subclasses come before their bases
 _DOMAIN: list[tuple[type[AllInOneError], int, str]] = [
+    (QueueFull, 429, "queue_full"),
+    (ModelLoading, 503, "model_loading"),
+    (RequestTimeout, 504, "timeout"),
     (ContextOverflow, 413, "context_overflow"),
     (InvalidInput, 400, "invalid_input"),
     (TaskNotFound, 404, "task_not_found"),
@@ -100,7 +104,11 @@ def _json(status: int, body: dict[str, Any], request: Request) -> JSONResponse:
 async def _on_domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AllInOneError)
     status, body = domain_error(exc)
-    return _json(status, body, request)
+    response = _json(status, body, request)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:

@@ -29,8 +29,15 @@ class Metrics:
         self.tokens: defaultdict[_Key, int] = defaultdict(int)  # (task, kind)
         self.cache_hits: defaultdict[_Key, int] = defaultdict(int)  # (task,)
         self.latency: dict[_Key, list[float]] = {}  # (task, route) -> bucket counts, then sum, count
+        self.rejections: defaultdict[_Key, int] = defaultdict(int)  # (reason,)
         self.in_flight = 0
+        self.queue_depth = 0  # requests waiting for the model
         self.model_loaded = 0
+
+    def rejected(self, reason: str) -> None:
+        """A model request refused or cut short: queue_full, loading, timeout."""
+        with self._lock:
+            self.rejections[(reason,)] += 1
 
     def started(self) -> None:
         with self._lock:
@@ -87,6 +94,11 @@ class Metrics:
                 out.append(f"allinone_cache_hit_tokens_total{{{_labels(('task',), key)}}} {n}")
             family("allinone_in_flight_requests", "gauge", "Requests being served now.")
             out.append(f"allinone_in_flight_requests {self.in_flight}")
+            family("allinone_queue_depth", "gauge", "Requests waiting for the model.")
+            out.append(f"allinone_queue_depth {self.queue_depth}")
+            family("allinone_rejected_total", "counter", "Model requests refused or cut short, by reason.")
+            for key, n in sorted(self.rejections.items()):
+                out.append(f"allinone_rejected_total{{{_labels(('reason',), key)}}} {n}")
             family("allinone_model_loaded", "gauge", "1 once the model is loaded.")
             out.append(f"allinone_model_loaded {self.model_loaded}")
         return "\n".join(out) + "\n"

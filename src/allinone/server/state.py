@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import anyio
 from fastapi import Request
 
 from ..logs import RequestLog, RequestRecord
 from ..router import Router
 from ..sessions import SessionStore
 from ..settings import Settings
+from .admission import Admission
 from .metrics import Metrics
 
 
@@ -21,7 +21,11 @@ class Services:
     sessions: SessionStore
     metrics: Metrics
     log: RequestLog
-    slot: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(1))  # the model: one request at a time
+    admission: Admission = field(init=False)  # the model: one request at a time, a bounded queue
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.admission = Admission(s.max_queue, s.request_timeout, self.metrics, lambda: self.router.loaded)
 
 
 def services(request: Request) -> Services:

@@ -17,6 +17,8 @@ from fastapi import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from .admission import Admission
+
 T = TypeVar("T")
 
 
@@ -33,14 +35,17 @@ class ThreadedStream(Generic[T]):
     With a `slot`, the first step waits (without a thread) for it and `aclose` gives it back, so requests
     queue for the model in the event loop rather than as worker threads blocked on the engine's lock:
     those could use up the thread pool while the stream that holds the engine waits for a thread.
+    Past the `deadline` the stream is closed (freeing the model) and ends, `timed_out` set.
     """
 
-    def __init__(self, iterator: Iterator[T], slot: anyio.Semaphore | None = None) -> None:
+    def __init__(self, iterator: Iterator[T], slot: Admission | None = None, deadline: float | None = None) -> None:
         self._it = iterator
         self._lock = threading.Lock()  # one step or close at a time, from whichever thread
         self._slot = slot
+        self._deadline = deadline
         self._held = False
         self.closed = False
+        self.timed_out = False
 
     def _step(self) -> T | _End:
         with self._lock:
@@ -56,8 +61,12 @@ class ThreadedStream(Generic[T]):
 
     async def next(self) -> T | _End:
         if self._slot is not None and not self._held and not self.closed:
-            await self._slot.acquire()
+            await self._slot.acquire(self._deadline)
             self._held = True
+        if self._slot is not None and not self.closed and self._slot.expired(self._deadline):
+            self.timed_out = True
+            await self.aclose()
+            return END
         return await anyio.to_thread.run_sync(self._step)
 
     async def aclose(self) -> None:
@@ -76,6 +85,9 @@ async def follow(request: Request, stream: ThreadedStream[T]) -> AsyncGenerator[
         while True:
             item = await stream.next()
             if isinstance(item, _End):
+                record = getattr(request.state, "record", None)
+                if stream.timed_out and record is not None:
+                    record.error = "timeout"  # a started stream can only end early
                 return
             yield item
             if await request.is_disconnected():
