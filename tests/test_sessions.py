@@ -1,12 +1,23 @@
-"""The in-memory session store: get / create / reset / delete, bounded least-recently-used."""
+"""The session stores: in memory (bounded LRU) and SQLite (durable: round trip, retention, concurrency, bad files)."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import threading
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner, Result
+from fastapi.testclient import TestClient
+
+from allinone import cli as cli_module
 from allinone.chat import Turn
-from allinone.errors import SessionNotFound
-from allinone.sessions import MemorySessions, open_session
+from allinone.errors import SessionNotFound, SessionStoreError
+from allinone.router import Router
+from allinone.server import create_app
+from allinone.sessions import DAY, MemorySessions, SqliteSessions, open_session, open_store
+from allinone.settings import Settings
+from tests.fakes import FakeEngine
 
 
 def test_created_session_is_found_by_its_id_and_reset_keeps_it() -> None:
@@ -45,3 +56,143 @@ def test_open_session_continues_or_creates_under_the_given_id() -> None:
     assert first.id == "x" and open_session(store, "x") is first
     fresh = open_session(store, None)
     assert fresh.id and fresh.id != "x" and store.get(fresh.id) is fresh
+
+
+def _pair(session_id: str, n: int) -> list[Turn]:
+    return [Turn("user", f"{session_id} q{n}", "负面", at=1000.0 + n), Turn("assistant", f"{session_id} a{n}")]
+
+
+def test_sqlite_sessions_survive_reopening_with_roles_sentiments_and_timestamps(tmp_path: Path) -> None:
+    store = SqliteSessions(tmp_path / "s.sqlite3")
+    s = store.create("a")
+    s.append(*_pair("a", 1))
+    store.get("a").append(*_pair("a", 2))  # a second request: a fresh object, the same history
+    store.close()
+    again = SqliteSessions(tmp_path / "s.sqlite3").get("a")
+    assert [t.content for t in again.turns] == ["a q1", "a a1", "a q2", "a a2"]
+    assert again.turns[0].sentiment == "负面" and again.turns[0].at == 1001.0 and again.turns[1].role == "assistant"
+
+
+def test_sqlite_store_uses_wal_and_reset_delete_and_unknown_ids_behave_like_memory(tmp_path: Path) -> None:
+    store = SqliteSessions(tmp_path / "s.sqlite3")
+    assert store._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    store.create("a").append(*_pair("a", 1))
+    assert store.reset("a").turns == [] and store.get("a").turns == []
+    assert store.delete("a") is True and store.delete("a") is False
+    for call in (store.get, store.reset):
+        with pytest.raises(SessionNotFound):
+            call("a")
+    first = open_session(store, "x")
+    first.append(*_pair("x", 1))
+    assert open_session(store, "x").turns == first.turns
+
+
+def test_retention_deletes_idle_sessions_at_startup_and_keeps_all_when_zero(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = SqliteSessions(path)
+    store.create("old").append(*_pair("old", 1))
+    store.create("new").append(*_pair("new", 1))
+    store._db.execute("UPDATE sessions SET updated = updated - ? WHERE id = 'old'", (3 * DAY,))
+    store.close()
+    assert {i.id for i in SqliteSessions(path, retention_days=0).summaries()} == {"old", "new"}
+    kept = SqliteSessions(path, retention_days=2)
+    assert [i.id for i in kept.summaries()] == ["new"]
+    assert kept._db.execute("SELECT COUNT(*) FROM turns WHERE session_id = 'old'").fetchone() == (0,)
+
+
+def test_retention_also_sweeps_periodically_while_serving(tmp_path: Path) -> None:
+    store = SqliteSessions(tmp_path / "s.sqlite3", retention_days=1)
+    store.create("old")
+    store._db.execute("UPDATE sessions SET updated = updated - ? WHERE id = 'old'", (2 * DAY,))
+    store.create("b").append(*_pair("b", 1))  # a sweep ran at startup; not again within the hour
+    assert {i.id for i in store.summaries()} == {"old", "b"}
+    store._last_prune -= 3601
+    store.get("b").append(*_pair("b", 2))
+    assert [i.id for i in store.summaries()] == ["b"]
+
+
+def test_concurrent_writers_on_two_connections_keep_every_turn_pair_intact(tmp_path: Path) -> None:
+    stores = [SqliteSessions(tmp_path / "s.sqlite3"), SqliteSessions(tmp_path / "s.sqlite3")]  # like two processes
+    stores[0].create("shared")
+    errors: list[BaseException] = []
+
+    def write(k: int) -> None:
+        try:
+            store = stores[k % 2]
+            own = store.create(f"w{k}")
+            for n in range(25):
+                own.append(*_pair(own.id, n))
+                store.get("shared").append(*_pair(f"w{k}", n))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    for k in range(6):
+        assert [t.content for t in stores[1].get(f"w{k}").turns] == [
+            c for n in range(25) for c in (f"w{k} q{n}", f"w{k} a{n}")
+        ]
+    shared = stores[0].get("shared").turns
+    assert len(shared) == 6 * 25 * 2
+    for q, a in zip(shared[::2], shared[1::2], strict=True):  # each pair is adjacent: one transaction
+        assert q.role == "user" and a.role == "assistant" and q.content.replace(" q", " a") == a.content
+
+
+def test_a_missing_store_is_created_and_a_corrupt_one_is_a_clear_error(tmp_path: Path) -> None:
+    fresh = SqliteSessions(tmp_path / "deep" / "dir" / "s.sqlite3")
+    assert fresh.summaries() == [] and (tmp_path / "deep" / "dir" / "s.sqlite3").exists()
+    bad = tmp_path / "bad.sqlite3"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SessionStoreError, match=r"bad\.sqlite3"):
+        SqliteSessions(bad)
+    assert bad.read_bytes() == b"this is not a database" * 100  # left as it was, for the user to inspect
+
+
+def test_the_server_uses_the_sqlite_store_by_default_so_sessions_survive_a_new_app(tmp_path: Path) -> None:
+    def app(**overrides: object) -> TestClient:
+        settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)  # type: ignore[arg-type]
+        return TestClient(create_app(settings, Router(settings, FakeEngine(lambda p, w: 0.0))))
+
+    assert isinstance(open_store(Settings(home=tmp_path)), SqliteSessions)
+    assert isinstance(open_store(Settings(home=tmp_path, session_store="memory")), MemorySessions)
+    with app() as c:
+        assert c.post("/chat", json={"text": "你好", "session_id": "k"}).status_code == 200
+    with app() as c:
+        turns = c.get("/v1/sessions/k").json()["turns"]
+    assert [t["content"] for t in turns][:1] == ["你好"] and len(turns) == 2
+    with app(session_store="memory") as c:
+        assert c.get("/v1/sessions/k").status_code == 404
+
+
+def _cli(home: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli_module.cli, list(args), env={"ALLINONE_HOME": str(home)})
+
+
+def test_sessions_cli_lists_shows_exports_and_deletes(tmp_path: Path) -> None:
+    store = SqliteSessions(tmp_path / "sessions.sqlite3")
+    store.create("a").append(*_pair("a", 1))
+    store.create("b")
+    store.close()
+    listed = _cli(tmp_path, "sessions", "list")
+    assert listed.exit_code == 0 and [line.split()[:2] for line in listed.output.splitlines()] == [
+        ["b", "0"],
+        ["a", "2"],
+    ]
+    shown = _cli(tmp_path, "sessions", "show", "a").output
+    assert shown.splitlines()[0].endswith("user: a q1") and shown.splitlines()[1].endswith("assistant: a a1")
+    lines = [json.loads(line) for line in _cli(tmp_path, "sessions", "export").output.splitlines()]
+    assert {d["session_id"]: len(d["turns"]) for d in lines} == {"a": 2, "b": 0}
+    assert lines[1]["turns"][0] == {"role": "user", "content": "a q1", "sentiment": "负面", "at": 1001.0}
+    assert _cli(tmp_path, "sessions", "delete", "a").exit_code == 0
+    assert [i.id for i in SqliteSessions(tmp_path / "sessions.sqlite3").summaries()] == ["b"]
+
+
+@pytest.mark.parametrize("command", ["show", "export", "delete"])
+def test_sessions_cli_unknown_id_is_a_one_line_error_with_exit_2(tmp_path: Path, command: str) -> None:
+    result = _cli(tmp_path, "sessions", command, "nope")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: unknown session 'nope'"]

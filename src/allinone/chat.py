@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,9 +30,16 @@ class Turn:
 class ChatSession:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     turns: list[Turn] = field(default_factory=list)
+    on_append: Callable[[str, list[Turn]], None] | None = field(default=None, repr=False, compare=False)
 
     def reset(self) -> None:
         self.turns.clear()
+
+    def append(self, *turns: Turn) -> None:
+        """Add turns to the history, saving them first when the session belongs to a durable store."""
+        if self.on_append is not None:
+            self.on_append(self.id, list(turns))
+        self.turns += turns
 
     @property
     def history(self) -> list[dict[str, str]]:
@@ -84,7 +91,7 @@ def stream_reply(
         parts.append(chunk.text)
         yield chunk
     if task.multi_turn:
-        session.turns += [user, Turn("assistant", "".join(parts))]
+        session.append(user, Turn("assistant", "".join(parts)))  # the pair in one transaction
 
 
 def analyze_and_reply(

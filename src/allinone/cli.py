@@ -491,6 +491,59 @@ def classify_cmd(
     click.echo(f"wrote {total} rows to {out}")
 
 
+@cli.group(cls=_Group)
+def sessions() -> None:
+    """The chat sessions the service keeps (ALLINONE_HOME/sessions.sqlite3): list, show, export, delete."""
+
+
+def _store() -> Any:
+    from .sessions import SqliteSessions
+
+    settings = _settings()
+    return SqliteSessions(settings.home / "sessions.sqlite3", settings.session_retention_days)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+@sessions.command("list")
+def sessions_list() -> None:
+    """Every session, most recently updated first: id, turns, last update."""
+    for info in _store().summaries():
+        click.echo(f"{info.id}  {info.n_turns:>4} turns  {_when(info.updated)}")
+
+
+@sessions.command("show")
+@click.argument("session_id")
+def sessions_show(session_id: str) -> None:
+    """A session's visible history, one turn per line with its time."""
+    for turn in _store().get(session_id).turns:
+        click.echo(f"[{_when(turn.at)}] {turn.role}: {turn.content}")
+
+
+@sessions.command("export")
+@click.argument("session_ids", nargs=-1)
+def sessions_export(session_ids: tuple[str, ...]) -> None:
+    """Sessions as JSON lines, one object per session (all of them when no id is given)."""
+    store = _store()
+    for session_id in session_ids or [info.id for info in store.summaries()]:
+        session = store.get(session_id)
+        turns = [{"role": t.role, "content": t.content, "sentiment": t.sentiment, "at": t.at} for t in session.turns]
+        click.echo(json.dumps({"session_id": session.id, "turns": turns}, ensure_ascii=False))
+
+
+@sessions.command("delete")
+@click.argument("session_id")
+def sessions_delete(session_id: str) -> None:
+    """Delete a session and its history."""
+    from .errors import SessionNotFound
+
+    if not _store().delete(session_id):
+        raise SessionNotFound(f"unknown session '{session_id}'")
+    click.echo(f"deleted {session_id}")
+
+
 def _is_loopback(host: str) -> bool:
     import ipaddress
 

@@ -44,5 +44,9 @@ class SessionNotFound(AllInOneError):
     """No chat session with that id."""
 
 
+class SessionStoreError(AllInOneError):
+    """The session store file cannot be opened or is not a session database."""
+
+
 class OutputInvalid(EngineError):
     """The model's output does not parse as the JSON the task's output_schema declares."""

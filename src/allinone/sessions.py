@@ -1,15 +1,40 @@
-"""Chat sessions by id: a bounded in-memory store behind a small interface (get / create / reset / delete)."""
+"""Chat sessions by id behind a small interface (get / create / reset / delete): SQLite on disk, or in memory."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections import OrderedDict
-from typing import Protocol
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from .chat import ChatSession
-from .errors import SessionNotFound
+from .chat import ChatSession, Turn
+from .errors import SessionNotFound, SessionStoreError
 
-__all__ = ["MemorySessions", "SessionStore", "open_session"]
+if TYPE_CHECKING:
+    from .settings import Settings
+
+__all__ = ["MemorySessions", "SessionInfo", "SessionStore", "SqliteSessions", "open_session", "open_store"]
+
+DAY = 86400.0
+PRUNE_EVERY = 3600.0  # seconds between retention sweeps while serving
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS turns (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    sentiment TEXT,
+    at REAL NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated);
+"""
 
 
 class SessionStore(Protocol):
@@ -78,3 +103,123 @@ def open_session(store: SessionStore, session_id: str | None) -> ChatSession:
         except SessionNotFound:
             pass
     return store.create(session_id)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    id: str
+    created: float
+    updated: float
+    n_turns: int
+
+
+class SqliteSessions:
+    """Sessions in one SQLite file (WAL): each completed turn pair is one transaction, so a crash loses
+    at most the reply being generated. One connection behind a lock; safe across threads."""
+
+    def __init__(self, path: Path, retention_days: float = 0) -> None:
+        self.path = path
+        self.retention_days = retention_days
+        self._lock = threading.Lock()
+        self._last_prune = 0.0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise SessionStoreError(f"cannot open the session store {path}: {e}; move it aside to start anew") from None
+        self.prune()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def get(self, session_id: str) -> ChatSession:
+        with self._lock:
+            found = self._db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            rows = self._db.execute(
+                "SELECT role, content, sentiment, at FROM turns WHERE session_id = ? ORDER BY seq", (session_id,)
+            ).fetchall()
+        if found is None:
+            raise SessionNotFound(f"unknown session '{session_id}'")
+        turns = [Turn(role, content, sentiment, at) for role, content, sentiment, at in rows]
+        return ChatSession(session_id, turns, on_append=self._append)
+
+    def create(self, session_id: str | None = None) -> ChatSession:
+        session = ChatSession(session_id) if session_id else ChatSession()
+        session.on_append = self._append
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("DELETE FROM sessions WHERE id = ?", (session.id,))
+            db.execute("INSERT INTO sessions VALUES (?, ?, ?)", (session.id, now, now))
+        self._maybe_prune(now)
+        return session
+
+    def reset(self, session_id: str) -> ChatSession:
+        with self._transaction() as db:
+            db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,))
+            updated = db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), session_id)).rowcount
+        if not updated:
+            raise SessionNotFound(f"unknown session '{session_id}'")
+        return ChatSession(session_id, on_append=self._append)
+
+    def delete(self, session_id: str) -> bool:
+        with self._transaction() as db:
+            return db.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
+
+    def summaries(self) -> list[SessionInfo]:
+        """Every session, most recently updated first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.id, s.created, s.updated, COUNT(t.seq) FROM sessions s "
+                "LEFT JOIN turns t ON t.session_id = s.id GROUP BY s.id ORDER BY s.updated DESC"
+            ).fetchall()
+        return [SessionInfo(*row) for row in rows]
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete sessions not updated within the retention period; the number deleted (0 when keeping all)."""
+        now = time.time() if now is None else now
+        self._last_prune = now
+        if self.retention_days <= 0:
+            return 0
+        with self._transaction() as db:
+            return db.execute("DELETE FROM sessions WHERE updated < ?", (now - self.retention_days * DAY,)).rowcount
+
+    def _maybe_prune(self, now: float) -> None:
+        if now - self._last_prune >= PRUNE_EVERY:
+            self.prune(now)
+
+    def _append(self, session_id: str, turns: list[Turn]) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            # a session deleted while its reply was generated comes back with the new turns only
+            db.execute("INSERT OR IGNORE INTO sessions VALUES (?, ?, ?)", (session_id, now, now))
+            db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (now, session_id))
+            last_seq = "SELECT COALESCE(MAX(seq), -1) FROM turns WHERE session_id = ?"
+            (last,) = db.execute(last_seq, (session_id,)).fetchone()
+            db.executemany(
+                "INSERT INTO turns VALUES (?, ?, ?, ?, ?, ?)",
+                [(session_id, last + 1 + i, t.role, t.content, t.sentiment, t.at) for i, t in enumerate(turns)],
+            )
+        self._maybe_prune(now)
+
+
+def open_store(settings: Settings) -> SessionStore:
+    """The store the settings choose: `sqlite` (durable, under ALLINONE_HOME) or `memory`."""
+    if settings.session_store == "memory":
+        return MemorySessions(settings.max_sessions)
+    return SqliteSessions(settings.home / "sessions.sqlite3", settings.session_retention_days)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         1_000_000, ge=1024, description="Largest accepted HTTP request body, bytes; larger ones get 413."
     )
     max_sessions: int = Field(1000, ge=1, description="Chat sessions kept in memory; least recently used go first.")
+    session_store: Literal["sqlite", "memory"] = Field(
+        "sqlite", description="Chat session store: `sqlite` (HOME/sessions.sqlite3, survives restarts) or `memory`."
+    )
+    session_retention_days: float = Field(
+        0, ge=0, description="Delete chat sessions idle this many days (at startup, then hourly); 0 = keep forever."
+    )
     max_queue: int = Field(8, ge=0, description="Model requests that may wait for the model; more get 429 at once.")
     request_timeout: float = Field(
         300, ge=0, description="Seconds a model request may wait plus run; then 504 and the model is freed. 0 = none."

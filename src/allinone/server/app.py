@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..logs import RequestLog
 from ..router import Router
-from ..sessions import MemorySessions
+from ..sessions import open_store
 from ..settings import Settings
 from . import errors, openai_compat, routes
 from .metrics import Metrics
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
     settings = settings or Settings()
     owns_engine = router is None or not router.loaded
     router = router or Router(settings)
-    shared = Services(settings, router, MemorySessions(settings.max_sessions), Metrics(), RequestLog(settings))
+    shared = Services(settings, router, open_store(settings), Metrics(), RequestLog(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
