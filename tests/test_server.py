@@ -669,9 +669,11 @@ def test_no_api_keys_configured_means_every_route_is_open(client: TestClient) ->
     assert client.get("/v1/tasks").status_code == 200
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic k1"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic k1"}, {"Authorization": "Bearer "}]
+)
 def test_api_keys_refuse_a_missing_or_wrong_key_with_401(tmp_path: Path, headers: dict[str, str]) -> None:
-    with make_client(tmp_path, api_keys=["k1", "k2"]) as c:
+    with make_client(tmp_path, api_keys=["k1", "", "k2"]) as c:
         r = c.post("/analyze", json={"text": "好"}, headers=headers)
         assert r.status_code == 401
         assert r.headers["www-authenticate"] == "Bearer"

@@ -75,7 +75,7 @@ class ApiKeys:
 
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app
-        self.keys = [k.encode() for k in keys]
+        self.keys = [k.encode() for k in keys if k]  # an empty key would let `Bearer ` in
 
     def _allowed(self, scope: Scope) -> bool:
         path = scope["path"]
