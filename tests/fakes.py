@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 from allinone.engines.base import (
     Chunk,
@@ -50,3 +52,15 @@ class FakeEngine(Engine):
         for ch in reply:
             yield Chunk(ch)
         yield Chunk("", "stop", Usage(len(prompt.text), 0, len(reply)))
+
+
+def patch_cli_engine(monkeypatch: Any, engine: Engine, home: Path) -> None:
+    """Make every CLI command use a Router on `engine` (settings home in `home`) instead of loading a model."""
+    from allinone import cli
+    from allinone.router import Router
+    from allinone.settings import Settings
+
+    def router(model: str | None, tasks_dir: Path | None) -> Router:
+        return Router(Settings(home=home, tasks_dir=tasks_dir), engine)
+
+    monkeypatch.setattr(cli, "_router", router)

@@ -11,9 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from allinone import cli as cli_module
-from allinone.router import Router
-from allinone.settings import Settings
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, patch_cli_engine
 
 
 def scorer(prompt: str, word: str) -> float:
@@ -23,11 +21,7 @@ def scorer(prompt: str, word: str) -> float:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeEngine:
     engine = FakeEngine(scorer)
-
-    def router(model: str | None, tasks_dir: Path | None) -> Router:
-        return Router(Settings(home=tmp_path, tasks_dir=tasks_dir), engine)
-
-    monkeypatch.setattr(cli_module, "_router", router)
+    patch_cli_engine(monkeypatch, engine, tmp_path)
     return engine
 
 

@@ -13,9 +13,7 @@ from click.testing import CliRunner
 
 from allinone import cli as cli_module
 from allinone.evaluate import Prediction, metrics
-from allinone.router import Router
-from allinone.settings import Settings
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, patch_cli_engine
 
 
 def scorer(prompt: str, word: str) -> float:
@@ -27,7 +25,7 @@ def scorer(prompt: str, word: str) -> float:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeEngine:
     engine = FakeEngine(scorer)
-    monkeypatch.setattr(cli_module, "_router", lambda model, tasks_dir: Router(Settings(home=tmp_path), engine))
+    patch_cli_engine(monkeypatch, engine, tmp_path)
     return engine
 
 

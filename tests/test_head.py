@@ -14,10 +14,8 @@ from allinone import cli as cli_module
 from allinone.classify import classify
 from allinone.errors import TaskDefinitionError
 from allinone.head import LinearHead, train_head
-from allinone.router import Router
-from allinone.settings import Settings
 from allinone.tasks import load_task_file, load_tasks
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, patch_cli_engine
 
 
 def test_training_separates_separable_data_and_the_file_round_trips(tmp_path: Path) -> None:
@@ -73,7 +71,7 @@ def test_classify_applies_the_head_and_keeps_the_prompt_probabilities(tmp_path: 
 
 def test_train_head_command_writes_a_head_the_task_can_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = FakeEngine(scorer)
-    monkeypatch.setattr(cli_module, "_router", lambda model, tasks_dir: Router(Settings(home=tmp_path), engine))
+    patch_cli_engine(monkeypatch, engine, tmp_path)
     rows = [{"text": "好" * (i % 3 + 1), "label": "positive"} for i in range(10)]
     rows += [{"text": "差" * (i % 3 + 1), "label": "negative"} for i in range(10)]
     data = tmp_path / "train.jsonl"
