@@ -59,3 +59,16 @@ def test_serve_with_a_missing_model_file_is_a_one_line_error(monkeypatch: pytest
     assert result.exit_code == 2
     assert result.output.startswith("loading the model") and "error:" in result.output
     assert "Traceback" not in result.output
+
+
+def test_serve_drains_for_the_shutdown_timeout_and_restores_the_sigterm_handler(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    monkeypatch.setenv("ALLINONE_SHUTDOWN_TIMEOUT", "7")
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(cli_module.cli, ["serve"])
+    assert result.exit_code == 0, result.output
+    assert served["timeout_graceful_shutdown"] == 7
+    assert signal.getsignal(signal.SIGTERM) is before

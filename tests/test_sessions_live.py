@@ -39,7 +39,7 @@ def _model_path() -> str:
 
 
 @contextmanager
-def server(home: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def server(home: Path, **extra_env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`allinone serve` on a free loopback port with its own ALLINONE_HOME; always killed at the end."""
     port = _free_port()
     env = {
@@ -49,6 +49,7 @@ def server(home: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         "ALLINONE_N_THREADS": "1",
         "ALLINONE_N_CTX": "2048",
         "ALLINONE_LOG_FILE": str(home / "requests.log"),
+        **extra_env,
     }
     cmd = [sys.executable, "-m", "allinone", "serve", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -597,14 +598,20 @@ def serve(
     click.echo("loading the model…", err=True)
     router.engine  # load before serving, so a bad model is a one-line error  # noqa: B018
     click.echo(f"serving on http://{settings.host}:{settings.port}  (page /, API docs /docs)", err=True)
-    uvicorn.run(
-        create_app(settings, router),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,  # the app writes one JSON line per request
-        timeout_graceful_shutdown=5,  # open streams get 5 s to finish on Ctrl-C
-    )
+    # SIGTERM: uvicorn stops accepting, lets requests in flight finish (then cuts them), runs the app's
+    # shutdown (the session store is closed), and re-raises the signal; a handler of ours makes that exit 0
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.run(
+            create_app(settings, router),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,  # the app writes one JSON line per request
+            timeout_graceful_shutdown=settings.shutdown_timeout,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @cli.command("train-head")

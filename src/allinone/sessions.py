@@ -56,6 +56,10 @@ class SessionStore(Protocol):
         """Forget the session; False if there was none."""
         ...
 
+    def close(self) -> None:
+        """Write everything out and release the store (at shutdown)."""
+        ...
+
 
 class MemorySessions:
     """Sessions in a dict, least recently used dropped beyond `limit`; safe across threads."""
@@ -93,6 +97,9 @@ class MemorySessions:
     def delete(self, session_id: str) -> bool:
         with self._lock:
             return self._sessions.pop(session_id, None) is not None
+
+    def close(self) -> None:
+        pass
 
 
 def open_session(store: SessionStore, session_id: str | None) -> ChatSession:
@@ -134,6 +141,7 @@ class SqliteSessions:
         self.prune()
 
     def close(self) -> None:
+        """Close the connection; the last one to close checkpoints the WAL into the file and removes it."""
         with self._lock:
             self._db.close()
 

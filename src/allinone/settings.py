@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     request_timeout: float = Field(
         300, ge=0, description="Seconds a model request may wait plus run; then 504 and the model is freed. 0 = none."
     )
+    shutdown_timeout: int = Field(
+        30, ge=0, description="Seconds `serve` gives requests in flight to finish on SIGTERM; then they are cut."
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated API keys (`Authorization: Bearer`); empty = no auth."
     )

@@ -83,6 +83,14 @@ class Admission:
     def release(self) -> None:
         self._slot.release()
 
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no request holds the model, then keep it (the server is stopping); False if one still
+        did after `timeout` seconds."""
+        with anyio.move_on_after(timeout):
+            await self._slot.acquire()
+            return True
+        return False
+
     @asynccontextmanager
     async def hold(self, deadline: float | None = None) -> AsyncIterator[None]:
         """The slot for a block, e.g. one blocking model call."""

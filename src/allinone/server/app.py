@@ -26,6 +26,7 @@ from .schemas import ErrorOut
 from .state import Services
 
 STATIC = Path(__file__).parent / "static"
+DRAIN_STEP_SECONDS = 30.0  # at shutdown, the longest wait for a cut request's model step to end
 log = logging.getLogger("allinone.server")
 
 DESCRIPTION = """\
@@ -64,10 +65,15 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
         log.info("model %s ready in %.1f s", engine.info.model, time.perf_counter() - start)
         try:
             yield
-        finally:
+        finally:  # uvicorn has drained (or cut) the requests in flight; their model steps may still be ending
             shared.metrics.model_loaded = 0
-            if owns_engine:
-                engine.close()
+            idle = await shared.admission.drain(DRAIN_STEP_SECONDS)
+            if idle:  # nothing can write to the store or use the engine any more
+                shared.sessions.close()
+                if owns_engine:
+                    engine.close()
+            else:
+                log.error("a model call was still running at shutdown; the session store was left open")
             shared.log.close()
 
     app = FastAPIOffline(  # /docs and /redoc with their scripts served by the app: they work offline
