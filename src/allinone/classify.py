@@ -8,7 +8,7 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engines.base import Engine, Scores, Usage
+from .engines.base import Engine, Scores, Scoring, Usage
 from .errors import InvalidInput, TaskDefinitionError
 from .head import LinearHead
 from .tasks import Task
@@ -26,6 +26,7 @@ class Classification:
     truncated: bool = False
     method: str = "prompt"  # "prompt" (label scoring) or "prompt+head" (a learned head refined it)
     prompt_probabilities: dict[str, float] | None = None  # label scoring alone, when a head was used
+    scoring: Scoring = "exact"  # how the engine scored the labels (engines.base.Scores.scoring)
 
 
 def require_text(text: str) -> str:
@@ -124,7 +125,7 @@ def classify(engine: Engine, task: Task, text: str, use_head: bool = False) -> C
     head = load_head(task) if use_head else None
     scores = score_words(engine, task, text, hidden=head is not None)
     probs = label_probabilities(task, scores.logprobs, bias)
-    result = Classification(task.name, "", "", probs, scores.usage, truncated)
+    result = Classification(task.name, "", "", probs, scores.usage, truncated, scoring=scores.scoring)
     if head is not None and scores.hidden is not None:
         result.prompt_probabilities = probs
         result.probabilities = head.probabilities(scores.hidden, label_scores(task, scores.logprobs))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Role = Literal["system", "user", "assistant"]
+Scoring = Literal["exact", "first_token", "choice"]  # how an engine obtained label log-probabilities
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class Scores:
     logprobs: list[float]  # total log-probability of each continuation, in the order given
     usage: Usage
     hidden: list[float] | None = None  # final hidden state at the answer position, when asked for
+    # how the log-probabilities were obtained: "exact" (every token of each continuation), "first_token" (a
+    # remote server's top logprobs of the first token) or "choice" (no logprobs: the model chose one, 0 vs -1e9)
+    scoring: Scoring = "exact"
 
 
 @dataclass

@@ -84,7 +84,9 @@ def completion_usage(usage: Usage) -> CompletionUsage:
 
 
 def classification(result: ClassifyResult) -> Classification:
-    return Classification(label=result.label, display=result.display, probabilities=result.probabilities)
+    return Classification(
+        label=result.label, display=result.display, probabilities=result.probabilities, scoring=result.scoring
+    )
 
 
 @router.get("/v1/models", response_model=ModelList)

@@ -187,6 +187,7 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
             display=result.display,
             probabilities=result.probabilities,
             truncated=result.truncated,
+            scoring=result.scoring,
             route=route_out(found),
             usage=usage_out(rec.usage),
             timing=timing(rec),

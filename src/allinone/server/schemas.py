@@ -162,6 +162,11 @@ class ClassifyResponse(BaseModel):
     display: str = Field(description="The line shown to people.")
     probabilities: dict[str, float] = Field(description="Probability of every label, in declared order.")
     truncated: bool = Field(description="The input was longer than the task keeps and was cut.")
+    scoring: Literal["exact", "first_token", "choice"] = Field(
+        "exact",
+        description="How labels were scored: `exact` log-probabilities (local engines), `first_token` (a remote "
+        "server's top logprobs) or `choice` (the server has no logprobs: the model chose a label, probabilities 1/0).",
+    )
     route: RouteOut | None = Field(None, description="Task `auto`: the task the model picked for the text.")
     usage: UsageOut
     timing: Timing
@@ -403,6 +408,7 @@ class Classification(BaseModel):
     label: str
     display: str
     probabilities: dict[str, float]
+    scoring: str = Field("exact", description="How labels were scored: exact, first_token or choice.")
 
 
 class CompletionMessage(BaseModel):

@@ -1,0 +1,208 @@
+"""Thin client of any OpenAI-compatible server (vLLM, llama.cpp's server, SGLang, Ollama, OpenAI itself)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..errors import EngineError, ModelError
+from .base import Chunk, Engine, EngineInfo, GenParams, Message, Prompt, Scores, Segment, Usage
+from .stops import StopBuffer
+
+_HEADER = re.compile(r"\n?(system|user|assistant): ")  # a trusted segment of ours: a message's role
+_TOP_LOGPROBS = 20  # the most OpenAI's API returns
+_UNCHOSEN = -1e9  # the log-score of a label the model did not choose (finite: softmax stays defined)
+_CHOICE_TOKENS = 16
+
+
+def _gbnf_choice(words: Sequence[str]) -> str:
+    return "root ::= " + " | ".join(json.dumps(w, ensure_ascii=False) for w in words)
+
+
+class OpenAIEngine(Engine):
+    """The task layer on top of a remote OpenAI-compatible chat endpoint.
+
+    The server applies its own chat template and caches prompt prefixes itself. Scoring reads the first
+    token's `top_logprobs` of a one-token chat completion, so a continuation scores its first token
+    (`Scores.scoring = "first_token"`); a server without logprobs gets a constrained choice instead
+    (`"choice"`: the chosen label scores 0, the others far below).
+
+    Concurrency: requests go straight to the server, several at a time (httpx's client is thread-safe).
+    """
+
+    def __init__(self, base_url: str, *, model: str = "", api_key: str = "", timeout: float = 300) -> None:
+        try:
+            import httpx
+        except ImportError as e:
+            raise ModelError("the openai engine needs httpx: pip install 'qwen-allinone[openai]'") from e
+        self._httpx = httpx
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self.model = model or self._first_model()
+        self._logprobs: bool | None = None  # None: not yet known whether the server returns logprobs
+        self._lock = threading.Lock()
+        self.info = EngineInfo("openai", self.model, 0, {"base_url": self.base_url})
+
+    # --- HTTP -------------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            r = self._client.request(method, path, json=body)
+        except self._httpx.HTTPError as e:
+            raise EngineError(f"the OpenAI-compatible server at {self.base_url} is unreachable: {e}") from e
+        if r.status_code >= 400:
+            raise EngineError(f"{self.base_url}{path} answered {r.status_code}: {r.text[:300]}")
+        return r.json()
+
+    def _first_model(self) -> str:
+        data = self._request("GET", "/models").get("data") or []
+        if not data:
+            raise ModelError(f"{self.base_url}/models lists no model; set ALLINONE_OPENAI_MODEL")
+        return str(data[0]["id"])
+
+    def _chat(self, messages: list[dict[str, str]], **fields: Any) -> Any:
+        return self._request("POST", "/chat/completions", {"model": self.model, "messages": messages, **fields})
+
+    # --- prompts ----------------------------------------------------------------------------------
+
+    def render(self, messages: Sequence[Message], n_fixed: int) -> Prompt:
+        """Role headers (trusted) and contents (plain text); the server renders its own template."""
+        prefix: list[Segment] = []
+        suffix: list[Segment] = []
+        for i, m in enumerate(messages):
+            target = prefix if i <= n_fixed else suffix  # message n_fixed's header still belongs to the prefix
+            target.append(Segment(f"{chr(10) if i else ''}{m.role}: ", True))
+            if m.content:
+                (prefix if i < n_fixed else suffix).append(Segment(m.content, False))
+        suffix.append(Segment("\nassistant: ", True))  # the generation prompt
+        return Prompt(tuple(prefix), tuple(suffix))
+
+    @staticmethod
+    def messages_of(prompt: Prompt) -> list[dict[str, str]]:
+        """The chat messages a prompt of `render` stands for."""
+        out: list[dict[str, str]] = []
+        for seg in (*prompt.prefix, *prompt.suffix):
+            header = _HEADER.fullmatch(seg.text) if seg.trusted else None
+            if header:
+                out.append({"role": header.group(1), "content": ""})
+            elif out:
+                out[-1]["content"] += seg.text
+        if out and out[-1] == {"role": "assistant", "content": ""}:
+            out.pop()  # the generation prompt
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        """An estimate (the tokenizer lives on the server): one token per CJK character, else per 4 characters."""
+        wide = sum(1 for ch in text if ord(ch) > 0x2E7F)
+        return wide + math.ceil((len(text) - wide) / 4)
+
+    # --- scoring ----------------------------------------------------------------------------------
+
+    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
+        if hidden:
+            raise EngineError("the openai engine has no hidden states: learned heads need a local engine")
+        messages = self.messages_of(prompt)
+        if self._logprobs is not False:
+            try:
+                reply = self._chat(messages, max_tokens=1, temperature=0, logprobs=True, top_logprobs=_TOP_LOGPROBS)
+                content = ((reply["choices"][0].get("logprobs") or {}).get("content")) or []
+            except EngineError:
+                if self._logprobs:  # it worked before: a real failure
+                    raise
+                content = []
+            with self._lock:
+                self._logprobs = bool(content) or bool(self._logprobs)
+            if content:
+                top = {t["token"]: float(t["logprob"]) for t in content[0].get("top_logprobs") or []}
+                top.setdefault(content[0]["token"], float(content[0]["logprob"]))
+                logprobs = [self._first_token(top, c) for c in continuations]
+                return Scores(logprobs, self._usage(reply), None, "first_token")
+        return self._choice(messages, continuations)
+
+    @staticmethod
+    def _first_token(top: dict[str, float], text: str) -> float:
+        """The log-probability of the longest listed token that starts `text`; else at most the least listed one."""
+        starts = [tok for tok in top if tok and text.startswith(tok)]
+        if starts:
+            return top[max(starts, key=len)]
+        return min(top.values())
+
+    def _choice(self, messages: list[dict[str, str]], continuations: Sequence[str]) -> Scores:
+        """Greedy reply constrained to the continuations (llama.cpp servers: `grammar`; vLLM: `guided_choice`)."""
+        words = list(dict.fromkeys(continuations))
+        fields = {"max_tokens": _CHOICE_TOKENS, "temperature": 0}
+        try:
+            reply = self._chat(messages, **fields, grammar=_gbnf_choice(words), guided_choice=words)
+        except EngineError:  # a server that refuses unknown fields
+            reply = self._chat(messages, **fields)
+        text = (reply["choices"][0]["message"].get("content") or "").strip()
+        chosen = max((w for w in words if text.startswith(w)), key=len, default=None)
+        scores = [0.0 if chosen is None or c == chosen else _UNCHOSEN for c in continuations]
+        return Scores(scores, self._usage(reply), None, "choice")
+
+    @staticmethod
+    def _usage(reply: dict[str, Any]) -> Usage:
+        u = reply.get("usage") or {}
+        cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        return Usage(u.get("prompt_tokens") or 0, cached, u.get("completion_tokens") or 0)
+
+    # --- generation -------------------------------------------------------------------------------
+
+    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
+        """Pass the server's stream through (stop strings also applied here, past the API's four)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": self.messages_of(prompt),
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if params.stop:
+            body["stop"] = list(params.stop[:4])
+        if params.seed is not None and params.seed >= 0:
+            body["seed"] = params.seed
+        if params.grammar:
+            body["grammar"] = params.grammar  # llama.cpp servers; others generate freely, the task validates
+        stops, usage, finish, n_chunks = StopBuffer(params.stop), None, "stop", 0
+        try:
+            with self._client.stream("POST", "/chat/completions", json=body) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise EngineError(f"{self.base_url}/chat/completions answered {r.status_code}: {r.text[:300]}")
+                for event in self._events(r.iter_lines()):
+                    usage = self._usage(event) if event.get("usage") else usage
+                    for choice in event.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content") or ""
+                        n_chunks += bool(text)
+                        finish = choice.get("finish_reason") or finish
+                        piece = stops.push(text)
+                        if piece:
+                            yield Chunk(piece)
+                    if stops.stopped:
+                        break
+        except self._httpx.HTTPError as e:
+            raise EngineError(f"the OpenAI-compatible server at {self.base_url} failed mid-stream: {e}") from e
+        usage = usage or Usage(completion_tokens=n_chunks)
+        yield Chunk(stops.flush(), "length" if finish == "length" else "stop", usage)
+
+    @staticmethod
+    def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+        """The JSON payloads of a server-sent event stream, up to `[DONE]`."""
+        for line in lines:
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            event: dict[str, Any] = json.loads(data)
+            yield event
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,286 @@
+"""Thin wrapper over a Hugging Face transformers causal LM (a hub id, a local dir, or a GGUF file dequantized)."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ContextOverflow, EngineError, ModelError
+from .base import Chunk, Engine, EngineInfo, GenParams, Message, Prompt, Scores, Segment, Usage
+from .stops import StopBuffer
+from .template import ChatTemplate
+
+_TURN_ENDS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")  # chat templates' end-of-turn tokens
+
+
+@dataclass(eq=False)
+class _Saved:
+    """A KV cache (a transformers Cache object) and the tokens it holds."""
+
+    tokens: list[int]
+    cache: Any
+    pinned: bool = False  # a task prefix: kept until the cache is cleared
+    used: int = 0  # LRU clock
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' asked for, but torch sees no CUDA device")
+    return device
+
+
+def _crop(cache: Any, n: int) -> None:
+    """Keep the first n tokens of a cache (`crop` takes a negative count of tokens to drop)."""
+    extra = cache.get_seq_length() - n
+    if extra > 0:
+        cache.crop(-extra)
+
+
+class TransformersEngine(Engine):
+    """One transformers model and tokenizer, plus saved KV caches (`DynamicCache`).
+
+    Caching: a task's fixed prefix is evaluated once and its cache pinned; a request works on a copy of
+    it and evaluates only its own tokens. After a reply the conversation's cache is saved, so the next
+    chat turn evaluates only the new message. Only caches that are a whole prefix of the prompt are used.
+
+    Concurrency: one lock, so calls run one at a time; a stream holds it until exhausted or closed.
+    """
+
+    def __init__(
+        self,
+        source: str | Path,
+        *,
+        name: str,
+        gguf_file: str | None = None,
+        dtype: str = "float32",
+        device: str = "auto",
+        n_ctx: int = 8192,
+        cache_mb: int = 256,
+        n_threads: int = 2,
+    ) -> None:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as e:
+            raise ModelError("the transformers engine needs: pip install 'qwen-allinone[transformers]'") from e
+
+        torch.set_num_threads(n_threads)
+        self._torch = torch
+        self._device = _resolve_device(device)
+        kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+        try:
+            self.tokenizer: Any = AutoTokenizer.from_pretrained(str(source), **kwargs)
+            model: Any = AutoModelForCausalLM.from_pretrained(str(source), dtype=getattr(torch, dtype), **kwargs)
+            self.model: Any = model.to(self._device)
+        except (OSError, ValueError) as e:  # not found offline, not a model dir, unsupported GGUF
+            raise ModelError(f"transformers could not load '{source}': {e}") from e
+        self.model.eval()
+        source_text = self.tokenizer.chat_template
+        if not isinstance(source_text, str) or not source_text:
+            raise ModelError(f"the model has no chat template: {source}")
+        self.template = ChatTemplate(source_text, self.tokenizer.bos_token or "", self.tokenizer.eos_token or "")
+        self._eog = self._end_tokens()
+        cfg = self.model.config
+        self._n_ctx = min(n_ctx, getattr(cfg, "max_position_embeddings", n_ctx))
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self._bytes_per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
+        self._cache_bytes = cache_mb << 20
+        self._saved: list[_Saved] = []
+        self._clock = 0
+        self._lock = threading.Lock()
+        self._prefix_tokens: dict[tuple[Segment, ...], list[int]] = {}
+        self.info = EngineInfo(
+            "transformers",
+            name,
+            self._n_ctx,
+            {"source": str(source), "gguf_file": gguf_file or "", "dtype": dtype, "device": self._device},
+        )
+
+    # --- tokens -----------------------------------------------------------------------------------
+
+    def _end_tokens(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        eos = self.model.generation_config.eos_token_id
+        ids |= set(eos) if isinstance(eos, list) else {eos}
+        vocab = self.tokenizer.get_vocab()
+        ids |= {vocab[t] for t in _TURN_ENDS if t in vocab and t in self.template.source}
+        return {i for i in ids if i is not None}
+
+    def _tokenize(self, text: str, *, special: bool) -> list[int]:
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special).input_ids
+        return ids
+
+    def _tokens_of(self, segments: Sequence[Segment]) -> list[int]:
+        return [t for seg in segments for t in self._tokenize(seg.text, special=seg.trusted)]
+
+    def render(self, messages: Sequence[Message], n_fixed: int) -> Prompt:
+        return self.template.render(messages, n_fixed)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenize(text, special=False))
+
+    def tokenize_prompt(self, prompt: Prompt) -> tuple[list[int], int]:
+        """All tokens of the prompt and how many of them are the fixed prefix."""
+        prefix = self._prefix_tokens.get(prompt.prefix)
+        if prefix is None:
+            prefix = self._tokens_of(prompt.prefix)
+            if len(self._prefix_tokens) > 256:
+                self._prefix_tokens.clear()
+            self._prefix_tokens[prompt.prefix] = prefix
+        return prefix + self._tokens_of(prompt.suffix), len(prefix)
+
+    # --- KV caches --------------------------------------------------------------------------------
+
+    def _forward(self, tokens: list[int], cache: Any, hidden: bool = False) -> Any:
+        """Evaluate tokens after what `cache` holds (the cache grows); the model output."""
+        ids = self._torch.tensor([tokens], device=self._device)
+        return self.model(input_ids=ids, past_key_values=cache, use_cache=True, output_hidden_states=hidden)
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def _save(self, tokens: list[int], cache: Any, pinned: bool) -> _Saved:
+        """Keep a cache; unpinned ones are evicted least recently used first, a superseded chat turn at once."""
+        self._clock += 1
+        self._saved = [s for s in self._saved if s.pinned or s.tokens != tokens[: len(s.tokens)]]
+        saved = _Saved(list(tokens), cache, pinned, self._clock)
+        self._saved.append(saved)
+        while sum(len(s.tokens) for s in self._saved) * self._bytes_per_token > self._cache_bytes:
+            unpinned = [s for s in self._saved if not s.pinned and s is not saved]
+            if not unpinned:
+                break
+            self._saved.remove(min(unpinned, key=lambda s: s.used))
+        return saved
+
+    def _prepare(self, prompt: Prompt, reuse_history: bool) -> tuple[Usage, list[int], Any, int]:
+        """Tokens of the prompt, a private cache holding a saved start of it, and how many tokens it holds.
+
+        The task's fixed prefix is evaluated on its own and pinned; classification reuses exactly it.
+        """
+        tokens, n_prefix = self.tokenize_prompt(prompt)
+        if len(tokens) >= self._n_ctx:
+            raise ContextOverflow(f"the prompt is {len(tokens)} tokens; the context holds {self._n_ctx}")
+        computed = 0
+        prefix = tokens[:n_prefix] if 0 < n_prefix < len(tokens) else []
+        base = next((s for s in self._saved if s.pinned and s.tokens == prefix), None) if prefix else None
+        if prefix and base is None:
+            cache = self._new_cache()
+            self._forward(prefix, cache)
+            base, computed = self._save(prefix, cache, pinned=True), n_prefix
+        if reuse_history:
+            fits = [s for s in self._saved if len(s.tokens) < len(tokens) and tokens[: len(s.tokens)] == s.tokens]
+            base = max(fits, key=lambda s: len(s.tokens), default=None)
+        if base is None:
+            return Usage(prompt_tokens=len(tokens)), tokens, self._new_cache(), 0
+        self._clock += 1
+        base.used = self._clock
+        usage = Usage(prompt_tokens=len(tokens), cached_tokens=len(base.tokens) - computed)
+        return usage, tokens, copy.deepcopy(base.cache), len(base.tokens)
+
+    def clear_cache(self) -> None:
+        """Drop every saved cache, so the next call computes its whole prompt."""
+        with self._lock:
+            self._saved = []
+
+    # --- scoring and generation -------------------------------------------------------------------
+
+    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            usage, tokens, cache, n_cached = self._prepare(prompt, reuse_history=False)
+            out = self._forward(tokens[n_cached:], cache, hidden)
+            first = torch.log_softmax(out.logits[0, -1].double(), -1)
+            state = out.hidden_states[-1][0, -1].double().tolist() if hidden else None
+            scores = []
+            for text in continuations:
+                toks = self._tokenize(text, special=False)
+                if not toks:
+                    raise EngineError(f"continuation {text!r} has no tokens")
+                total = float(first[toks[0]])
+                if len(toks) > 1:  # later tokens need the logits after each earlier one
+                    logits = self._forward(toks[:-1], cache).logits[0].double()
+                    total += float(torch.log_softmax(logits, -1)[torch.arange(len(toks) - 1), toks[1:]].sum())
+                    _crop(cache, len(tokens))
+                scores.append(total)
+            return Scores(scores, usage, state)
+
+    def _sample(self, logits: Any, params: GenParams, generator: Any) -> int:
+        torch = self._torch
+        if params.temperature <= 0:
+            return int(logits.argmax())
+        logits = logits.float() / params.temperature
+        if params.top_k > 0:
+            kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, -1)
+        if params.top_p < 1:
+            ordered, order = probs.sort(descending=True)
+            drop = ordered.cumsum(-1) - ordered > params.top_p  # keep the smallest set reaching top_p
+            probs = probs.scatter(0, order, ordered.masked_fill(drop, 0.0))
+        return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
+        # A GBNF grammar is a llama.cpp feature: here the reply is generated unconstrained and the task
+        # layer still validates it against the task's output_schema.
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            usage, tokens, cache, n_cached = self._prepare(prompt, reuse_history=True)
+            generator = torch.Generator()
+            if params.seed is not None and params.seed >= 0:
+                generator.manual_seed(params.seed)
+            else:
+                generator.seed()
+            stops, out_ids, sent = StopBuffer(params.stop), list[int](), ""
+            finish = "length"
+            logits = self._forward(tokens[n_cached:], cache).logits[0, -1]
+            try:
+                for _ in range(params.max_tokens):
+                    token = self._sample(logits, params, generator)
+                    if token in self._eog:
+                        finish = "stop"
+                        break
+                    out_ids.append(token)
+                    usage.completion_tokens += 1
+                    text = self.tokenizer.decode(out_ids, skip_special_tokens=False)
+                    if not text.endswith("\ufffd"):  # hold back a partial UTF-8 character
+                        piece, sent = stops.push(text[len(sent) :]), text
+                        if piece:
+                            yield Chunk(piece)
+                    if stops.stopped:
+                        finish = "stop"
+                        break
+                    if len(tokens) + len(out_ids) >= self._n_ctx:
+                        break
+                    logits = self._forward([token], cache).logits[0, -1]
+            finally:
+                self._save_turn(tokens, out_ids, cache)
+            tail = ""
+            if not stops.stopped:
+                text = self.tokenizer.decode(out_ids, skip_special_tokens=False)
+                tail = stops.push(text[len(sent) :]) + stops.flush()
+            yield Chunk(tail, finish, usage)  # type: ignore[arg-type]
+
+    def _save_turn(self, prompt_tokens: list[int], reply: list[int], cache: Any) -> None:
+        """Save where the next chat turn starts: prompt plus reply when the reply re-tokenizes to the same
+        tokens (the next prompt then extends them), else the prompt alone."""
+        held = (prompt_tokens + reply)[: cache.get_seq_length()]  # a last sampled token may not be evaluated
+        text = self.tokenizer.decode(reply, skip_special_tokens=False)
+        if self._tokenize(text, special=False) != reply:
+            held = prompt_tokens
+        _crop(cache, len(held))
+        self._save(held, cache, pinned=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._saved = []
