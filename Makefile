@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[default-model,dev]"
+	$(BIN)/pip install --quiet -e ".[default-model,dev,transformers,openai]"
 	touch $@
 
 setup: $(STAMP)

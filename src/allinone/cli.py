@@ -36,8 +36,21 @@ class _Group(click.Group):
             raise UserError(str(e)) from None
 
 
+def _remember_engine(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta["allinone.engine"] = value
+
+
 def model_options(f: F) -> F:
-    """--model and --tasks-dir, which override ALLINONE_MODEL / ALLINONE_TASKS_DIR."""
+    """--model, --engine and --tasks-dir, which override ALLINONE_MODEL / ALLINONE_ENGINE / ALLINONE_TASKS_DIR."""
+    f = click.option(
+        "--engine",
+        type=click.Choice(["auto", "llamacpp", "transformers", "openai"]),
+        default=None,
+        expose_value=False,  # read by _settings, so every command gets it without a parameter of its own
+        callback=_remember_engine,
+        help="Inference backend; auto picks by the model reference [env ALLINONE_ENGINE; default auto].",
+    )(f)
     f = click.option(
         "--tasks-dir",
         type=click.Path(path_type=Path),
@@ -48,12 +61,15 @@ def model_options(f: F) -> F:
         "--model",
         "-m",
         default=None,
-        help="default, a .gguf path or hf:ORG/REPO/FILE.gguf [env ALLINONE_MODEL].",
+        help="default, a .gguf path, hf:ORG/REPO/FILE.gguf, a transformers dir or hub id ORG/NAME, or openai:[NAME]"
+        " [env ALLINONE_MODEL].",
     )(f)
     return f
 
 
 def _settings(**overrides: Any) -> Settings:
+    ctx = click.get_current_context(silent=True)
+    overrides.setdefault("engine", ctx.meta.get("allinone.engine") if ctx else None)
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -143,7 +159,8 @@ def run(
         if as_json:
             click.echo(json.dumps({**extra, **asdict(result), "timing_ms": round(ms, 1)}, ensure_ascii=False))
         else:
-            click.echo(f"{result.display}   ({_probs_line(result.probabilities)})")
+            note = "  [the server has no logprobs: the model's choice]" if result.scoring == "choice" else ""
+            click.echo(f"{result.display}   ({_probs_line(result.probabilities)}){note}")
         return
     gen_options = {**options, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
     if t.output_schema is not None or as_json:  # structured results are shown whole, once parsed

@@ -13,7 +13,16 @@ from pathlib import Path
 from .errors import ModelError
 from .settings import Settings
 
-__all__ = ["DEFAULT", "ModelInfo", "ensure_default", "list_models", "resolve_model"]
+__all__ = [
+    "DEFAULT",
+    "ModelInfo",
+    "TransformersSource",
+    "engine_for",
+    "ensure_default",
+    "list_models",
+    "resolve_model",
+    "transformers_source",
+]
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,38 @@ def resolve_model(ref: str, settings: Settings) -> ModelInfo:
         raise ModelError(f"model file not found: {path}")
     _check_gguf(path)
     return ModelInfo(ref, path.stem, path, "file")
+
+
+def engine_for(ref: str) -> str:
+    """The engine `auto` picks for a model reference."""
+    ref = ref.strip()
+    if ref.startswith("openai:"):
+        return "openai"
+    if ref in ("", "default") or ref.endswith(".gguf"):
+        return "llamacpp"
+    return "transformers"  # a model dir, or a hub id ORG/NAME (with or without hf:)
+
+
+@dataclass(frozen=True)
+class TransformersSource:
+    name: str
+    source: str  # what from_pretrained gets: a local dir or a hub id
+    gguf_file: str | None = None  # a GGUF file inside `source`, dequantized on load
+
+
+def transformers_source(ref: str, settings: Settings) -> TransformersSource:
+    """What the transformers engine loads for a model reference; GGUF references become dir + gguf_file."""
+    ref = ref.strip()
+    if ref in ("", "default") or ref.endswith(".gguf"):
+        info = resolve_model(ref, settings)
+        return TransformersSource(info.name, str(info.path.parent), info.path.name)
+    hub_id = ref.removeprefix("hf:")
+    path = Path(hub_id).expanduser()
+    if path.is_dir():
+        return TransformersSource(path.name, str(path))
+    if path.exists() or hub_id.count("/") != 1:
+        raise ModelError(f"not a model dir, a .gguf file or a hub id ORG/NAME: {ref}")
+    return TransformersSource(hub_id, hub_id)
 
 
 def _check_gguf(path: Path) -> None:

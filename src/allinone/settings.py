@@ -29,6 +29,22 @@ class Settings(BaseSettings):
         default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, description="CPU threads for inference."
     )
     n_batch: int = Field(512, ge=32, le=8192, description="Max tokens evaluated per llama_decode call.")
+    engine: Literal["auto", "llamacpp", "transformers", "openai"] = Field(
+        "auto",
+        description="Inference backend; `auto` picks by the model reference: a .gguf file or `default` -> llamacpp, "
+        "a model dir or hub id (ORG/NAME) -> transformers, `openai:[NAME]` -> openai.",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="transformers engine: weight dtype.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="transformers engine: device; `auto` = cuda when torch sees one, else cpu."
+    )
+    openai_base_url: str = Field(
+        "http://127.0.0.1:8080/v1", description="openai engine: base URL of the OpenAI-compatible server (with /v1)."
+    )
+    openai_api_key: str = Field("", description="openai engine: API key sent as `Authorization: Bearer`; empty = none.")
+    openai_model: str = Field(
+        "", description="openai engine: model name on the server; empty = the first one its /v1/models lists."
+    )
     use_heads: bool = Field(False, description="Apply the learned head a classify task declares (opt-in: see README).")
     seed: int = Field(-1, description="Default sampling seed; -1 draws a fresh one per request.")
     host: str = Field("127.0.0.1", description="HTTP bind address.")

@@ -24,8 +24,34 @@ __all__ = [
 
 
 def load_engine(settings: Settings) -> Engine:
-    """Resolve the configured model and load it with the llama.cpp backend."""
-    from ..models import resolve_model
+    """Load the configured model with the configured engine (`auto`: the one its reference calls for)."""
+    from ..models import engine_for, resolve_model, transformers_source
+
+    kind = engine_for(settings.model) if settings.engine == "auto" else settings.engine
+    if kind == "openai":
+        from .openai import OpenAIEngine
+
+        name = settings.model.removeprefix("openai:") if settings.model.startswith("openai:") else ""
+        return OpenAIEngine(
+            settings.openai_base_url,
+            model=name or settings.openai_model,
+            api_key=settings.openai_api_key,
+            timeout=settings.request_timeout or None,
+        )
+    if kind == "transformers":
+        from .transformers import TransformersEngine
+
+        src = transformers_source(settings.model, settings)
+        return TransformersEngine(
+            src.source,
+            name=src.name,
+            gguf_file=src.gguf_file,
+            dtype=settings.dtype,
+            device=settings.device,
+            n_ctx=settings.n_ctx,
+            cache_mb=settings.cache_mb,
+            n_threads=settings.n_threads,
+        )
     from .llamacpp import LlamaCppEngine
 
     info = resolve_model(settings.model, settings)

@@ -34,7 +34,7 @@ class OpenAIEngine(Engine):
     Concurrency: requests go straight to the server, several at a time (httpx's client is thread-safe).
     """
 
-    def __init__(self, base_url: str, *, model: str = "", api_key: str = "", timeout: float = 300) -> None:
+    def __init__(self, base_url: str, *, model: str = "", api_key: str = "", timeout: float | None = 300) -> None:
         try:
             import httpx
         except ImportError as e:
