@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .classify import Classification, classify, require_text
@@ -16,6 +16,7 @@ from .tasks import Task
 __all__ = ["ChatSession", "Turn", "analyze_and_reply", "split_messages", "stream_reply"]
 
 SENTIMENT_TAG = "[情感标签：{label}]"
+MESSAGE_TOKENS = 6  # what the chat template adds around a message: <|im_start|>role\n ... <|im_end|>\n, and a margin
 
 
 @dataclass
@@ -70,6 +71,18 @@ def model_messages(task: Task, turns: list[Turn]) -> tuple[list[Message], int]:
     return [*fixed, *(Message(t.role, _model_content(task, t)) for t in turns)], len(fixed)
 
 
+def fit_history(engine: Engine, task: Task, history: list[Turn], user: Turn, budget: int) -> list[Turn]:
+    """The most recent turns that fit in `budget` tokens together with the task's fixed prefix (system prompt,
+    examples) and the new message: the oldest go first, and the kept history starts with a user turn."""
+    messages, n_fixed = model_messages(task, [*history, user])
+    cost = [engine.count_tokens(m.content) + MESSAGE_TOKENS for m in messages]  # the template's own tokens added
+    total, first = sum(cost), 0
+    while first < len(history) and (total > budget or (first and history[first].role == "assistant")):
+        total -= cost[n_fixed + first]
+        first += 1
+    return history[first:]
+
+
 def stream_reply(
     engine: Engine,
     task: Task,
@@ -78,17 +91,22 @@ def stream_reply(
     params: GenParams,
     sentiment: str | None = None,
 ) -> Iterator[Chunk]:
-    """Stream the assistant's reply; the turn pair is added to the history once the reply is complete."""
+    """Stream the assistant's reply; the turn pair is added to the history once the reply is complete.
+    The last chunk says whether the input was cut and how many old turns were left out to fit the context."""
     if task.kind != "generate":
         raise InvalidInput(f"task '{task.name}' is not a generate task")
-    text, _ = task.truncation.apply(require_text(text))
+    text, truncated = task.truncation.apply(require_text(text), engine.count_tokens)
     user = Turn("user", text, sentiment)
-    turns = [*session.turns, user] if task.multi_turn else [user]
-    messages, n_fixed = model_messages(task, turns)
+    history = session.turns if task.multi_turn else []
+    n_ctx = engine.info.n_ctx
+    kept = fit_history(engine, task, history, user, n_ctx - min(params.max_tokens, n_ctx // 4)) if history else []
+    messages, n_fixed = model_messages(task, [*kept, user])
     prompt = engine.render(messages, n_fixed=n_fixed)
     parts = []
     for chunk in engine.stream(prompt, params):
         parts.append(chunk.text)
+        if chunk.finish_reason is not None:
+            chunk = replace(chunk, truncated=truncated, trimmed_turns=len(history) - len(kept))
         yield chunk
     if task.multi_turn:
         session.append(user, Turn("assistant", "".join(parts)))  # the pair in one transaction

@@ -120,7 +120,7 @@ def classify(engine: Engine, task: Task, text: str, use_head: bool = False) -> C
     """Score every label of a classify task for one text (one forward pass)."""
     if task.kind != "classify" or task.labels is None:
         raise InvalidInput(f"task '{task.name}' is not a classify task")
-    text, truncated = task.truncation.apply(require_text(text))
+    text, truncated = task.truncation.apply(require_text(text), engine.count_tokens)
     bias = calibration_bias(engine, task)
     head = load_head(task) if use_head else None
     scores = score_words(engine, task, text, hidden=head is not None)

@@ -675,7 +675,9 @@ def train_head_cmd(
     features, golds = [], []
     with _progress(len(rows), f"features {task}") as bar:
         for row in rows:
-            scores = score_words(router.engine, t, t.truncation.apply(row.text)[0], hidden=True)
+            scores = score_words(
+                router.engine, t, t.truncation.apply(row.text, router.engine.count_tokens)[0], hidden=True
+            )
             assert scores.hidden is not None
             features.append([*scores.hidden, *label_scores(t, scores.logprobs)])
             golds.append(row.label or "")

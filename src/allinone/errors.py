@@ -31,6 +31,12 @@ class ContextOverflow(InvalidInput):
     """The prompt does not fit in the model's context window."""
 
 
+class InputTooLong(InvalidInput):
+    """The input is longer than the task accepts, and the task's policy is to refuse rather than cut it."""
+
+    message_zh = "输入过长"
+
+
 class EmptyText(InvalidInput):
     """The text is empty or only whitespace."""
 

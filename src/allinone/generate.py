@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .engines.base import Chunk, Engine, Usage
@@ -24,6 +24,8 @@ class Generated:
     usage: Usage = field(default_factory=Usage)
     data: Any = None  # the parsed JSON, for tasks that declare output_schema
     options: dict[str, str] = field(default_factory=dict)  # the task options used, `auto` resolved
+    truncated: bool = False  # the input was cut to the task's limit
+    trimmed_turns: int = 0  # old history turns left out to fit the context window
 
 
 def sentence_ends(text: str, final: bool) -> list[int]:
@@ -76,7 +78,7 @@ def limit_stream(chunks: Iterable[Chunk], max_chars: int) -> Iterator[Chunk]:
                 yield Chunk(keep[sent:])
                 sent = len(keep)
         if chunk.finish_reason is not None:
-            yield Chunk("", "length" if cut else chunk.finish_reason, chunk.usage)
+            yield replace(chunk, text="", finish_reason="length" if cut else chunk.finish_reason)
 
 
 def token_budget(engine: Engine, text: str, max_chars: int) -> int:
@@ -95,4 +97,7 @@ def join_reply(task: Task, chunks: Iterable[Chunk], options: dict[str, str] | No
     data = None
     if task.output_schema is not None:
         data = parse_output(task.output_schema, text, last.finish_reason)
-    return Generated(task.name, text, last.finish_reason, last.usage or Usage(), data, options or {})
+    usage = last.usage or Usage()
+    return Generated(
+        task.name, text, last.finish_reason, usage, data, options or {}, last.truncated, last.trimmed_turns
+    )

@@ -26,11 +26,19 @@ class Router:
 
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
-        self.tasks: dict[str, Task] = load_tasks(settings.tasks_dir)
+        self.tasks: dict[str, Task] = {name: self._limited(t) for name, t in load_tasks(settings.tasks_dir).items()}
         self._engine = engine
         self._load_lock = threading.Lock()
         self._heads: dict[str, str] = {}
         self._routing: Task | None = None
+
+    def _limited(self, task: Task) -> Task:
+        """The task with the input limits it leaves unset taken from the settings; no input gets more than
+        half the context window."""
+        s = self.settings
+        limits = task.truncation.with_defaults(s.max_input_chars, s.max_input_tokens)
+        limits = limits.model_copy(update={"max_tokens": min(limits.max_tokens or s.n_ctx, s.n_ctx // 2)})
+        return task.model_copy(update={"truncation": limits})
 
     @property
     def engine(self) -> Engine:
@@ -56,7 +64,7 @@ class Router:
     def route(self, text: str) -> Route:
         """The task the model picks for `text` by scoring the routable tasks' descriptions."""
         if self._routing is None:
-            self._routing = routing_task(self.tasks.values())
+            self._routing = self._limited(routing_task(self.tasks.values()))
         return route(self.engine, self._routing, text)
 
     def prepare(

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_000_000, ge=1024, description="Largest accepted HTTP request body, bytes; larger ones get 413."
     )
+    max_input_chars: int = Field(
+        2000, ge=16, description="Longest task input in characters, unless the task's YAML sets truncation.max_chars."
+    )
+    max_input_tokens: int = Field(
+        3000, ge=16, description="Longest task input in tokens (at most n_ctx / 2), unless the task's YAML sets one."
+    )
     max_sessions: int = Field(1000, ge=1, description="Chat sessions kept in memory; least recently used go first.")
     session_store: Literal["sqlite", "memory"] = Field(
         "sqlite", description="Chat session store: `sqlite` (HOME/sessions.sqlite3, survives restarts) or `memory`."

@@ -76,6 +76,8 @@ class Chunk:
     text: str
     finish_reason: Literal["stop", "length"] | None = None
     usage: Usage | None = None
+    truncated: bool = False  # last chunk: the input was cut to the task's limit
+    trimmed_turns: int = 0  # last chunk: oldest history turns left out to fit the context window
 
 
 @dataclass

@@ -86,6 +86,8 @@ class Reply:
     finish_reason: Any = None
     classification: Classification | None = None
     sentiment_ms: float | None = None
+    truncated: bool = False  # the input was cut to the task's limit
+    trimmed_turns: int = 0  # old turns left out to fit the context window
 
     def add(self, item: Classification | Chunk) -> None:
         if isinstance(item, Classification):
@@ -98,6 +100,7 @@ class Reply:
             self.parts.append(item.text)
         if item.usage is not None:
             self.finish_reason = item.finish_reason
+            self.truncated, self.trimmed_turns = item.truncated, item.trimmed_turns
             self.rec.add_usage(item.usage)
 
     @property

@@ -14,6 +14,7 @@ from ..errors import (
     AllInOneError,
     ContextOverflow,
     EngineError,
+    InputTooLong,
     InvalidInput,
     ModelError,
     OutputInvalid,
@@ -31,6 +32,7 @@ _DOMAIN: list[tuple[type[AllInOneError], int, str]] = [
     (ModelLoading, 503, "model_loading"),
     (RequestTimeout, 504, "timeout"),
     (ContextOverflow, 413, "context_overflow"),
+    (InputTooLong, 413, "input_too_long"),
     (InvalidInput, 400, "invalid_input"),
     (TaskNotFound, 404, "task_not_found"),
     (SessionNotFound, 404, "session_not_found"),
@@ -51,6 +53,7 @@ _HTTP_TYPES = {
 
 _ZH = {
     "context_overflow": "输入过长，超出模型上下文",
+    "input_too_long": "输入过长",
     "task_not_found": "未知任务",
     "session_not_found": "未知会话",
     "model_unavailable": "模型不可用",

@@ -131,6 +131,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             usage=completion_usage(result.usage),
             classification=classification(result),
             route=route_out(found),
+            truncated=result.truncated,
             timing=timing(record(request)),
         )
         return EventStream(_classify_chunks(out, include_usage)) if body.stream else out
@@ -146,6 +147,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         usage=completion_usage(rec.usage),
         data=parsed(svc.router.task(name), reply.text, reply.finish_reason),
         route=route_out(found),
+        truncated=reply.truncated,
+        trimmed_turns=reply.trimmed_turns,
         timing=timing(rec),
     )
 
@@ -190,7 +193,7 @@ async def _chunks(
         reply.close()
     if rec.client_gone:
         return
-    yield _chunk(head, {}, reply.finish_reason)
+    yield _chunk(head, {}, reply.finish_reason, truncated=reply.truncated, trimmed_turns=reply.trimmed_turns)
     if include_usage:
         yield _usage_chunk(head, completion_usage(rec.usage))
     yield sse("[DONE]")

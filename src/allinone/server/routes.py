@@ -80,6 +80,7 @@ def sentiment_out(result: Classification, svc: Services) -> Sentiment:
         label=result.label,
         display=result.display,
         probabilities=result.probabilities,
+        truncated=result.truncated,
         usage=usage_out(result.usage),
     )
 
@@ -104,6 +105,7 @@ def event_stream(
             if rec.client_gone:
                 return
             end = {"reply": reply.text, "finish_reason": reply.finish_reason, **done}
+            end |= {"truncated": reply.truncated, "trimmed_turns": reply.trimmed_turns}
             if task is not None and task.output_schema is not None:
                 end["data"] = parsed(task, reply.text, reply.finish_reason)
         except AllInOneError as e:  # the response has started: the error becomes an event
@@ -214,6 +216,8 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
         session_id=session_id,
         data=parsed(task, reply.text, reply.finish_reason),
         route=route_out(found),
+        truncated=reply.truncated,
+        trimmed_turns=reply.trimmed_turns,
         usage=usage_out(rec.usage),
         timing=timing(rec),
     )
@@ -239,7 +243,14 @@ async def chat(body: ChatRequest, request: Request) -> ChatResponse:
     text = require_text(body.text)
     session = open_session(svc.sessions, body.session_id)
     reply = await join(request, svc.router.stream("chat", text, session))
-    return ChatResponse(reply=reply.text, session_id=session.id, usage=usage_out(rec.usage), timing=timing(rec))
+    return ChatResponse(
+        reply=reply.text,
+        session_id=session.id,
+        truncated=reply.truncated,
+        trimmed_turns=reply.trimmed_turns,
+        usage=usage_out(rec.usage),
+        timing=timing(rec),
+    )
 
 
 @router.post(
@@ -266,6 +277,7 @@ async def analyze_and_reply(body: AnalyzeAndReplyRequest, request: Request) -> A
         reply=reply.text,
         finish_reason=reply.finish_reason,
         session_id=session.id,
+        trimmed_turns=reply.trimmed_turns,
         usage=usage_out(rec.usage),
         timing=timing(rec, reply.sentiment_ms),
     )

@@ -69,6 +69,10 @@ class UsageOut(BaseModel):
     completion_tokens: int = Field(description="Tokens generated.")
 
 
+TRUNCATED = "The input was longer than the task accepts and was cut (head and tail kept)."
+TRIMMED = "Oldest conversation turns left out so that the prompt fits the context window."
+
+
 class Timing(BaseModel):
     total_ms: float = Field(description="Time spent serving the request, ms.")
     first_token_ms: float | None = Field(None, description="Generate tasks: time to the first reply token, ms.")
@@ -161,7 +165,7 @@ class ClassifyResponse(BaseModel):
     label: str = Field(description="One of the task's label ids.")
     display: str = Field(description="The line shown to people.")
     probabilities: dict[str, float] = Field(description="Probability of every label, in declared order.")
-    truncated: bool = Field(description="The input was longer than the task keeps and was cut.")
+    truncated: bool = Field(description=TRUNCATED)
     scoring: Literal["exact", "first_token", "choice"] = Field(
         "exact",
         description="How labels were scored: `exact` log-probabilities (local engines), `first_token` (a remote "
@@ -194,6 +198,8 @@ class GenerateResponse(BaseModel):
     session_id: str | None = Field(None, description="The session the turn was added to (multi-turn tasks).")
     data: Any = Field(None, description="Tasks with an output_schema: the reply parsed as JSON.")
     route: RouteOut | None = Field(None, description="Task `auto`: the task the model picked for the text.")
+    truncated: bool = Field(False, description=TRUNCATED)
+    trimmed_turns: int = Field(0, description=TRIMMED)
     usage: UsageOut
     timing: Timing
 
@@ -228,6 +234,7 @@ class AnalyzeResponse(BaseModel):
     label: str = Field(description="positive or negative.")
     display: str
     probabilities: dict[str, float]
+    truncated: bool = Field(False, description=TRUNCATED)
     usage: UsageOut
     timing: Timing
 
@@ -253,6 +260,8 @@ class ChatResponse(BaseModel):
 
     reply: str
     session_id: str
+    truncated: bool = Field(False, description=TRUNCATED)
+    trimmed_turns: int = Field(0, description=TRIMMED)
     usage: UsageOut
     timing: Timing
 
@@ -279,6 +288,7 @@ class Sentiment(BaseModel):
     label: str
     display: str
     probabilities: dict[str, float]
+    truncated: bool = Field(False, description=TRUNCATED)
     usage: UsageOut
 
 
@@ -306,6 +316,7 @@ class AnalyzeAndReplyResponse(BaseModel):
     reply: str
     finish_reason: Literal["stop", "length"] | None
     session_id: str
+    trimmed_turns: int = Field(0, description=TRIMMED)
     usage: UsageOut = Field(description="Sentiment and reply together.")
     timing: Timing
 
@@ -472,6 +483,8 @@ class ChatCompletion(BaseModel):
     classification: Classification | None = Field(None, description="Classify tasks: label and probabilities.")
     data: Any = Field(None, description="Tasks with an output_schema: the reply parsed as JSON.")
     route: RouteOut | None = Field(None, description="Model `allinone-auto`: the task the model picked.")
+    truncated: bool = Field(False, description=TRUNCATED)
+    trimmed_turns: int = Field(0, description=TRIMMED)
     timing: Timing | None = None
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..engines.base import Message
-from ..errors import InvalidInput
+from ..errors import InputTooLong, InvalidInput
 from .options import TaskOption
 
 RESERVED_NAMES = {"auto"}  # `auto` asks the router to pick the task
@@ -78,18 +78,55 @@ class Calibration(_Strict):
 
 
 class Truncation(_Strict):
-    """How over-long inputs are cut before they reach the model."""
+    """How long an input may be, and what happens to a longer one: cut (head + tail kept) or refused."""
 
-    max_chars: int = Field(2000, ge=16, description="Longest input kept, in characters.")
-    head_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Share of max_chars kept from the start.")
+    max_chars: int | None = Field(
+        None, ge=16, description="Longest input, in characters; unset: the server's ALLINONE_MAX_INPUT_CHARS."
+    )
+    max_tokens: int | None = Field(
+        None, ge=16, description="Longest input, in tokens; unset: ALLINONE_MAX_INPUT_TOKENS (at most n_ctx / 2)."
+    )
+    head_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Share of a cut input kept from the start.")
+    policy: Literal["cut", "reject"] = Field(
+        "cut", description="cut: keep the head and tail, and say so in the result; reject: refuse it (HTTP 413)."
+    )
 
-    def apply(self, text: str) -> tuple[str, bool]:
-        """Keep the head and the tail of an over-long text; returns (text, was_cut)."""
-        if len(text) <= self.max_chars:
+    def with_defaults(self, max_chars: int, max_tokens: int) -> Truncation:
+        """These limits, with the unset ones filled in."""
+        return self.model_copy(
+            update={"max_chars": self.max_chars or max_chars, "max_tokens": self.max_tokens or max_tokens}
+        )
+
+    def _cut(self, text: str, n: int) -> str:
+        head = int(n * self.head_ratio)
+        tail = n - head
+        return text[:head] + "……" + (text[-tail:] if tail else "")
+
+    def _tokens(self, text: str, count_tokens: Callable[[str], int] | None) -> int:
+        """The text's tokens; 0 when no limit or counter applies, or when it surely fits (a token holds
+        at least one UTF-8 byte, a character at most four)."""
+        if self.max_tokens is None or count_tokens is None or len(text) * 4 <= self.max_tokens:
+            return 0
+        return count_tokens(text)
+
+    def apply(self, text: str, count_tokens: Callable[[str], int] | None = None) -> tuple[str, bool]:
+        """The text within the limits (tokens counted with `count_tokens`, when given) and whether it was cut;
+        InputTooLong for an over-long text when the policy is `reject`."""
+        over_chars = self.max_chars is not None and len(text) > self.max_chars
+        n_tokens = 0 if over_chars else self._tokens(text, count_tokens)
+        if not over_chars and (self.max_tokens is None or n_tokens <= self.max_tokens):
             return text, False
-        head = int(self.max_chars * self.head_ratio)
-        tail = self.max_chars - head
-        return text[:head] + "……" + (text[-tail:] if tail else ""), True
+        if self.policy == "reject":
+            size = f"{len(text)} characters" if over_chars else f"{n_tokens} tokens"
+            most = f"{self.max_chars} characters" if over_chars else f"{self.max_tokens} tokens"
+            raise InputTooLong(f"the input is {size}; this task accepts at most {most}: shorten it")
+        chars = min(len(text), self.max_chars or len(text))
+        kept = self._cut(text, chars) if over_chars else text
+        limit = self.max_tokens
+        while limit is not None and chars > 1 and (n := self._tokens(kept, count_tokens)) > limit:
+            chars = max(1, min(chars - 1, int(chars * limit / n * 0.95)))  # shrink in proportion, with a margin
+            kept = self._cut(text, chars)
+        return kept, True
 
 
 class Routing(_Strict):
