@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+from typing import Any
+
 import pytest
+from fastapi.testclient import TestClient
 
 from allinone.logs import RequestRecord, mask
 
@@ -30,3 +35,50 @@ def test_log_line_masks_before_clipping_so_a_cut_number_does_not_leak() -> None:
     record = RequestRecord("r1", "POST", "/analyze", input="x" * 8 + "13812345678")
     line = record.as_log(input_chars=12)
     assert "1381234" not in line["input"] and line["input"].startswith("xxxxxxxx<pho")
+
+
+# --- the request log in SQLite ------------------------------------------------------------------
+
+
+def _server_client(tmp_path: Path, **overrides: Any) -> TestClient:
+    from allinone.router import Router
+    from allinone.server import create_app
+    from allinone.settings import Settings
+    from tests.fakes import FakeEngine
+
+    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)
+    return TestClient(create_app(settings, Router(settings, FakeEngine())), raise_server_exceptions=False)
+
+
+def test_the_request_log_keeps_one_masked_row_per_api_request_in_sqlite_wal(tmp_path: Path) -> None:
+    secret = "sk-very-secret-key-123"
+    text = "我的手机13812345678，" + "很长的秘密内容" * 50
+    with _server_client(tmp_path, request_log=True, log_input_chars=20, api_keys=secret) as c:
+        auth = {"Authorization": f"Bearer {secret}"}
+        assert c.post("/v1/tasks/chat", json={"text": text}, headers=auth).status_code == 200
+        assert c.post("/analyze", json={"text": " "}, headers=auth).status_code == 400
+        assert c.post("/analyze", json={"text": "hi"}).status_code == 401
+        assert c.get("/health").status_code == 200  # not an API request: no row
+    db = sqlite3.connect(tmp_path / "requests.sqlite3")
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.row_factory = sqlite3.Row
+    rows = [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY id")]
+    db.close()
+    assert [(r["route"], r["task"], r["status"]) for r in rows] == [
+        ("/v1/tasks/{name}", "chat", 200),
+        ("/analyze", "sentiment", 400),
+        ("unmatched", None, 401),
+    ]
+    first = rows[0]
+    assert first["latency_ms"] > 0 and first["ts"] and first["completion_tokens"] == 2 and first["prompt_tokens"] > 0
+    assert first["input"] == "我的手机<phone>，很长的秘密内容很…"  # masked, then clipped to 20 characters
+    assert rows[1]["error"] == "invalid_input" and rows[2]["error"] == "unauthorized"
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("requests.sqlite3*"))
+    assert secret.encode() not in stored and "很长的秘密内容很长的秘密内容很长的秘密内容".encode() not in stored
+    assert b"13812345678" not in stored
+
+
+def test_the_request_log_is_off_by_default(tmp_path: Path) -> None:
+    with _server_client(tmp_path) as c:
+        c.post("/analyze", json={"text": "hi"})
+    assert not (tmp_path / "requests.sqlite3").exists()

@@ -1,21 +1,25 @@
-"""One JSON line per request, with phone numbers, e-mail addresses and ID-card numbers masked."""
+"""One JSON line per request, and optionally one SQLite row, with phone numbers, e-mail addresses and ID-card
+numbers masked and the input clipped; headers (API keys) are never recorded."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from .engines.base import Usage
 from .errors import AllInOneError
 from .settings import Settings
 
-__all__ = ["RequestLog", "RequestRecord", "mask"]
+__all__ = ["RequestDb", "RequestLog", "RequestRecord", "mask"]
 
 PROMPT_CHARS = 50  # characters of the rendered prompt in each line
 
@@ -102,11 +106,54 @@ def _level(name: str) -> int:
     return level
 
 
+_ROW = [  # the columns of a row, as named in the JSON line; output and prompt are left out
+    *("ts", "request_id", "method", "path", "task", "status", "latency_ms"),
+    *("prompt_tokens", "cached_tokens", "completion_tokens", "first_token_ms", "input", "error"),
+]
+REQUEST_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY, route TEXT NOT NULL, {", ".join(_ROW)});
+CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
+"""
+
+
+class RequestDb:
+    """The request log as rows of one SQLite file (WAL): one per request, each its own transaction."""
+
+    def __init__(self, path: Path, input_chars: int) -> None:
+        self.path, self.input_chars = path, input_chars
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(REQUEST_SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise AllInOneError(f"cannot open the request log {path}: {e}; move it aside to start anew") from None
+
+    def write(self, record: RequestRecord, route: str) -> None:
+        line = record.as_log(self.input_chars)  # masked and clipped; no output, no prompt
+        values = [route, *(line[k] for k in _ROW)]
+        try:
+            with self._lock:
+                self._db.execute(
+                    f"INSERT INTO requests (route, {', '.join(_ROW)}) VALUES ({', '.join('?' * len(values))})", values
+                )
+        except sqlite3.Error as e:  # a full disk must not fail the request
+            logging.getLogger("allinone.server").warning("request log row not written: %s", e)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
 class RequestLog:
-    """The request log of one app: its own logger, writing JSON lines to the configured destination."""
+    """The request log of one app: its own logger, writing JSON lines to the configured destination, and
+    with `request_log` set, a row per request in HOME/requests.sqlite3."""
 
     def __init__(self, settings: Settings) -> None:
         self.input_chars = settings.log_input_chars
+        self.db = RequestDb(settings.home / "requests.sqlite3", self.input_chars) if settings.request_log else None
         self.logger = logging.Logger("allinone.requests", _level(settings.log_level))  # not global: one per app
         if settings.log_file is not None:
             settings.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -116,10 +163,15 @@ class RequestLog:
         handler.setFormatter(logging.Formatter("%(message)s"))
         self.logger.addHandler(handler)
 
-    def write(self, record: RequestRecord, level: int = logging.INFO) -> None:
+    def write(self, record: RequestRecord, level: int = logging.INFO, route: str | None = None) -> None:
+        """The JSON line (at `level`), and the database row of an API request (one with a `route`)."""
         if self.logger.isEnabledFor(level):
             self.logger.log(level, json.dumps(record.as_log(self.input_chars), ensure_ascii=False))
+        if self.db is not None and route is not None:
+            self.db.write(record, route)
 
     def close(self) -> None:
         for handler in self.logger.handlers:
             handler.close()
+        if self.db is not None:
+            self.db.close()

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_file: Path | None = Field(None, description="Request log destination (JSON lines); default stderr.")
     log_input_chars: int = Field(80, ge=0, le=10000, description="Characters of each request's input logged (masked).")
+    request_log: bool = Field(
+        False, description="Also keep one row per API request in HOME/requests.sqlite3 (WAL), input masked and clipped."
+    )
     max_body_bytes: int = Field(
         1_000_000, ge=1024, description="Largest accepted HTTP request body, bytes; larger ones get 413."
     )

@@ -149,4 +149,4 @@ class Observe:
         task = record.task or ""
         self.metrics.finished(task, route, record.status, record.elapsed_ms() / 1000, record.usage, counted=not quiet)
         level = logging.ERROR if record.status >= 500 else logging.DEBUG if quiet else logging.INFO
-        self.log.write(record, level)
+        self.log.write(record, level, None if quiet else route)  # health, metrics, docs: no database row
