@@ -115,6 +115,13 @@ class Engine(ABC):
         With `hidden`, also the model's final hidden state at the last prompt token (same pass).
         """
 
+    def score_batch(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Scores]:
+        """`score` for several prompts; engines that evaluate them faster together override this.
+
+        Batched results may differ from one-at-a-time results in the last bits (different batch shapes).
+        """
+        return [self.score(p, continuations) for p in prompts]
+
     @abstractmethod
     def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
         """Generate text after the prompt; closing the iterator early frees the engine."""
