@@ -122,14 +122,23 @@ class RequestDb:
     def __init__(self, path: Path, input_chars: int) -> None:
         self.path, self.input_chars = path, input_chars
         self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(REQUEST_SCHEMA)
+            self._db  # noqa: B018 - open now, so that a bad file is an error at startup
         except (sqlite3.Error, OSError) as e:
             raise AllInOneError(f"cannot open the request log {path}: {e}; move it aside to start anew") from None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, opened on first use (again after `close`, when an app is started anew)."""
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(REQUEST_SCHEMA)
+            self._conn = db
+        return self._conn
 
     def write(self, record: RequestRecord, route: str) -> None:
         line = record.as_log(self.input_chars)  # masked and clipped; no output, no prompt
@@ -139,12 +148,14 @@ class RequestDb:
                 self._db.execute(
                     f"INSERT INTO requests (route, {', '.join(_ROW)}) VALUES ({', '.join('?' * len(values))})", values
                 )
-        except sqlite3.Error as e:  # a full disk must not fail the request
+        except (sqlite3.Error, OSError) as e:  # a full disk must not fail the request
             logging.getLogger("allinone.server").warning("request log row not written: %s", e)
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 class RequestLog:

@@ -129,21 +129,33 @@ class SqliteSessions:
         self.retention_days = retention_days
         self._lock = threading.Lock()
         self._last_prune = 0.0
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as e:
-            raise SessionStoreError(f"cannot open the session store {path}: {e}; move it aside to start anew") from None
+        self._conn: sqlite3.Connection | None = None
+        self._db  # noqa: B018 - open now, so that a bad file is an error at startup
         self.prune()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, opened on first use (again after `close`, when an app is started anew)."""
+        if self._conn is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA foreign_keys=ON")
+                db.executescript(SCHEMA)
+            except (sqlite3.Error, OSError) as e:
+                msg = f"cannot open the session store {self.path}: {e}; move it aside to start anew"
+                raise SessionStoreError(msg) from None
+            self._conn = db
+        return self._conn
 
     def close(self) -> None:
         """Close the connection; the last one to close checkpoints the WAL into the file and removes it."""
         with self._lock:
-            self._db.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
