@@ -66,9 +66,11 @@ class Admission:
         if not self.ready():
             raise self._refuse("loading", ModelLoading("the model is still loading; retry shortly"))
 
-    async def acquire(self, deadline: float | None = None) -> None:
+    async def acquire(self, deadline: float | None = None, again: bool = False) -> None:
+        """Wait for the slot; `again`: the request already had its turn (`auto` after routing), so it queues
+        even when the queue is full rather than being refused halfway."""
         self.check_ready()
-        if self._slot.value == 0 and self.waiting >= self.max_queue:
+        if self._slot.value == 0 and self.waiting >= self.max_queue and not again:
             raise self._refuse("queue_full", QueueFull(f"server busy: {self.waiting} requests already waiting"))
         self._wait(+1)
         try:
@@ -92,9 +94,9 @@ class Admission:
         return False
 
     @asynccontextmanager
-    async def hold(self, deadline: float | None = None) -> AsyncIterator[None]:
+    async def hold(self, deadline: float | None = None, again: bool = False) -> AsyncIterator[None]:
         """The slot for a block, e.g. one blocking model call."""
-        await self.acquire(deadline)
+        await self.acquire(deadline, again)
         try:
             yield
         finally:

@@ -50,7 +50,7 @@ async def classify(request: Request, task: str, text: str, options: dict[str, An
     """Run a classify task (with its own options, if any) in the thread pool, filling in the request's record."""
     rec = note(request, task, text)
     svc = services(request)
-    async with svc.admission.hold(svc.admission.deadline(rec)):
+    async with svc.admission.hold(svc.admission.deadline(rec), again=_routed(request)):
         result = await run_in_threadpool(svc.router.classify, task, require_text(text), options)
     rec.add_usage(result.usage)
     rec.output = result.label
@@ -62,8 +62,13 @@ async def route(request: Request, text: str) -> Route:
     svc = services(request)
     async with svc.admission.hold(svc.admission.deadline(record(request))):
         found = await run_in_threadpool(svc.router.route, require_text(text))
+    request.state.routed = True  # the task's own model call then counts as the same place in the queue
     record(request).add_usage(found.usage)
     return found
+
+
+def _routed(request: Request) -> bool:
+    return bool(getattr(request.state, "routed", False))
 
 
 def route_out(found: Route | None) -> RouteOut | None:
@@ -123,7 +128,8 @@ async def start_stream(request: Request, items: Iterator[Any]) -> tuple[Threaded
     """Wait for the model, then step the generator once before answering, so that its errors (empty text,
     prompt too long) become HTTP statuses rather than a broken stream."""
     admission = services(request).admission
-    stream: ThreadedStream[Any] = ThreadedStream(items, admission, admission.deadline(record(request)))
+    deadline = admission.deadline(record(request))
+    stream: ThreadedStream[Any] = ThreadedStream(items, admission, deadline, again=_routed(request))
     try:
         first = await stream.next()
     except BaseException:

@@ -38,11 +38,14 @@ class ThreadedStream(Generic[T]):
     Past the `deadline` the stream is closed (freeing the model) and ends, `timed_out` set.
     """
 
-    def __init__(self, iterator: Iterator[T], slot: Admission | None = None, deadline: float | None = None) -> None:
+    def __init__(
+        self, iterator: Iterator[T], slot: Admission | None = None, deadline: float | None = None, again: bool = False
+    ) -> None:
         self._it = iterator
         self._lock = threading.Lock()  # one step or close at a time, from whichever thread
         self._slot = slot
         self._deadline = deadline
+        self._again = again  # the request already had the slot once (Admission.acquire)
         self._held = False
         self.closed = False
         self.timed_out = False
@@ -61,7 +64,7 @@ class ThreadedStream(Generic[T]):
 
     async def next(self) -> T | _End:
         if self._slot is not None and not self._held and not self.closed:
-            await self._slot.acquire(self._deadline)
+            await self._slot.acquire(self._deadline, self._again)
             self._held = True
         if self._slot is not None and not self.closed and self._slot.expired(self._deadline):
             self.timed_out = True
