@@ -26,6 +26,7 @@ class FakeEngine(Engine):
         self.replies: list[str] = []
         self.prompts: list[Prompt] = []
         self.params: list[GenParams] = []
+        self.batches: list[int] = []  # sizes of score_batch calls
 
     def enqueue(self, *replies: str) -> None:
         self.replies.extend(replies)
@@ -45,6 +46,10 @@ class FakeEngine(Engine):
         state = [float(len(prompt.text)), float(user[0].count("好"))] if hidden else None  # [length, 好 in input]
         return Scores([self.scorer(prompt.text, c) for c in continuations], Usage(n, 0, 0), state)
 
+    def score_batch(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Scores]:
+        self.batches.append(len(prompts))
+        return super().score_batch(prompts, continuations)
+
     def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
         self.prompts.append(prompt)
         self.params.append(params)
@@ -58,9 +63,8 @@ def patch_cli_engine(monkeypatch: Any, engine: Engine, home: Path) -> None:
     """Make every CLI command use a Router on `engine` (settings home in `home`) instead of loading a model."""
     from allinone import cli
     from allinone.router import Router
-    from allinone.settings import Settings
 
     def router(model: str | None, tasks_dir: Path | None) -> Router:
-        return Router(Settings(home=home, tasks_dir=tasks_dir), engine)
+        return Router(cli._settings(home=home, tasks_dir=tasks_dir), engine)  # with the command's own options
 
     monkeypatch.setattr(cli, "_router", router)

@@ -148,3 +148,26 @@ def test_bulk_classify_to_csv(fake: FakeEngine, tmp_path: Path) -> None:
     lines = out.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "text,label,predicted_label,p_positive,p_negative"
     assert len(lines) == 3 and lines[1].startswith("很好,")
+
+
+def test_eval_and_classify_score_in_batches_of_batch_size(fake: FakeEngine, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    single = invoke("eval", "sentiment", str(data), "--batch-size", "1")
+    assert single.exit_code == 0, single.output
+    assert fake.batches == []  # one at a time
+    batched = invoke("eval", "sentiment", str(data), "--batch-size", "2")
+    assert batched.exit_code == 0, batched.output
+    assert fake.batches == [2, 2]  # and the last row alone
+    assert re.search(r"accuracy 0\.6000", batched.output) and re.search(r"accuracy 0\.6000", single.output)
+    fake.batches.clear()
+    out = tmp_path / "out.jsonl"
+    assert invoke("classify", "sentiment", str(data), "-o", str(out), "--batch-size", "3").exit_code == 0
+    assert fake.batches == [3, 2]
+    assert [json.loads(line)["predicted_label"] for line in out.open()] == [
+        "positive",
+        "negative",
+        "positive",
+        "negative",
+        "positive",
+    ]
+    assert invoke("eval", "sentiment", str(data), "--batch-size", "0").exit_code == 2

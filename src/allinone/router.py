@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from .chat import ChatSession, analyze_and_reply, split_messages, stream_reply
-from .classify import Classification, classify
+from .classify import Classification, classify, classify_many
 from .engines import Chunk, Engine, GenParams, Message, load_engine
 from .errors import InvalidInput, TaskNotFound
 from .generate import Generated, join_reply, limit_stream, token_budget
@@ -106,6 +106,10 @@ class Router:
     def classify(self, name: str, text: str, options: Mapping[str, Any] | None = None) -> Classification:
         task, _ = self._kind(name, "classify").with_options(options or {}, text)
         return classify(self.engine, task, text, self.settings.use_heads)
+
+    def classify_many(self, name: str, texts: Sequence[str]) -> list[Classification]:
+        """Classify several texts with one task, scored as multi-sequence batches where the engine can."""
+        return classify_many(self.engine, self._kind(name, "classify"), texts, self.settings.use_heads)
 
     def stream(
         self,

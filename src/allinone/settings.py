@@ -29,6 +29,13 @@ class Settings(BaseSettings):
         default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, description="CPU threads for inference."
     )
     n_batch: int = Field(512, ge=32, le=8192, description="Max tokens evaluated per llama_decode call.")
+    batch_size: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="Texts of a bulk `eval`/`classify` scored together as one multi-sequence batch (llama.cpp); "
+        "1 = one at a time.",
+    )
     engine: Literal["auto", "llamacpp", "transformers", "openai"] = Field(
         "auto",
         description="Inference backend; `auto` picks by the model reference: a .gguf file or `default` -> llamacpp, "

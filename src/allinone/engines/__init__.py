@@ -62,4 +62,5 @@ def load_engine(settings: Settings) -> Engine:
         cache_mb=settings.cache_mb,
         n_threads=settings.n_threads,
         n_batch=settings.n_batch,
+        batch_size=settings.batch_size,
     )
