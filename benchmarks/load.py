@@ -1,0 +1,201 @@
+"""Load and soak: CLIENTS concurrent clients for DURATION_S seconds against a real `allinone serve` on 127.0.0.1,
+mixing sentiment (/analyze) and chat (/v1/tasks/chat, one session per client).
+
+Reports throughput, p50/p99 latency of the answered requests, responses by status (only 200 and 429 are
+acceptable: a full queue answers 429 at once, and the client waits its Retry-After), and the server's RSS
+after a warm-up of the same load (the saved chat states fill their bounded cache) and at the end (growth must
+stay under 10%). Bounded: no request starts after WARMUP_S + DURATION_S and each has REQUEST_TIMEOUT_S.
+
+Run: .venv/bin/python benchmarks/load.py   (prints a table, writes benchmarks/results/load.json)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from allinone.models import resolve_model
+from allinone.settings import Settings
+
+# --- knobs ---------------------------------------------------------------------------------------
+CLIENTS = 16
+DURATION_S = 60.0
+WARMUP_S = 20.0  # the same load first, unmeasured: the KV-state cache (ALLINONE_CACHE_MB) fills, then RSS is read
+CHAT_SHARE = 0.5  # share of requests that are chat turns; the rest are sentiment
+CHAT_MAX_TOKENS = 24
+REQUEST_TIMEOUT_S = 120.0
+N_THREADS = 1  # inference threads of the server (the reference machine is shared)
+RSS_GROWTH_LIMIT = 0.10
+STARTUP_TIMEOUT_S = 300
+SEED = 0
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "chnsenticorp_dev.jsonl"
+OUT = ROOT / "benchmarks" / "results" / "load.json"
+CHAT_TEXTS = [
+    "今天工作好累",
+    "周末想去爬山，你有什么建议？",
+    "我的猫生病了，好担心",
+    "推荐一本好看的书吧",
+    "谢谢你陪我聊天",
+]
+
+
+def texts(n: int) -> list[str]:
+    with DATA.open(encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line, _ in zip(f, range(n), strict=False)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def start_server(port: int, home: Path) -> subprocess.Popen[bytes]:
+    settings = Settings()
+    model = str(resolve_model(settings.model, settings).path)  # from the user's cache; the sessions go to `home`
+    env = {**os.environ, "ALLINONE_N_THREADS": str(N_THREADS), "ALLINONE_MODEL": model, "ALLINONE_HOME": str(home)}
+    env["ALLINONE_LOG_FILE"] = str(home / "requests.log")
+    cmd = [sys.executable, "-m", "allinone", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited with {server.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    server.kill()
+    raise SystemExit("server did not start")
+
+
+async def client(i: int, url: str, end: float, sentiments: list[str], results: list[dict[str, object]]) -> None:
+    rng = random.Random(SEED + i)
+    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S) as c:
+        while time.monotonic() < end:
+            chat = rng.random() < CHAT_SHARE
+            if chat:
+                body = {"text": rng.choice(CHAT_TEXTS), "session_id": f"load-{i}", "max_tokens": CHAT_MAX_TOKENS}
+                path = "/v1/tasks/chat"
+            else:
+                body, path = {"text": rng.choice(sentiments)}, "/analyze"
+            start = time.perf_counter()
+            try:
+                r = await c.post(path, json=body)
+                status = r.status_code
+            except httpx.HTTPError as e:
+                status, r = f"transport:{type(e).__name__}", None
+            seconds = time.perf_counter() - start
+            results.append({"kind": "chat" if chat else "sentiment", "status": status, "seconds": seconds})
+            if status == 429 and r is not None:
+                await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def drive(url: str, pid: int) -> tuple[list[dict[str, object]], float, float]:
+    """The measured run's results, its wall time, and the RSS after the warm-up."""
+    sentiments = texts(200)
+    warm: list[dict[str, object]] = []
+    start = time.monotonic()
+    await asyncio.gather(*(client(i, url, start + WARMUP_S, sentiments, warm) for i in range(CLIENTS)))
+    rss_start = rss_mb(pid)
+    results: list[dict[str, object]] = []
+    start = time.monotonic()
+    await asyncio.gather(*(client(i, url, start + DURATION_S, sentiments, results) for i in range(CLIENTS)))
+    return results, time.monotonic() - start, rss_start
+
+
+def main() -> None:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(port, Path(tmp))
+        try:
+            rss_loaded = rss_mb(server.pid)
+            results, wall, rss_start = asyncio.run(drive(f"http://127.0.0.1:{port}", server.pid))
+            rss_end = rss_mb(server.pid)
+        finally:
+            server.terminate()
+            exit_code = server.wait(timeout=120)
+    by_status = Counter(str(r["status"]) for r in results)
+    ok = [r for r in results if r["status"] == 200]
+    rows = []
+    for kind in ("all", "sentiment", "chat"):
+        lat = [float(r["seconds"]) for r in ok if kind == "all" or r["kind"] == kind]  # type: ignore[arg-type]
+        rows.append(
+            {
+                "kind": kind,
+                "answered": len(lat),
+                "per_s": round(len(lat) / wall, 2),
+                "p50_s": round(pct(lat, 0.5), 3),
+                "p99_s": round(pct(lat, 0.99), 3),
+                "mean_s": round(statistics.fmean(lat), 3) if lat else None,
+            }
+        )
+    growth = (rss_end - rss_start) / rss_start
+    bad = {s: n for s, n in by_status.items() if s not in ("200", "429")}
+    summary = {
+        "clients": CLIENTS,
+        "duration_s": round(wall, 1),
+        "chat_share": CHAT_SHARE,
+        "chat_max_tokens": CHAT_MAX_TOKENS,
+        "n_threads": N_THREADS,
+        "requests": len(results),
+        "by_status": dict(by_status),
+        "errors_other_than_429": bad,
+        "warmup_s": WARMUP_S,
+        "rss_mb_loaded": round(rss_loaded, 1),
+        "rss_mb_start": round(rss_start, 1),
+        "rss_mb_end": round(rss_end, 1),
+        "rss_growth": round(growth, 4),
+        "rss_ok": growth < RSS_GROWTH_LIMIT,
+        "server_exit_code_after_sigterm": exit_code,
+        "latency": rows,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    print(f"{CLIENTS} clients, {wall:.0f} s, {len(results)} requests; by status: {dict(by_status)}")
+    print(f"{'kind':<10} {'answered':>8} {'per s':>7} {'p50 s':>7} {'p99 s':>7}")
+    for row in rows:
+        print(f"{row['kind']:<10} {row['answered']:>8} {row['per_s']:>7} {row['p50_s']:>7} {row['p99_s']:>7}")
+    print(
+        f"server RSS {rss_loaded:.0f} MB loaded, {rss_start:.0f} MB after warm-up -> {rss_end:.0f} MB ({growth:+.1%})"
+    )
+    print(f"exit code after SIGTERM: {exit_code}")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    if bad or growth >= RSS_GROWTH_LIMIT:
+        raise SystemExit("FAILED: errors other than 429, or RSS grew by 10% or more")
+
+
+if __name__ == "__main__":
+    main()
