@@ -64,7 +64,7 @@ def patch_cli_engine(monkeypatch: Any, engine: Engine, home: Path) -> None:
     from allinone import cli
     from allinone.router import Router
 
-    def router(model: str | None, tasks_dir: Path | None) -> Router:
+    def router(model: str | None, tasks_dir: Path | None, probe_layer: int | None = None) -> Router:
         return Router(cli._settings(home=home, tasks_dir=tasks_dir), engine)  # with the command's own options
 
     monkeypatch.setattr(cli, "_router", router)

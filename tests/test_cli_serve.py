@@ -19,7 +19,9 @@ from tests.fakes import FakeEngine
 def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     calls: dict[str, Any] = {}
     monkeypatch.setenv("ALLINONE_HOME", str(tmp_path))
-    monkeypatch.setattr(router_module, "load_engine", lambda settings: FakeEngine(lambda p, w: math.log(0.5)))
+    monkeypatch.setattr(
+        router_module, "load_engine", lambda settings, probe_layer=None: FakeEngine(lambda p, w: math.log(0.5))
+    )
 
     def run(app: Any, **kwargs: Any) -> None:
         calls.update(kwargs, app=app)

@@ -82,3 +82,23 @@ def test_train_head_command_writes_a_head_the_task_can_use(tmp_path: Path, monke
     assert "train accuracy 1.0000" in result.output
     head = LinearHead.load(out)
     assert head.labels == ["positive", "negative"] and head.info["n_train"] == 20
+
+
+def test_a_head_reads_the_layer_it_was_trained_on(tmp_path: Path) -> None:
+    weight = np.array([[0.0, 5.0, 0.0, 0.0], [0.0, -5.0, 0.0, 0.0]])
+    head = LinearHead(["positive", "negative"], np.zeros(4), np.ones(4), weight, np.zeros(2), {"probe_layer": 12})
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    task = load_task_file(sentiment_with_head(tasks_dir, head))
+    engine = FakeEngine(scorer)
+    with pytest.raises(TaskDefinitionError, match="layer 12, but the engine probes None"):
+        classify(engine, task, "好", use_head=True)
+    engine.probe_layer = 12
+    assert classify(engine, task, "好", use_head=True).method == "prompt+head"
+    # the router asks the engine it loads for the heads' layer, only when heads are in use
+    from allinone.router import Router
+    from allinone.settings import Settings
+
+    assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir, use_heads=True)).probe_layer() == 12
+    assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir)).probe_layer() is None
+    assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir), probe_layer=3).probe_layer() == 3

@@ -78,7 +78,7 @@ def test_health_reports_ready_with_the_model_and_its_tasks(client: TestClient) -
 def test_health_is_503_until_startup_has_loaded_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     loads: list[int] = []
 
-    def load(settings: Settings) -> FakeEngine:
+    def load(settings: Settings, probe_layer: int | None = None) -> FakeEngine:
         loads.append(1)
         return FakeEngine(negative)
 
@@ -793,7 +793,7 @@ async def _metrics(app: Any) -> str:
 def test_model_requests_get_503_with_retry_after_while_the_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(router_module, "load_engine", lambda settings: FakeEngine(negative))
+    monkeypatch.setattr(router_module, "load_engine", lambda settings, probe_layer=None: FakeEngine(negative))
     app = create_app(Settings(home=tmp_path, log_file=tmp_path / "requests.log"))
     c = TestClient(app, raise_server_exceptions=False)  # no lifespan: the model is not loaded yet
     r = c.post("/analyze", json={"text": "好"})

@@ -90,6 +90,8 @@ def load_head(task: Task) -> LinearHead | None:
         head = LinearHead.load(path)
         if head.labels != [label.id for label in task.labels or []]:
             raise TaskDefinitionError(f"{path}: head labels {head.labels} do not match task '{task.name}'")
+        if len(head.mean) < len(task.labels or []):
+            raise TaskDefinitionError(f"{path}: head has fewer features than labels")
         _heads[key] = head
     return _heads[key]
 
@@ -123,6 +125,11 @@ def classify(engine: Engine, task: Task, text: str, use_head: bool = False) -> C
         raise InvalidInput(f"task '{task.name}' is not a classify task")
     text, truncated = task.truncation.apply(require_text(text), engine.count_tokens)
     head = load_head(task) if use_head else None
+    if head is not None and head.probe_layer != engine.probe_layer:
+        raise TaskDefinitionError(
+            f"task '{task.name}': its head reads hidden-state layer {head.probe_layer}, "
+            f"but the engine probes {engine.probe_layer}"
+        )
     return _result(task, score_words(engine, task, text, hidden=head is not None), truncated, engine, head)
 
 

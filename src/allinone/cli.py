@@ -74,10 +74,10 @@ def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _router(model: str | None, tasks_dir: Path | None) -> Any:
+def _router(model: str | None, tasks_dir: Path | None, probe_layer: int | None = None) -> Any:
     from .router import Router
 
-    return Router(_settings(model=model, tasks_dir=tasks_dir))
+    return Router(_settings(model=model, tasks_dir=tasks_dir), probe_layer=probe_layer)
 
 
 def _read_text(text: str) -> str:
@@ -652,6 +652,13 @@ def serve(
 @labelled_options
 @click.option("--l2", type=click.FloatRange(0), default=1.0, show_default=True, help="L2 penalty.")
 @click.option(
+    "--probe-layer",
+    type=click.IntRange(0),
+    default=None,
+    help="Features: the mean hidden state after this transformer layer over the text's tokens "
+    "(default: the final hidden state at the answer position).",
+)
+@click.option(
     "--exclude",
     multiple=True,
     type=click.Path(path_type=Path),
@@ -673,6 +680,7 @@ def train_head_cmd(
     label_field: str,
     label_map: tuple[str, ...],
     l2: float,
+    probe_layer: int | None,
     exclude: tuple[Path, ...],
     output: Path,
     model: str | None,
@@ -683,7 +691,7 @@ def train_head_cmd(
     from .classify import label_scores, score_words
     from .head import train_head
 
-    router = _router(model, tasks_dir)
+    router = _router(model, tasks_dir, probe_layer)
     t = router._kind(task, "classify")
     rows = _labelled_rows(t, file, text_field, label_field, label_map, limit, exclude)
     features, golds = [], []
@@ -698,7 +706,13 @@ def train_head_cmd(
             bar.update()
     head = train_head(features, golds, [lb.id for lb in t.labels or []], l2=l2)
     head.info.update(
-        {"task": task, "file": file.name, "model": router.engine.info.model, "excluded": [p.name for p in exclude]}
+        {
+            "task": task,
+            "file": file.name,
+            "model": router.engine.info.model,
+            "excluded": [p.name for p in exclude],
+            "probe_layer": router.engine.probe_layer,  # what the features really were
+        }
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     head.save(output)

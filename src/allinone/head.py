@@ -30,6 +30,12 @@ class LinearHead:
     bias: Array  # (labels,)
     info: dict[str, Any]
 
+    @property
+    def probe_layer(self) -> int | None:
+        """The hidden-state features it was trained on (Engine.probe_layer); None: the final hidden state."""
+        layer = self.info.get("probe_layer")
+        return int(layer) if layer is not None else None
+
     def probabilities(self, hidden: list[float], label_scores: list[float]) -> dict[str, float]:
         x = (np.asarray([*hidden, *label_scores]) - self.mean) / self.scale
         z = self.weight @ x + self.bias

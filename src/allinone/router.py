@@ -8,9 +8,9 @@ from dataclasses import replace
 from typing import Any
 
 from .chat import ChatSession, analyze_and_reply, split_messages, stream_reply
-from .classify import Classification, classify, classify_many
+from .classify import Classification, classify, classify_many, load_head
 from .engines import Chunk, Engine, GenParams, Message, load_engine
-from .errors import InvalidInput, TaskNotFound
+from .errors import InvalidInput, TaskDefinitionError, TaskNotFound
 from .generate import Generated, join_reply, limit_stream, token_budget
 from .routing import AUTO, Route, route, routing_task
 from .settings import Settings
@@ -24,8 +24,9 @@ _OPTION_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed"}  
 class Router:
     """The tasks and the single engine that serves all of them; the CLI and the server both use it."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, engine: Engine | None = None, probe_layer: int | None = None) -> None:
         self.settings = settings
+        self._probe_layer = probe_layer
         self.tasks: dict[str, Task] = {name: self._limited(t) for name, t in load_tasks(settings.tasks_dir).items()}
         self._engine = engine
         self._load_lock = threading.Lock()
@@ -46,8 +47,20 @@ class Router:
         if self._engine is None:
             with self._load_lock:
                 if self._engine is None:
-                    self._engine = load_engine(self.settings)
+                    self._engine = load_engine(self.settings, self.probe_layer())
         return self._engine
+
+    def probe_layer(self) -> int | None:
+        """The hidden-state layer the engine must expose: the one given, else (with heads in use) the one
+        the tasks' learned heads were trained on."""
+        if self._probe_layer is not None or not self.settings.use_heads:
+            return self._probe_layer
+        layers = {head.probe_layer for t in self.tasks.values() if (head := load_head(t)) is not None}
+        if len(layers) > 1:
+            raise TaskDefinitionError(
+                f"the learned heads read different hidden-state layers: {sorted(map(str, layers))}"
+            )
+        return layers.pop() if layers else None
 
     @property
     def loaded(self) -> bool:

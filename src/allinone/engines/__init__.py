@@ -23,8 +23,12 @@ __all__ = [
 ]
 
 
-def load_engine(settings: Settings) -> Engine:
-    """Load the configured model with the configured engine (`auto`: the one its reference calls for)."""
+def load_engine(settings: Settings, probe_layer: int | None = None) -> Engine:
+    """Load the configured model with the configured engine (`auto`: the one its reference calls for).
+
+    `probe_layer`: what hidden-state features scoring passes return (see Engine.probe_layer); a learned
+    head trained on a layer's features needs an engine probing that layer.
+    """
     from ..models import engine_for, resolve_model, transformers_source
 
     kind = engine_for(settings.model) if settings.engine == "auto" else settings.engine
@@ -51,6 +55,7 @@ def load_engine(settings: Settings) -> Engine:
             n_ctx=settings.n_ctx,
             cache_mb=settings.cache_mb,
             n_threads=settings.n_threads,
+            probe_layer=probe_layer,
         )
     from .llamacpp import LlamaCppEngine
 
@@ -63,4 +68,5 @@ def load_engine(settings: Settings) -> Engine:
         n_threads=settings.n_threads,
         n_batch=settings.n_batch,
         batch_size=settings.batch_size,
+        probe_layer=probe_layer,
     )

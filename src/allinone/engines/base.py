@@ -95,6 +95,10 @@ class Engine(ABC):
     """
 
     info: EngineInfo
+    # What `score(..., hidden=True)` returns: None = the final hidden state at the last prompt token;
+    # L = the mean, over the prompt's own tokens (after the cached task prefix), of the hidden state
+    # after transformer layer L (0-based). A learned head says which one it was trained on.
+    probe_layer: int | None = None
 
     @abstractmethod
     def render(self, messages: Sequence[Message], n_fixed: int) -> Prompt:
@@ -112,7 +116,7 @@ class Engine(ABC):
     def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
         """Total log-probability of each continuation right after the prompt.
 
-        With `hidden`, also the model's final hidden state at the last prompt token (same pass).
+        With `hidden`, also the hidden-state features `probe_layer` names, from the same pass.
         """
 
     def score_batch(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Scores]:

@@ -31,6 +31,52 @@ def _quiet(ll: Any) -> None:
         ll.llama_backend_init()
 
 
+class _Probe:
+    """Reads one layer's hidden states while llama.cpp computes them (the scheduler's eval callback).
+
+    Only installed when a learned head asks for it: the callback runs for every graph node of every
+    decode, which costs a few per cent of generation speed.
+    """
+
+    def __init__(self, ll: Any, layer: int, n_layer: int, n_embd: int) -> None:
+        if not 0 <= layer < n_layer - 1:  # the last layer's output keeps only the rows asked for
+            raise ModelError(f"probe layer must be in 0..{n_layer - 2} for this model, not {layer}")
+        lib = ctypes.CDLL(str(Path(ll.__file__).parent / "lib" / "libggml-base.so"))
+        lib.ggml_get_name.restype, lib.ggml_get_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+        lib.ggml_nelements.restype, lib.ggml_nelements.argtypes = ctypes.c_int64, [ctypes.c_void_p]
+        lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+        self._lib, self._name, self._n_embd = lib, f"l_out-{layer}".encode(), n_embd
+        self._on = False
+        self._sum: np.ndarray[Any, np.dtype[np.float64]] | None = None
+        self._rows = 0
+        self.callback = ll.ggml_backend_sched_eval_callback(self._eval)  # kept alive with the engine
+
+    def _eval(self, tensor: int, ask: bool, _user_data: int) -> bool:
+        if not self._on:
+            return not ask  # ask: "do you want this tensor?" no; after compute: "continue?" yes
+        if ask:
+            return bool(self._lib.ggml_get_name(tensor) == self._name)
+        n = self._lib.ggml_nelements(tensor)
+        data = np.empty(n, dtype=np.float32)
+        self._lib.ggml_backend_tensor_get(tensor, data.ctypes.data, 0, n * 4)
+        rows = data.reshape(-1, self._n_embd).astype(np.float64)
+        self._sum = rows.sum(axis=0) if self._sum is None else self._sum + rows.sum(axis=0)
+        self._rows += len(rows)
+        return True
+
+    def start(self) -> None:
+        self._on, self._sum, self._rows = True, None, 0
+
+    def stop(self) -> None:
+        self._on = False
+
+    def mean(self) -> list[float]:
+        if self._sum is None or not self._rows:
+            raise EngineError("the probe layer was not computed")
+        out: list[float] = (self._sum / self._rows).tolist()
+        return out
+
+
 @dataclass(eq=False)
 class _Saved:
     """A saved KV state of the live sequence and the tokens it holds."""
@@ -65,6 +111,7 @@ class LlamaCppEngine(Engine):
         n_batch: int = 512,
         batch_size: int = 4,
         batch_ctx: int = 4096,
+        probe_layer: int | None = None,
     ) -> None:
         import llama_cpp as ll
 
@@ -85,6 +132,16 @@ class LlamaCppEngine(Engine):
         cparams.type_k = cparams.type_v = 0  # GGML_TYPE_F32
         cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cparams.n_threads = cparams.n_threads_batch = n_threads
+        self._probe = None
+        if probe_layer is not None:
+            n_layer, n_embd = ll.llama_model_n_layer(self._model), ll.llama_model_n_embd(self._model)
+            try:
+                self._probe = _Probe(ll, probe_layer, n_layer, n_embd)
+            except ModelError:
+                ll.llama_model_free(self._model)
+                raise
+            cparams.cb_eval = self._probe.callback
+        self.probe_layer = probe_layer
         self._ctx = ll.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             ll.llama_model_free(self._model)
@@ -107,11 +164,13 @@ class LlamaCppEngine(Engine):
         self._bprefix: list[int] = []  # the task prefix held by the batch context's sequence 0
         bos, eos = ll.llama_vocab_bos(self._vocab), ll.llama_vocab_eos(self._vocab)
         self.template = ChatTemplate(self._chat_template(path), self._special(bos), self._special(eos))
+        details: dict[str, str | int] = {"path": str(path), "cache_mb": cache_mb, "n_threads": n_threads}
+        details |= {"n_batch": n_batch} | ({"probe_layer": probe_layer} if probe_layer is not None else {})
         self.info = EngineInfo(
             "llama.cpp",
             name,
             self._n_ctx,
-            {"path": str(path), "cache_mb": cache_mb, "n_threads": n_threads, "n_batch": n_batch},
+            details,
         )
 
     # --- model metadata and tokens ----------------------------------------------------------------
@@ -294,16 +353,22 @@ class LlamaCppEngine(Engine):
             usage, tokens = self._prepare(prompt, reuse_history=False)
             # The last token always gets a batch of its own: llama.cpp outputs every token of a batch in
             # embeddings mode, and this keeps the logits identical whether the hidden state is read or not.
-            self._decode(tokens[len(self._live) : -1], logits_last=False)
-            ll.llama_set_embeddings(self._ctx, hidden)
+            probe = self._probe if hidden else None
+            final = hidden and probe is None
+            if probe is not None:
+                probe.start()
             try:
+                self._decode(tokens[len(self._live) : -1], logits_last=False)
+                ll.llama_set_embeddings(self._ctx, final)
                 self._decode(tokens[-1:])
-                state = None
-                if hidden:
+                state = probe.mean() if probe is not None else None
+                if final:
                     n_embd = ll.llama_model_n_embd(self._model)
                     state = np.ctypeslib.as_array(ll.llama_get_embeddings_ith(self._ctx, -1), shape=(n_embd,)).tolist()
             finally:
                 ll.llama_set_embeddings(self._ctx, False)
+                if probe is not None:
+                    probe.stop()
             first = self._logprobs(-1)
             n_prompt = len(self._live)
             out = []

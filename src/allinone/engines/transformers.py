@@ -65,6 +65,7 @@ class TransformersEngine(Engine):
         n_ctx: int = 8192,
         cache_mb: int = 256,
         n_threads: int = 2,
+        probe_layer: int | None = None,
     ) -> None:
         try:
             import torch
@@ -73,6 +74,7 @@ class TransformersEngine(Engine):
             raise ModelError("the transformers engine needs: pip install 'qwen-allinone[transformers]'") from e
 
         torch.set_num_threads(n_threads)
+        self.probe_layer = probe_layer
         self._torch = torch
         self._device = _resolve_device(device)
         kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
@@ -201,7 +203,11 @@ class TransformersEngine(Engine):
             usage, tokens, cache, n_cached = self._prepare(prompt, reuse_history=False)
             out = self._forward(tokens[n_cached:], cache, hidden)
             first = torch.log_softmax(out.logits[0, -1].double(), -1)
-            state = out.hidden_states[-1][0, -1].double().tolist() if hidden else None
+            state = None
+            if hidden and self.probe_layer is not None:  # hidden_states[0] is the embeddings
+                state = out.hidden_states[self.probe_layer + 1][0].double().mean(0).tolist()
+            elif hidden:
+                state = out.hidden_states[-1][0, -1].double().tolist()
             scores = []
             for text in continuations:
                 toks = self._tokenize(text, special=False)
