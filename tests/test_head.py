@@ -102,3 +102,23 @@ def test_a_head_reads_the_layer_it_was_trained_on(tmp_path: Path) -> None:
     assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir, use_heads=True)).probe_layer() == 12
     assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir)).probe_layer() is None
     assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir), probe_layer=3).probe_layer() == 3
+
+
+def test_training_finds_the_penalised_optimum_for_two_and_three_labels() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 6))
+    two = ["a" if row[1] - row[2] > 0 else "b" for row in x]
+    head = train_head(x.tolist(), two, ["a", "b"], l2=1.0)
+    assert head.info["train_accuracy"] >= 0.97
+    # at the optimum the penalised gradient vanishes: X^T (p - y) + l2 * w = 0 (binary model w = 2 * weight[0])
+    z = (x - head.mean) / head.scale
+    w, b = 2 * head.weight[0], 2 * head.bias[0]
+    p = 1 / (1 + np.exp(-(z @ w + b)))
+    y = np.asarray([g == "a" for g in two], dtype=float)
+    assert np.abs(z.T @ (p - y) + 1.0 * w).max() < 1e-6 and abs((p - y).sum()) < 1e-6
+    # probabilities are the binary model's sigmoid, not an over-confident doubled logit
+    probs = head.probabilities(x[0, :5].tolist(), [x[0, 5]])
+    assert probs["a"] == pytest.approx(p[0])
+    three = ["a" if row[0] > 0.5 else "b" if row[0] < -0.5 else "c" for row in x]
+    head3 = train_head(x.tolist(), three, ["a", "b", "c"], l2=0.01)
+    assert head3.weight.shape == (3, 6) and head3.info["train_accuracy"] >= 0.9

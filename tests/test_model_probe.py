@@ -37,7 +37,9 @@ def test_probe_features_come_from_the_same_pass_and_leave_the_scores_unchanged(
     a = probed.score(_prompt(probed, good), words, hidden=True)  # type: ignore[arg-type]
     b = probed.score(_prompt(probed, bad), words, hidden=True)  # type: ignore[arg-type]
     assert a.hidden is not None and b.hidden is not None
-    assert len(a.hidden) == 896 and np.isfinite(a.hidden).all()
+    assert len(a.hidden) == 2 * 896 and np.isfinite(a.hidden).all()  # layer-12 mean, then the final state
+    final = engine.score(_prompt(engine, good), words, hidden=True).hidden  # type: ignore[arg-type]
+    assert a.hidden[896:] == final
     assert np.linalg.norm(np.subtract(a.hidden, b.hidden)) > 1.0  # features depend on the text
     # the label scores are those of an engine without the probe (same batches, bit-identical)
     assert a.logprobs == engine.score(_prompt(engine, good), words).logprobs  # type: ignore[arg-type]

@@ -650,13 +650,15 @@ def serve(
 @click.argument("file", type=click.Path(path_type=Path))
 @data_options
 @labelled_options
-@click.option("--l2", type=click.FloatRange(0), default=1.0, show_default=True, help="L2 penalty.")
+@click.option(
+    "--l2", type=click.FloatRange(0), default=300.0, show_default=True, help="L2 penalty (on standardized features)."
+)
 @click.option(
     "--probe-layer",
     type=click.IntRange(0),
     default=None,
-    help="Features: the mean hidden state after this transformer layer over the text's tokens "
-    "(default: the final hidden state at the answer position).",
+    help="Also use the mean hidden state after this transformer layer over the text's tokens "
+    "(default: only the final hidden state at the answer position).",
 )
 @click.option(
     "--exclude",

@@ -74,27 +74,41 @@ class LinearHead:
         return head
 
 
-def train_head(
-    features: list[list[float]], golds: list[str], labels: list[str], l2: float = 1.0, steps: int = 500
-) -> LinearHead:
-    """Multinomial logistic regression by full-batch gradient descent (Adam) with an L2 penalty."""
+def _newton(x: Array, y: Array, l2: float, iters: int = 50) -> tuple[Array, float]:
+    """L2-penalised binary logistic regression (penalty on the weights, not the bias), by Newton's method."""
+    n, d = x.shape
+    xb = np.hstack([x, np.ones((n, 1))])
+    w = np.zeros(d + 1)
+    penalty = np.full(d + 1, l2)
+    penalty[-1] = 0.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(xb @ w, -50, 50)))
+        grad = xb.T @ (p - y) + penalty * w
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(penalty + 1e-8)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if float(np.abs(step).max()) < 1e-7:
+            break
+    return w[:-1], float(w[-1])
+
+
+def train_head(features: list[list[float]], golds: list[str], labels: list[str], l2: float = 1.0) -> LinearHead:
+    """Logistic regression on standardized features with an L2 penalty, solved exactly (Newton's method).
+
+    Two labels: one binary model, split as +z/2 and -z/2 so the softmax is its sigmoid. More labels: one
+    model per label against the rest, softmax over their scores.
+    """
     x = np.asarray(features, dtype=np.float64)
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     x = (x - mean) / scale
-    y = np.zeros((len(golds), len(labels)))
-    y[np.arange(len(golds)), [labels.index(g) for g in golds]] = 1.0
-    w, b = np.zeros((len(labels), x.shape[1])), np.zeros(len(labels))
-    mw, vw, mb, vb = np.zeros_like(w), np.zeros_like(w), np.zeros_like(b), np.zeros_like(b)
-    lr, beta1, beta2, n = 0.05, 0.9, 0.999, len(golds)
-    for t in range(1, steps + 1):
-        z = x @ w.T + b
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        gw = (p - y).T @ x / n + l2 * w / n
-        gb = (p - y).mean(axis=0)
-        mw, vw = beta1 * mw + (1 - beta1) * gw, beta2 * vw + (1 - beta2) * gw**2
-        mb, vb = beta1 * mb + (1 - beta1) * gb, beta2 * vb + (1 - beta2) * gb**2
-        w -= lr * (mw / (1 - beta1**t)) / (np.sqrt(vw / (1 - beta2**t)) + 1e-8)
-        b -= lr * (mb / (1 - beta1**t)) / (np.sqrt(vb / (1 - beta2**t)) + 1e-8)
-    train_acc = float(((x @ w.T + b).argmax(axis=1) == y.argmax(axis=1)).mean())
-    return LinearHead(labels, mean, scale, w, b, {"n_train": n, "train_accuracy": round(train_acc, 4), "l2": l2})
+    gold = np.asarray([labels.index(g) for g in golds])
+    if len(labels) == 2:
+        w, b = _newton(x, (gold == 0).astype(np.float64), l2)
+        weight, bias = np.stack([w / 2, -w / 2]), np.asarray([b / 2, -b / 2])
+    else:
+        fits = [_newton(x, (gold == k).astype(np.float64), l2) for k in range(len(labels))]
+        weight, bias = np.stack([w for w, _ in fits]), np.asarray([b for _, b in fits])
+    train_acc = float(((x @ weight.T + bias).argmax(axis=1) == gold).mean())
+    return LinearHead(
+        labels, mean, scale, weight, bias, {"n_train": len(golds), "train_accuracy": round(train_acc, 4), "l2": l2}
+    )

@@ -95,9 +95,9 @@ class Engine(ABC):
     """
 
     info: EngineInfo
-    # What `score(..., hidden=True)` returns: None = the final hidden state at the last prompt token;
-    # L = the mean, over the prompt's own tokens (after the cached task prefix), of the hidden state
-    # after transformer layer L (0-based). A learned head says which one it was trained on.
+    # What `score(..., hidden=True)` returns: the final hidden state at the last prompt token, preceded,
+    # when probe_layer is L, by the mean over the prompt's own tokens (after the cached task prefix) of the
+    # hidden state after transformer layer L (0-based). A learned head says which one it was trained on.
     probe_layer: int | None = None
 
     @abstractmethod

@@ -354,17 +354,17 @@ class LlamaCppEngine(Engine):
             # The last token always gets a batch of its own: llama.cpp outputs every token of a batch in
             # embeddings mode, and this keeps the logits identical whether the hidden state is read or not.
             probe = self._probe if hidden else None
-            final = hidden and probe is None
             if probe is not None:
                 probe.start()
             try:
                 self._decode(tokens[len(self._live) : -1], logits_last=False)
-                ll.llama_set_embeddings(self._ctx, final)
+                ll.llama_set_embeddings(self._ctx, hidden)
                 self._decode(tokens[-1:])
-                state = probe.mean() if probe is not None else None
-                if final:
+                state = None
+                if hidden:
                     n_embd = ll.llama_model_n_embd(self._model)
                     state = np.ctypeslib.as_array(ll.llama_get_embeddings_ith(self._ctx, -1), shape=(n_embd,)).tolist()
+                    state = (probe.mean() + state) if probe is not None else state
             finally:
                 ll.llama_set_embeddings(self._ctx, False)
                 if probe is not None:

@@ -203,11 +203,9 @@ class TransformersEngine(Engine):
             usage, tokens, cache, n_cached = self._prepare(prompt, reuse_history=False)
             out = self._forward(tokens[n_cached:], cache, hidden)
             first = torch.log_softmax(out.logits[0, -1].double(), -1)
-            state = None
-            if hidden and self.probe_layer is not None:  # hidden_states[0] is the embeddings
-                state = out.hidden_states[self.probe_layer + 1][0].double().mean(0).tolist()
-            elif hidden:
-                state = out.hidden_states[-1][0, -1].double().tolist()
+            state = out.hidden_states[-1][0, -1].double().tolist() if hidden else None
+            if state is not None and self.probe_layer is not None:  # hidden_states[0] is the embeddings
+                state = out.hidden_states[self.probe_layer + 1][0].double().mean(0).tolist() + state
             scores = []
             for text in continuations:
                 toks = self._tokenize(text, special=False)
