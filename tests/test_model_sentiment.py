@@ -123,3 +123,17 @@ def test_eval_command_on_other_domains_with_the_real_model(tmp_path: Path, setti
     assert metrics["n"] == 48 and metrics["accuracy"] >= 0.9, result.stdout
     preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").open()]
     assert len(preds) == 48 and all(abs(sum(p["probabilities"].values()) - 1) < 1e-6 for p in preds)
+
+
+def test_the_shipped_head_runs_on_the_probed_engine_and_stays_right_on_clear_sentences(settings: Settings) -> None:
+    heads = Router(settings.model_copy(update={"use_heads": True, "n_ctx": 2048}))
+    try:
+        assert heads.engine.probe_layer == 15  # what sentiment.head.json was trained on
+        results = [(heads.classify("sentiment", text), want, text) for text, want in CLEAR]
+        assert all(r.method == "prompt+head" and r.prompt_probabilities is not None for r, _, _ in results)
+        wrong = [(t, r.label) for r, want, t in results if r.label != want]
+        assert 1 - len(wrong) / len(CLEAR) >= 0.9, wrong
+        for text in ADVERSARIAL:
+            assert heads.classify("sentiment", text).label in {"positive", "negative"}
+    finally:
+        heads.engine.close()
