@@ -357,7 +357,7 @@ def data_options(f: F) -> F:
         expose_value=False,  # read by _settings
         callback=_remember_batch_size,
         help="Texts scored together as one multi-sequence batch; 1 = one at a time [env ALLINONE_BATCH_SIZE; "
-        "default 4].",
+        "default 1].",
     )(f)
     f = click.option("--text-field", default="text", show_default=True, help="Field holding the text.")(f)
     f = click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N rows.")(f)

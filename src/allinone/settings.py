@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     )
     n_batch: int = Field(512, ge=32, le=8192, description="Max tokens evaluated per llama_decode call.")
     batch_size: int = Field(
-        4,
+        1,  # measured: not faster than one at a time on 2 CPU cores (benchmarks/batching.py)
         ge=1,
         le=32,
         description="Texts of a bulk `eval`/`classify` scored together as one multi-sequence batch (llama.cpp); "
