@@ -9,6 +9,7 @@ import pytest
 from allinone.chat import ChatSession
 from allinone.engines import GenParams, Message, Prompt
 from allinone.engines.llamacpp import LlamaCppEngine
+from allinone.errors import TaskDefinitionError
 from allinone.router import Router
 from allinone.settings import Settings
 
@@ -115,10 +116,17 @@ def test_abandoned_stream_frees_the_engine(router: Router) -> None:
 def test_learned_head_refines_the_same_pass_without_changing_the_prompt_scores(
     router: Router, settings: Settings
 ) -> None:
-    with_head = Router(settings.model_copy(update={"use_heads": True}), router.engine)
-    for text in ["房间很干净，服务也好", "The food was cold and the waiter was rude."]:
-        plain = router.classify("sentiment", text)
-        refined = with_head.classify("sentiment", text)
-        assert plain.method == "prompt" and refined.method == "prompt+head"
-        assert refined.prompt_probabilities == plain.probabilities  # bit-identical: one pass, same batches
-        assert refined.label in {"positive", "negative"} and sum(refined.probabilities.values()) == pytest.approx(1)
+    with_head = Router(settings.model_copy(update={"use_heads": True}))  # loads an engine probing the head's layer
+    try:
+        for text in ["房间很干净，服务也好", "The food was cold and the waiter was rude."]:
+            plain = router.classify("sentiment", text)
+            refined = with_head.classify("sentiment", text)
+            assert plain.method == "prompt" and refined.method == "prompt+head"
+            assert refined.prompt_probabilities == plain.probabilities  # bit-identical: one pass, same batches
+            assert refined.label in {"positive", "negative"}
+            assert sum(refined.probabilities.values()) == pytest.approx(1)
+        # the head needs its layer: on an engine without the probe it is a clear task error, not a wrong answer
+        with pytest.raises(TaskDefinitionError, match="layer 15, but the engine probes None"):
+            Router(settings.model_copy(update={"use_heads": True}), router.engine).classify("sentiment", "好")
+    finally:
+        with_head.engine.close()
