@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,6 +39,24 @@ class Prompt:
     @property
     def text(self) -> str:
         return "".join(s.text for s in (*self.prefix, *self.suffix))
+
+
+class PromptTokens:
+    """Tokenizes prompts, keeping each task prefix's tokens so that only the suffix is tokenized per request."""
+
+    def __init__(self, tokens_of: Callable[[Sequence[Segment], bool], list[int]], limit: int = 256) -> None:
+        self._tokens_of, self._limit = tokens_of, limit  # tokens_of(segments, first): first = at the prompt start
+        self._prefixes: dict[tuple[Segment, ...], list[int]] = {}
+
+    def __call__(self, prompt: Prompt) -> tuple[list[int], int]:
+        """All tokens of the prompt and how many of them are the fixed prefix."""
+        prefix = self._prefixes.get(prompt.prefix)
+        if prefix is None:
+            prefix = self._tokens_of(prompt.prefix, True)
+            if len(self._prefixes) > self._limit:
+                self._prefixes.clear()
+            self._prefixes[prompt.prefix] = prefix
+        return prefix + self._tokens_of(prompt.suffix, not prompt.prefix), len(prefix)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ContextOverflow, EngineError, ModelError
-from .base import Chunk, Engine, EngineInfo, GenParams, Message, Prompt, Scores, Segment, Usage
+from .base import Chunk, Engine, EngineInfo, GenParams, Message, Prompt, PromptTokens, Scores, Segment, Usage
 from .stops import StopBuffer
 from .template import ChatTemplate
 
@@ -158,7 +158,7 @@ class LlamaCppEngine(Engine):
         self._cache_bytes = cache_mb << 20
         self._clock = 0
         self._lock = threading.Lock()
-        self._prefix_tokens: dict[tuple[Segment, ...], list[int]] = {}
+        self.tokenize_prompt = PromptTokens(self._tokens_of)  # all tokens of a prompt, and how many are the prefix
         self._n_threads, self._batch_size, self._batch_ctx = n_threads, batch_size, batch_ctx
         self._bctx: Any = None  # the batch context, created on first use (see score_batch)
         self._bprefix: list[int] = []  # the task prefix held by the batch context's sequence 0
@@ -223,16 +223,6 @@ class LlamaCppEngine(Engine):
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text, special=False))
-
-    def tokenize_prompt(self, prompt: Prompt) -> tuple[list[int], int]:
-        """All tokens of the prompt and how many of them are the fixed prefix."""
-        prefix = self._prefix_tokens.get(prompt.prefix)
-        if prefix is None:
-            prefix = self._tokens_of(prompt.prefix, first=True)
-            if len(self._prefix_tokens) > 256:
-                self._prefix_tokens.clear()
-            self._prefix_tokens[prompt.prefix] = prefix
-        return prefix + self._tokens_of(prompt.suffix, first=not prompt.prefix), len(prefix)
 
     # --- the live sequence and saved states -------------------------------------------------------
 

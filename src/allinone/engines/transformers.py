@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ContextOverflow, EngineError, ModelError
-from .base import Chunk, Engine, EngineInfo, GenParams, Message, Prompt, Scores, Segment, Usage
+from .base import Chunk, Engine, EngineInfo, GenParams, Message, Prompt, PromptTokens, Scores, Segment, Usage
 from .stops import StopBuffer
 from .template import ChatTemplate
 
@@ -99,7 +99,7 @@ class TransformersEngine(Engine):
         self._saved: list[_Saved] = []
         self._clock = 0
         self._lock = threading.Lock()
-        self._prefix_tokens: dict[tuple[Segment, ...], list[int]] = {}
+        self.tokenize_prompt = PromptTokens(self._tokens_of)  # all tokens of a prompt, and how many are the prefix
         self.info = EngineInfo(
             "transformers",
             name,
@@ -121,7 +121,7 @@ class TransformersEngine(Engine):
         ids: list[int] = self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special).input_ids
         return ids
 
-    def _tokens_of(self, segments: Sequence[Segment]) -> list[int]:
+    def _tokens_of(self, segments: Sequence[Segment], first: bool = False) -> list[int]:  # no BOS to add
         return [t for seg in segments for t in self._tokenize(seg.text, special=seg.trusted)]
 
     def render(self, messages: Sequence[Message], n_fixed: int) -> Prompt:
@@ -129,16 +129,6 @@ class TransformersEngine(Engine):
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text, special=False))
-
-    def tokenize_prompt(self, prompt: Prompt) -> tuple[list[int], int]:
-        """All tokens of the prompt and how many of them are the fixed prefix."""
-        prefix = self._prefix_tokens.get(prompt.prefix)
-        if prefix is None:
-            prefix = self._tokens_of(prompt.prefix)
-            if len(self._prefix_tokens) > 256:
-                self._prefix_tokens.clear()
-            self._prefix_tokens[prompt.prefix] = prefix
-        return prefix + self._tokens_of(prompt.suffix), len(prefix)
 
     # --- KV caches --------------------------------------------------------------------------------
 
