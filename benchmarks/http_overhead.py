@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from serving import wait_healthy
+
 # --- knobs ---------------------------------------------------------------------------------------
 N_TEXTS = 200  # ChnSentiCorp dev texts, in file order
 WARMUP = 5  # untimed calls per path first (task prefix cached, connection open)
@@ -50,18 +52,8 @@ def free_port() -> int:
 def start_server(port: int, log_file: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "allinone", "serve", "--port", str(port), "--log-file", str(log_file)]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"server exited with {server.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    server.terminate()
-    raise SystemExit("server did not become ready")
+    wait_healthy(server, port, STARTUP_TIMEOUT_S, poll_s=0.2)
+    return server
 
 
 def summary(ms: list[float]) -> dict[str, float]:

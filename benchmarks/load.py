@@ -29,6 +29,7 @@ import httpx
 
 from allinone.models import resolve_model
 from allinone.settings import Settings
+from serving import wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 CLIENTS = 16
@@ -84,18 +85,8 @@ def start_server(port: int, home: Path) -> subprocess.Popen[bytes]:
     env["ALLINONE_LOG_FILE"] = str(home / "requests.log")
     cmd = [sys.executable, "-m", "allinone", "serve", "--host", "127.0.0.1", "--port", str(port)]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"server exited with {server.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    server.kill()
-    raise SystemExit("server did not start")
+    wait_healthy(server, port, STARTUP_TIMEOUT_S, poll_s=0.5)
+    return server
 
 
 async def client(i: int, url: str, end: float, sentiments: list[str], results: list[dict[str, object]]) -> None:

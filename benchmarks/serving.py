@@ -1,0 +1,24 @@
+"""Shared by the benchmarks that start a real `allinone serve`: wait until it answers /health."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import httpx
+
+
+def wait_healthy(server: subprocess.Popen[bytes], port: int, timeout_s: float, poll_s: float) -> None:
+    """Return once the server on 127.0.0.1:`port` answers /health with 200; exit if it dies or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited with {server.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(poll_s)
+    server.kill()
+    raise SystemExit("server did not become ready")
