@@ -11,11 +11,17 @@ from typing import Literal
 from .classify import Classification, classify, require_text
 from .engines.base import Chunk, Engine, GenParams, Message
 from .errors import InvalidInput
-from .tasks import Task
+from .tasks import Task, cjk_share
 
 __all__ = ["ChatSession", "Turn", "analyze_and_reply", "split_messages", "stream_reply"]
 
-SENTIMENT_TAG = "[情感标签：{label}]"
+# How the combined flow shows the detected sentiment to the model, in the message's language: {label} is the
+# sentiment task's display text, {label_en} its English word, {text} the message.
+SENTIMENT_TAG = {
+    "zh": "[情感标签：{label}] {text}",
+    "en": "[情感标签：{label}] {text}",
+}
+_ENGLISH_LABELS = {"正面": "positive", "负面": "negative", "中性": "neutral"}
 MESSAGE_TOKENS = 6  # what the chat template adds around a message: <|im_start|>role\n ... <|im_end|>\n, and a margin
 
 
@@ -62,7 +68,10 @@ def _model_content(task: Task, turn: Turn) -> str:
     if turn.role == "assistant":
         return turn.content
     text = task.input_template.replace("{text}", turn.content)
-    return f"{SENTIMENT_TAG.format(label=turn.sentiment)} {text}" if turn.sentiment else text
+    if not turn.sentiment:
+        return text
+    tag = SENTIMENT_TAG["zh" if cjk_share(turn.content) > 0.5 else "en"]
+    return tag.format(label=turn.sentiment, label_en=_ENGLISH_LABELS.get(turn.sentiment, turn.sentiment), text=text)
 
 
 def model_messages(task: Task, turns: list[Turn]) -> tuple[list[Message], int]:
