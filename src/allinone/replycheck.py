@@ -1,0 +1,124 @@
+"""Objective checks of a chat reply: language, boilerplate, code, completeness, length, tag, loops, role."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from typing import Literal
+
+from .tasks import cjk_share
+
+__all__ = ["CHECKS", "ReplyCheck", "check_reply", "language_of"]
+
+Language = Literal["zh", "en"]
+CHECKS = ("language", "boilerplate", "code", "complete", "length", "tag", "repetition", "role")
+
+LENGTH = {"zh": (10, 220), "en": (6, 160)}  # characters (zh) or words (en) a caring chat reply takes
+_BOILERPLATE = re.compile(
+    "|".join(
+        [
+            r"作为(一个|一名)?(人工智能|AI|ai|语言模型|助手|机器人)",
+            r"我(只)?是(一个|个)?(人工智能|AI|ai|语言模型|机器人|聊天机器人)",
+            r"(人工智能|AI)助手",
+            r"语言模型",
+            r"我(不能|无法|不会)(提供|参与|鼓励|回答|帮助|给出)",
+            r"(抱歉|对不起)[，,]?\s*我(不能|无法)",
+            r"\bas an ai\b",
+            r"\bi(?:'m| am) (?:just |only )?an ai\b",
+            r"\blanguage model\b",
+            r"\bai assistant\b",
+            r"\bi (?:cannot|can't|can not|am unable to|'m unable to|am not able to|'m not able to) "
+            r"(?:help|provide|assist|give|offer|answer|engage)",
+            r"\bi (?:don't|do not) have (?:personal|feelings|emotions)",
+        ]
+    ),
+    re.IGNORECASE,
+)
+_CODE = re.compile(
+    r"```|~~~|^\s*(?:def |class \w+|import \w+|from \w+ import|#include|public static|function\s*\w*\(|"
+    r"console\.log|print\(|<\?php|</?\w+>)",
+    re.MULTILINE,
+)
+_TAG = re.compile(
+    r"情感标签|情绪标签|[\[【［(（]\s*(?:情感|情绪|心情|用户情绪|sentiment|mood|正面|负面|中性|positive|negative|neutral)"
+    r"|\bsentiment (?:tag|label)\b",
+    re.IGNORECASE,
+)
+_END = re.compile(r"[。！？!?.…~～」』”\"')）\]】]\s*$|[\U0001F300-\U0001FAFF\u2600-\u27BF]\s*$")
+_SENTENCE = re.compile(r"[^。！？!?.\n]+[。！？!?.\n]?")
+_FIRST_PERSON = re.compile(r"\b(?:I|I'm|I've|I'd|I'll|my|me|mine|myself)\b")
+_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+
+
+def language_of(text: str) -> Language:
+    """zh when most letters are Chinese characters, else en."""
+    return "zh" if cjk_share(text) > 0.5 else "en"
+
+
+def _length(reply: str, lang: Language) -> int:
+    if lang == "en":
+        return len(_WORD.findall(reply))
+    return len([c for c in reply if not c.isspace()])
+
+
+def _language_ok(reply: str, lang: Language) -> bool:
+    """Chinese: nearly all letters Chinese and no English sentence; English: no Chinese at all."""
+    if lang == "en":
+        return cjk_share(reply) == 0.0
+    latin_run = re.search(r"[A-Za-z]+(?:[\s,，']+[A-Za-z]+){2,}", reply)  # three English words in a row
+    return cjk_share(reply) >= 0.8 and latin_run is None
+
+
+def _repeats(reply: str, lang: Language) -> bool:
+    """A sentence said twice, or the same stretch of text three times: a loop."""
+    sentences = [re.sub(r"\W", "", s).lower() for s in _SENTENCE.findall(reply)]
+    said = Counter(s for s in sentences if len(s) >= 6)
+    if said and said.most_common(1)[0][1] >= 2:
+        return True
+    if lang == "en":
+        words = [w.lower() for w in _WORD.findall(reply)]
+        grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
+    else:
+        text = re.sub(r"\s", "", reply)
+        grams = Counter(tuple(text[i : i + 6]) for i in range(len(text) - 5))
+    return bool(grams) and grams.most_common(1)[0][1] >= 3
+
+
+def _takes_users_role(reply: str, message: str, lang: Language) -> bool:
+    """The reply repeats a first-person stretch of the user's message as its own words ("老板批评了我")."""
+    match = SequenceMatcher(None, message, reply, autojunk=False).find_longest_match()
+    copied = message[match.a : match.a + match.size]
+    if lang == "zh":
+        return len(copied) >= 4 and "我" in copied
+    words = _WORD.findall(copied)
+    return len(words) >= 4 and _FIRST_PERSON.search(copied) is not None
+
+
+@dataclass(frozen=True)
+class ReplyCheck:
+    """Which checks a reply failed (empty: it passed every one)."""
+
+    failed: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+
+def check_reply(message: str, reply: str, finish_reason: str | None = "stop") -> ReplyCheck:
+    """Run every check of CHECKS on the reply to `message`; `finish_reason` "length" means it was cut."""
+    lang = language_of(message)
+    low, high = LENGTH[lang]
+    results = {
+        "language": _language_ok(reply, lang),
+        "boilerplate": _BOILERPLATE.search(reply) is None,
+        "code": _CODE.search(reply) is None,
+        "complete": finish_reason != "length" and _END.search(reply) is not None,
+        "length": low <= _length(reply, lang) <= high,
+        "tag": _TAG.search(reply) is None,
+        "repetition": not _repeats(reply, lang),
+        "role": not _takes_users_role(reply, message, lang),
+    }
+    return ReplyCheck(tuple(name for name in CHECKS if not results[name]))
