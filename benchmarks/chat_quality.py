@@ -1,0 +1,135 @@
+"""Chat quality of the combined flow (sentiment line, then the reply) on a written message set, by objective checks.
+
+Run: ALLINONE_N_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/chat_quality.py [tune|held|all] [NAME]
+     [--model REF] [--tasks-dir DIR] [--tag TEMPLATE] [--option KEY=VALUE ...]
+(prints pass rates per check, split and language, and the failures; writes benchmarks/results/chat_quality_NAME.json)
+
+The set (benchmarks/data/chat_messages.jsonl, 96 items written for this benchmark: Chinese and English, positive,
+negative and neutral, good news, troubles, grief, health, work, relationships, advice, small talk and two-turn
+follow-ups) is split in halves: the chat task was tuned on `tune` only; `held` is the held-out figure. Every turn
+goes through Router.analyze_and_reply with each seed of SEEDS; the reply to the last turn is checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from allinone import chat
+from allinone.chat import ChatSession
+from allinone.classify import Classification
+from allinone.replycheck import CHECKS, check_reply
+from allinone.router import Router
+from allinone.settings import Settings
+
+# --- knobs ---------------------------------------------------------------------------------------
+SEEDS = (1, 2)  # each item is answered once per seed
+N_CTX = 4096
+TARGETS = {"language": 1.0, "boilerplate": 1.0, "code": 1.0, "all": 0.95}  # held-out pass rates
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "benchmarks" / "data" / "chat_messages.jsonl"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def load_items(split: str) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if split == "all" or r["split"] == split]
+
+
+def converse(router: Router, turns: list[str], seed: int, options: dict[str, Any]) -> dict[str, Any]:
+    """Every turn through the combined flow in one session; the last reply, its sentiment and timing."""
+    session = ChatSession()
+    for text in turns:
+        start = time.perf_counter()
+        label, parts, finish, tokens = "", [], None, 0
+        for event in router.analyze_and_reply(session, text, {**options, "seed": seed}):
+            if isinstance(event, Classification):
+                label = event.label
+                continue
+            parts.append(event.text)
+            if event.finish_reason is not None:
+                finish, tokens = event.finish_reason, event.usage.completion_tokens if event.usage else 0
+        seconds = time.perf_counter() - start
+    return {"sentiment_label": label, "reply": "".join(parts), "finish_reason": finish, "tokens": tokens, "s": seconds}
+
+
+def rate(rows: list[dict[str, Any]], check: str) -> float:
+    if not rows:
+        return 0.0
+    if check == "all":
+        return sum(not r["failed"] for r in rows) / len(rows)
+    return sum(check not in r["failed"] for r in rows) / len(rows)
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for split in ("tune", "held"):
+        for lang in ("all", "zh", "en"):
+            part = [r for r in rows if r["split"] == split and lang in ("all", r["lang"])]
+            if part:
+                out[f"{split}/{lang}"] = {"n": len(part)} | {c: round(rate(part, c), 4) for c in (*CHECKS, "all")}
+    return out
+
+
+def print_table(result: dict[str, Any]) -> None:
+    cols = (*CHECKS, "all")
+    print(f"{'':<10} {'n':>4} " + " ".join(f"{c[:8]:>8}" for c in cols))
+    for key, s in result["summary"].items():
+        print(f"{key:<10} {s['n']:>4} " + " ".join(f"{100 * s[c]:>7.1f}%" for c in cols))
+    counts = Counter(f for r in result["replies"] for f in r["failed"])
+    print("failures by check:", dict(counts))
+    for r in result["replies"]:
+        if r["failed"]:
+            print(f"  {r['id']}/{r['seed']} {','.join(r['failed'])}: {r['turns'][-1][:30]} -> {r['reply'][:90]!r}")
+    print(f"p50 reply {result['p50_s']:.2f} s, {result['tokens_per_reply']:.0f} tokens per reply")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("split", nargs="?", default="all", choices=["tune", "held", "all"])
+    ap.add_argument("name", nargs="?", default="current", help="result name: chat_quality_NAME.json")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--tasks-dir", type=Path, default=None, help="e.g. a dir with another chat.yaml")
+    ap.add_argument("--tag", default=None, help="sentiment tag template, e.g. '[{label}] {text}' (see chat.py)")
+    ap.add_argument("--tag-en", default=None, help="the tag template for English messages, when not --tag")
+    ap.add_argument("--option", action="append", default=[], help="generation option KEY=VALUE")
+    args = ap.parse_args()
+    if args.tag is not None:
+        chat.SENTIMENT_TAG = {"zh": args.tag, "en": args.tag_en or args.tag}
+    options: dict[str, Any] = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
+    router = Router(Settings(model=args.model, n_ctx=N_CTX, tasks_dir=args.tasks_dir))
+    router.engine  # noqa: B018 - load before timing
+    rows = []
+    for item in load_items(args.split):
+        for seed in SEEDS:
+            out = converse(router, item["turns"], seed, options)
+            failed = check_reply(item["turns"][-1], out["reply"], out["finish_reason"]).failed
+            rows.append({**item, "seed": seed, **out, "s": round(out["s"], 3), "failed": list(failed)})
+    times = sorted(r["s"] for r in rows)
+    result = {
+        "name": args.name,
+        "model": router.engine.info.model,
+        "tag": chat.SENTIMENT_TAG,
+        "chat_task": router.task("chat").model_dump(include={"system", "examples", "generation"}),
+        "options": options,
+        "seeds": list(SEEDS),
+        "targets_held": TARGETS,
+        "summary": summary(rows),
+        "p50_s": times[len(times) // 2],
+        "tokens_per_reply": sum(r["tokens"] for r in rows) / len(rows),
+        "replies": rows,
+    }
+    print_table(result)
+    out_path = RESULTS / f"chat_quality_{args.name}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
