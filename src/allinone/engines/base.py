@@ -75,6 +75,7 @@ class GenParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None  # None: a fresh random seed
     grammar: str | None = None  # GBNF grammar constraining the output
+    repeat_penalty: float = 1.0  # tokens already in the reply: logit / p (> 0) or * p (< 0); 1.0 = off
 
 
 @dataclass

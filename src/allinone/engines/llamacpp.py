@@ -506,6 +506,11 @@ class LlamaCppEngine(Engine):
                 ll.llama_sampler_free(chain)
                 raise EngineError("invalid grammar")
             ll.llama_sampler_chain_add(chain, grammar)
+        if params.repeat_penalty != 1.0:  # over the whole reply; the prompt is not penalised
+            penalties = ll.llama_sampler_init_penalties(
+                self._n_vocab, params.max_tokens, params.repeat_penalty, 0.0, 0.0
+            )
+            ll.llama_sampler_chain_add(chain, penalties)
         if params.temperature <= 0:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
         else:
