@@ -245,6 +245,17 @@ def test_stream_with_a_stop_string_ends_just_before_it(eng: Engine) -> None:
     assert all(c.finish_reason is None for c in chunks[:-1])
 
 
+@pytest.mark.parametrize("eng", REAL, indirect=True)
+def test_repeat_penalty_keeps_a_greedy_reply_from_repeating_itself(eng: Engine) -> None:
+    prompt = eng.render([Message("user", "Write the word 'hello' forty times, separated by spaces.")], n_fixed=0)
+    plain = GenParams(max_tokens=40, temperature=0.0)
+    looped = eng.generate(prompt, plain).text
+    assert eng.generate(prompt, replace(plain, repeat_penalty=1.0)).text == looped  # 1.0 is off
+    penalised = eng.generate(prompt, replace(plain, repeat_penalty=1.5)).text
+    assert looped.lower().count("hello") >= 20
+    assert penalised.lower().count("hello") < looped.lower().count("hello") / 2, penalised
+
+
 # --- prefix and history reuse ------------------------------------------------------------------------------
 
 

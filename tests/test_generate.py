@@ -94,3 +94,14 @@ def test_translate_direction_is_detected_or_given(router: Router, fake: FakeEngi
 def test_unknown_option_lists_the_tasks_own_options(router: Router) -> None:
     with pytest.raises(InvalidInput, match=r"unknown option.*colour.*options: length, language"):
         router.generate("summary", "text", options={"colour": "red"})
+
+
+def test_repeat_penalty_comes_from_the_task_and_a_request_may_override_it(tmp_path: Path, fake: FakeEngine) -> None:
+    (tmp_path / "echo.yaml").write_text(
+        "name: echo\ndescription: d\nkind: generate\nsystem: s\ngeneration:\n  repeat_penalty: 1.2\n"
+    )
+    router = Router(Settings(home=tmp_path, tasks_dir=tmp_path), fake)
+    router.generate("echo", "hi")
+    router.generate("echo", "hi", options={"repeat_penalty": 1.05})
+    router.generate("summary", "hi")
+    assert [p.repeat_penalty for p in fake.params] == [1.2, 1.05, 1.0]  # a task without one: off

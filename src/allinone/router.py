@@ -18,7 +18,7 @@ from .tasks import Task, load_tasks
 
 __all__ = ["Router"]
 
-_OPTION_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed"}  # generation options of every task
+_OPTION_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repeat_penalty"}  # of every task
 
 
 class Router:
@@ -106,6 +106,7 @@ class Router:
             g.top_p,
             stop=tuple(g.stop),
             seed=g.seed if g.seed is not None else (None if self.settings.seed < 0 else self.settings.seed),
+            repeat_penalty=g.repeat_penalty,
         )
         options = {k: v for k, v in (options or {}).items() if v is not None}
         unknown = set(options) - _OPTION_KEYS

@@ -170,6 +170,8 @@ class OpenAIEngine(Engine):
             body["seed"] = params.seed
         if params.grammar:
             body["grammar"] = params.grammar  # llama.cpp servers; others generate freely, the task validates
+        if params.repeat_penalty != 1.0:
+            body["repeat_penalty"] = body["repetition_penalty"] = params.repeat_penalty  # llama.cpp / vLLM names
         stops, usage, finish, n_chunks = StopBuffer(params.stop), None, "stop", 0
         try:
             with self._client.stream("POST", "/chat/completions", json=body) as r:

@@ -209,8 +209,13 @@ class TransformersEngine(Engine):
                 scores.append(total)
             return Scores(scores, usage, state)
 
-    def _sample(self, logits: Any, params: GenParams, generator: Any) -> int:
+    def _sample(self, logits: Any, params: GenParams, generator: Any, reply: list[int]) -> int:
         torch = self._torch
+        if params.repeat_penalty != 1.0 and reply:  # as llama.cpp: divide positive logits, multiply negative ones
+            seen = torch.tensor(sorted(set(reply)), device=logits.device)
+            picked = logits[seen]
+            logits = logits.clone()
+            logits[seen] = torch.where(picked > 0, picked / params.repeat_penalty, picked * params.repeat_penalty)
         if params.temperature <= 0:
             return int(logits.argmax())
         logits = logits.float() / params.temperature
@@ -240,7 +245,7 @@ class TransformersEngine(Engine):
             logits = self._forward(tokens[n_cached:], cache).logits[0, -1]
             try:
                 for _ in range(params.max_tokens):
-                    token = self._sample(logits, params, generator)
+                    token = self._sample(logits, params, generator, out_ids)
                     if token in self._eog:
                         finish = "stop"
                         break

@@ -40,6 +40,9 @@ class Options(BaseModel):
     top_k: int | None = Field(None, ge=0, le=1000)
     stop: Stop | list[Stop] | None = Field(None, description="Stop strings (at most 4).")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Sampling seed for reproducible replies.")
+    repeat_penalty: float | None = Field(
+        None, ge=1.0, le=2.0, description="Penalty on tokens already in the reply; 1 is off."
+    )
 
     @model_validator(mode="after")
     def _at_most_four_stops(self) -> Options:
@@ -49,7 +52,7 @@ class Options(BaseModel):
 
     def options(self) -> dict[str, Any]:
         """The overrides that were given, as Router options."""
-        keys = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed")
+        keys = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repeat_penalty")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 

@@ -14,7 +14,8 @@ from ..errors import InputTooLong, InvalidInput
 from .options import TaskOption
 
 RESERVED_NAMES = {"auto"}  # `auto` asks the router to pick the task
-GEN_OPTIONS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed"}  # request options of every generate task
+# request options of every generate task
+GEN_OPTIONS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repeat_penalty"}
 _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
 
@@ -59,6 +60,9 @@ class Generation(_Strict):
     max_tokens: int = Field(256, ge=1, le=8192, description="Most tokens in a reply.")
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling: keep the most likely tokens up to p.")
+    repeat_penalty: float = Field(
+        1.0, ge=1.0, le=2.0, description="Penalty on tokens already in the reply (as llama.cpp's); 1 is off."
+    )
     stop: list[str] = Field(default_factory=list, description="Strings that end the reply (not included).")
     seed: int | None = Field(None, description="Sampling seed; unset uses ALLINONE_SEED.")
     max_chars: int | None = Field(
