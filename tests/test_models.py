@@ -55,7 +55,7 @@ def test_truncated_default_model_is_rebuilt(assembled: Path, tmp_path: Path) -> 
 def test_bad_parts_are_refused_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     part = tmp_path / "part.bin"
     part.write_bytes(b"GGUF" + b"\x00" * 100)
-    monkeypatch.setattr(models, "_part_paths", lambda: [part])
+    monkeypatch.setattr(models, "_part_paths", lambda model: [part])
     with pytest.raises(ModelError, match="corrupt"):
         ensure_default(tmp_path / "models")
     assert not (tmp_path / "models" / DEFAULT.filename).exists()

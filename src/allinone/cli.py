@@ -61,8 +61,8 @@ def model_options(f: F) -> F:
         "--model",
         "-m",
         default=None,
-        help="default, a .gguf path, hf:ORG/REPO/FILE.gguf, a transformers dir or hub id ORG/NAME, or openai:[NAME]"
-        " [env ALLINONE_MODEL].",
+        help="default, qwen-1.5b, a .gguf path, hf:ORG/REPO/FILE.gguf, a transformers dir or hub id ORG/NAME, or"
+        " openai:[NAME] [env ALLINONE_MODEL].",
     )(f)
     return f
 

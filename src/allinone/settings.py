@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ALLINONE_", extra="ignore", validate_default=True)
 
     home: Path = Field(default_factory=_default_home, description="Cache dir: assembled models, data.")
-    model: str = Field("default", description="Model reference: `default`, a .gguf path or hf:ORG/REPO/FILE.gguf.")
+    model: str = Field(
+        "default", description="Model reference: `default`, `qwen-1.5b`, a .gguf path or hf:ORG/REPO/FILE.gguf."
+    )
     tasks_dir: Path | None = Field(None, description="Extra dir of task YAML files; same name overrides built-in.")
     n_ctx: int = Field(8192, ge=512, le=131072, description="Context window in tokens: prompt plus reply.")
     cache_mb: int = Field(256, ge=0, description="Memory for saved KV states (task prefixes, recent chats), MB.")
