@@ -1,8 +1,9 @@
 """Chat quality of the combined flow (sentiment line, then the reply) on a written message set, by objective checks.
 
 Run: ALLINONE_N_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/chat_quality.py [tune|held|all] [NAME]
-     [--model REF] [--tasks-dir DIR] [--tag TEMPLATE] [--option KEY=VALUE ...]
-(prints pass rates per check, split and language, and the failures; writes benchmarks/results/chat_quality_NAME.json)
+     [--model REF] [--tasks-dir DIR] [--tag TEMPLATE] [--option KEY=VALUE ...] [--rescore]
+(prints pass rates per check, split and language, and the failures; writes benchmarks/results/chat_quality_NAME.json;
+--rescore checks that file's replies again without the model, after a change to the checks)
 
 The set (benchmarks/data/chat_messages.jsonl, 96 items written for this benchmark: Chinese and English, positive,
 negative and neutral, good news, troubles, grief, health, work, relationships, advice, small talk and two-turn
@@ -98,7 +99,16 @@ def main() -> None:
     ap.add_argument("--tag", default=None, help="sentiment tag template, e.g. '[{label}] {text}' (see chat.py)")
     ap.add_argument("--tag-en", default=None, help="the tag template for English messages, when not --tag")
     ap.add_argument("--option", action="append", default=[], help="generation option KEY=VALUE")
+    ap.add_argument("--rescore", action="store_true", help="check the saved replies of NAME again, no model")
     args = ap.parse_args()
+    out_path = RESULTS / f"chat_quality_{args.name}.json"
+    if args.rescore:
+        result = json.loads(out_path.read_text(encoding="utf-8"))
+        for r in result["replies"]:
+            r["failed"] = list(check_reply(r["turns"][-1], r["reply"], r["finish_reason"]).failed)
+        result["summary"] = summary(result["replies"])
+        finish(result, out_path)
+        return
     if args.tag is not None:
         chat.SENTIMENT_TAG = {"zh": args.tag, "en": args.tag_en or args.tag}
     options: dict[str, Any] = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
@@ -124,11 +134,14 @@ def main() -> None:
         "tokens_per_reply": sum(r["tokens"] for r in rows) / len(rows),
         "replies": rows,
     }
+    finish(result, out_path)
+
+
+def finish(result: dict[str, Any], path: Path) -> None:
     print_table(result)
-    out_path = RESULTS / f"chat_quality_{args.name}.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out_path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

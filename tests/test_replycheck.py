@@ -20,6 +20,12 @@ def test_good_replies_pass_every_check() -> None:
     assert check_reply("今天升职加薪了", GOOD_ZH).passed
 
 
+def test_english_words_the_user_used_are_fine_in_a_chinese_reply() -> None:
+    reply = "恭喜你！拿到梦想公司的offer真是太棒了，这份offer是你努力的结果。"
+    assert "language" not in failed("今天收到了梦想公司的offer，简直不敢相信", reply)
+    assert "language" in failed("今天收到了梦想公司的通知，简直不敢相信", reply.replace("offer", "offer letter now"))
+
+
 def test_message_language_is_the_majority_script() -> None:
     assert language_of("今天收到了offer，好开心") == "zh"
     assert language_of("I love 北京 so much") == "en"

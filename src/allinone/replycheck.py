@@ -63,10 +63,13 @@ def _length(reply: str, lang: Language) -> int:
     return len([c for c in reply if not c.isspace()])
 
 
-def _language_ok(reply: str, lang: Language) -> bool:
-    """Chinese: nearly all letters Chinese and no English sentence; English: no Chinese at all."""
+def _language_ok(reply: str, message: str, lang: Language) -> bool:
+    """Chinese: nearly all letters Chinese (English words the user used aside) and no English sentence;
+    English: no Chinese at all."""
     if lang == "en":
         return cjk_share(reply) == 0.0
+    used = {w.lower() for w in _WORD.findall(message)}
+    reply = _WORD.sub(lambda m: "" if m.group().lower() in used else m.group(), reply)
     latin_run = re.search(r"[A-Za-z]+(?:[\s,，']+[A-Za-z]+){2,}", reply)  # three English words in a row
     return cjk_share(reply) >= 0.8 and latin_run is None
 
@@ -112,7 +115,7 @@ def check_reply(message: str, reply: str, finish_reason: str | None = "stop") ->
     lang = language_of(message)
     low, high = LENGTH[lang]
     results = {
-        "language": _language_ok(reply, lang),
+        "language": _language_ok(reply, message, lang),
         "boilerplate": _BOILERPLATE.search(reply) is None,
         "code": _CODE.search(reply) is None,
         "complete": finish_reason != "length" and _END.search(reply) is not None,
