@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--tag", default=None, help="sentiment tag template, e.g. '[{label}] {text}' (see chat.py)")
     ap.add_argument("--tag-en", default=None, help="the tag template for English messages, when not --tag")
     ap.add_argument("--option", action="append", default=[], help="generation option KEY=VALUE")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated, instead of SEEDS")
     ap.add_argument("--rescore", action="store_true", help="check the saved replies of NAME again, no model")
     args = ap.parse_args()
     out_path = RESULTS / f"chat_quality_{args.name}.json"
@@ -115,8 +116,9 @@ def main() -> None:
     router = Router(Settings(model=args.model, n_ctx=N_CTX, tasks_dir=args.tasks_dir))
     router.engine  # noqa: B018 - load before timing
     rows = []
+    seeds = [int(s) for s in args.seeds.split(",")]
     for item in load_items(args.split):
-        for seed in SEEDS:
+        for seed in seeds:
             out = converse(router, item["turns"], seed, options)
             failed = check_reply(item["turns"][-1], out["reply"], out["finish_reason"]).failed
             rows.append({**item, "seed": seed, **out, "s": round(out["s"], 3), "failed": list(failed)})
@@ -127,7 +129,7 @@ def main() -> None:
         "tag": chat.SENTIMENT_TAG,
         "chat_task": router.task("chat").model_dump(include={"system", "examples", "generation"}),
         "options": options,
-        "seeds": list(SEEDS),
+        "seeds": seeds,
         "targets_held": TARGETS,
         "summary": summary(rows),
         "p50_s": times[len(times) // 2],

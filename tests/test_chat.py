@@ -3,7 +3,7 @@ from __future__ import annotations
 from allinone.chat import ChatSession, analyze_and_reply, stream_reply
 from allinone.classify import Classification
 from allinone.engines.base import Chunk, GenParams
-from allinone.tasks import load_tasks
+from allinone.tasks import cjk_share, load_tasks
 from tests.fakes import FakeEngine
 
 TASKS = load_tasks()
@@ -64,3 +64,27 @@ def test_abandoned_stream_does_not_add_a_half_turn() -> None:
     next(stream)
     stream.close()
     assert session.history == []
+
+
+def nearest_example(engine: FakeEngine) -> str:
+    """The example answer right before the conversation: the last fixed message of the prompt."""
+    return [s.text for s in engine.prompts[-1].prefix if not s.trusted][-1]
+
+
+def test_in_a_conversation_the_examples_in_the_messages_language_come_last() -> None:
+    engine, chat = FakeEngine(), TASKS["chat"]
+    answers = {m.content for m in chat.fixed_messages() if m.role == "assistant"}
+    list(stream_reply(engine, chat, ChatSession(), "今天好累", GenParams()))
+    zh = nearest_example(engine)
+    list(stream_reply(engine, chat, ChatSession(), "I'm so tired today", GenParams()))
+    en = nearest_example(engine)
+    assert {zh, en} <= answers
+    assert cjk_share(zh) > 0.5 and cjk_share(en) == 0
+    assert len(engine.prompts[-1].prefix) == len(engine.prompts[-2].prefix)  # the same examples, reordered
+
+
+def test_a_single_turn_tasks_examples_keep_their_order() -> None:
+    engine, task = FakeEngine(), TASKS["keywords"]
+    for text in ["今天去颐和园划船", "We rowed a boat today"]:
+        list(stream_reply(engine, task, ChatSession(), text, GenParams()))
+    assert engine.prompts[0].prefix == engine.prompts[1].prefix

@@ -64,19 +64,35 @@ def split_messages(messages: Sequence[Message]) -> tuple[str | None, list[Turn],
     return system, turns, rest[-1].content
 
 
+def _chinese(text: str) -> bool:
+    return cjk_share(text) > 0.5
+
+
 def _model_content(task: Task, turn: Turn) -> str:
     if turn.role == "assistant":
         return turn.content
     text = task.input_template.replace("{text}", turn.content)
     if not turn.sentiment:
         return text
-    tag = SENTIMENT_TAG["zh" if cjk_share(turn.content) > 0.5 else "en"]
+    tag = SENTIMENT_TAG["zh" if _chinese(turn.content) else "en"]
     return tag.format(label=turn.sentiment, label_en=_ENGLISH_LABELS.get(turn.sentiment, turn.sentiment), text=text)
+
+
+def fixed_messages(task: Task, text: str) -> list[Message]:
+    """The task's system prompt and examples. In a conversation the examples in the language of the message
+    being answered come last: a small model replies in the language of the nearest example, whatever the
+    system prompt asks (the 0.5B model: benchmarks/chat_quality.py). Each order is its own cached prefix."""
+    fixed = task.fixed_messages()
+    if not task.multi_turn:
+        return fixed
+    pairs = [fixed[i : i + 2] for i in range(1, len(fixed), 2)]
+    pairs.sort(key=lambda pair: _chinese(pair[0].content) == _chinese(text))  # stable: same-language pairs last
+    return [fixed[0], *(m for pair in pairs for m in pair)]
 
 
 def model_messages(task: Task, turns: list[Turn]) -> tuple[list[Message], int]:
     """What the model sees: fixed prefix, then every turn with its sentiment tag."""
-    fixed = task.fixed_messages()
+    fixed = fixed_messages(task, turns[-1].content)
     return [*fixed, *(Message(t.role, _model_content(task, t)) for t in turns)], len(fixed)
 
 
