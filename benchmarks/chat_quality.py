@@ -1,7 +1,7 @@
 """Chat quality of the combined flow (sentiment line, then the reply) on a written message set, by objective checks.
 
 Run: ALLINONE_N_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/chat_quality.py [tune|held|all] [NAME]
-     [--model REF] [--tasks-dir DIR] [--tag TEMPLATE] [--option KEY=VALUE ...] [--rescore]
+     [--model REF] [--tasks-dir DIR] [--tag TEMPLATE] [--keep-example-order] [--option KEY=VALUE ...] [--rescore]
 (prints pass rates per check, split and language, and the failures; writes benchmarks/results/chat_quality_NAME.json;
 --rescore checks that file's replies again without the model, after a change to the checks)
 
@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--tag", default=None, help="sentiment tag template, e.g. '[{label}] {text}' (see chat.py)")
     ap.add_argument("--tag-en", default=None, help="the tag template for English messages, when not --tag")
     ap.add_argument("--option", action="append", default=[], help="generation option KEY=VALUE")
+    ap.add_argument("--keep-example-order", action="store_true", help="examples in file order, as before d97de9c")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated, instead of SEEDS")
     ap.add_argument("--rescore", action="store_true", help="check the saved replies of NAME again, no model")
     args = ap.parse_args()
@@ -112,6 +113,8 @@ def main() -> None:
         return
     if args.tag is not None:
         chat.SENTIMENT_TAG = {"zh": args.tag, "en": args.tag_en or args.tag}
+    if args.keep_example_order:
+        chat.fixed_messages = lambda task, text: task.fixed_messages()
     options: dict[str, Any] = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
     router = Router(Settings(model=args.model, n_ctx=N_CTX, tasks_dir=args.tasks_dir))
     router.engine  # noqa: B018 - load before timing
@@ -129,6 +132,7 @@ def main() -> None:
         "tag": chat.SENTIMENT_TAG,
         "chat_task": router.task("chat").model_dump(include={"system", "examples", "generation"}),
         "options": options,
+        "keep_example_order": args.keep_example_order,
         "seeds": seeds,
         "targets_held": TARGETS,
         "summary": summary(rows),
