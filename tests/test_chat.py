@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from allinone import chat
 from allinone.chat import ChatSession, analyze_and_reply, stream_reply
 from allinone.classify import Classification
 from allinone.engines.base import Chunk, GenParams
@@ -39,7 +40,7 @@ def test_combined_flow_gives_sentiment_first_and_tags_only_the_model_context() -
     assert isinstance(events[0], Classification) and events[0].display == "😡 LLM 情感判断: 负面"
     assert all(isinstance(e, Chunk) for e in events[1:])
     assert "".join(e.text for e in events[1:] if isinstance(e, Chunk)) == "抱抱你。"
-    assert user_texts(engine)[-1] == "[情感标签：负面] 我好难过"
+    assert user_texts(engine)[-1] == "[用户情绪：负面] 我好难过"
     assert session.history[0] == {"role": "user", "content": "我好难过"}
 
 
@@ -47,7 +48,7 @@ def test_sentiment_tags_of_earlier_turns_stay_in_the_model_context() -> None:
     engine, session = FakeEngine(negative), ChatSession()
     for text in ["我好难过", "还是难过"]:
         list(analyze_and_reply(engine, TASKS["sentiment"], TASKS["chat"], session, text, GenParams()))
-    assert user_texts(engine)[0] == "[情感标签：负面] 我好难过"  # same as turn 1, so its KV is reused
+    assert user_texts(engine)[0] == "[用户情绪：负面] 我好难过"  # same as turn 1, so its KV is reused
 
 
 def test_reset_clears_history() -> None:
@@ -88,3 +89,18 @@ def test_a_single_turn_tasks_examples_keep_their_order() -> None:
     for text in ["今天去颐和园划船", "We rowed a boat today"]:
         list(stream_reply(engine, task, ChatSession(), text, GenParams()))
     assert engine.prompts[0].prefix == engine.prompts[1].prefix
+
+
+def test_an_english_message_gets_the_english_tag() -> None:
+    engine, session = FakeEngine(negative), ChatSession()
+    list(analyze_and_reply(engine, TASKS["sentiment"], TASKS["chat"], session, "I lost my keys", GenParams()))
+    assert user_texts(engine)[-1] == "[User mood: negative] I lost my keys"
+
+
+def test_the_chat_examples_carry_the_tag_the_combined_flow_puts_before_a_message() -> None:
+    labels = TASKS["sentiment"].labels or []
+    for ex in TASKS["chat"].examples:
+        text = ex.input.split("] ", 1)[-1]
+        lang = "zh" if cjk_share(text) > 0.5 else "en"
+        tags = {chat.SENTIMENT_TAG[lang].format(label=lb.display, label_en=lb.id, text=text) for lb in labels}
+        assert ex.input in tags, ex.input

@@ -15,11 +15,12 @@ from .tasks import Task, cjk_share
 
 __all__ = ["ChatSession", "Turn", "analyze_and_reply", "split_messages", "stream_reply"]
 
-# How the combined flow shows the detected sentiment to the model, in the message's language: {label} is the
-# sentiment task's display text, {label_en} its English word, {text} the message.
+# How the combined flow shows the detected sentiment to the model, in the message's language ({label}: the
+# sentiment task's display text, {label_en}: its English word, {text}: the message). The chat task's examples
+# are written with the same tags. Chosen on the tuning half of benchmarks/chat_quality.py.
 SENTIMENT_TAG = {
-    "zh": "[情感标签：{label}] {text}",
-    "en": "[情感标签：{label}] {text}",
+    "zh": "[用户情绪：{label}] {text}",
+    "en": "[User mood: {label_en}] {text}",
 }
 _ENGLISH_LABELS = {"正面": "positive", "负面": "negative", "中性": "neutral"}
 MESSAGE_TOKENS = 6  # what the chat template adds around a message: <|im_start|>role\n ... <|im_end|>\n, and a margin
