@@ -18,3 +18,10 @@ def test_every_setting_is_in_the_configuration_table() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     assert "`make test`" in README and "`make run`" in README
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_chat_transcript_is_the_output_the_script_wrote() -> None:
+    written = (ROOT / "benchmarks" / "results" / "readme_transcript.md").read_text(encoding="utf-8")
+    start, end = "<!-- transcript: benchmarks/readme_transcript.py -->", "<!-- /transcript -->"
+    assert f"{start}\n{written}{end}" in README
+    assert "Real output of qwen-allinone" in written

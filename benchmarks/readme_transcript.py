@@ -1,0 +1,75 @@
+"""The README's chat transcript: real output of this version, written by running the combined flow.
+
+Run: ALLINONE_N_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/readme_transcript.py
+(writes benchmarks/results/readme_transcript.json and .md, and puts the .md between the README's transcript markers;
+tests/test_readme.py checks the README shows exactly that file)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from importlib.metadata import version
+from pathlib import Path
+
+from allinone.chat import ChatSession
+from allinone.classify import Classification
+from allinone.router import Router
+from allinone.settings import Settings
+
+# --- knobs ---------------------------------------------------------------------------------------
+SEED = 7  # `allinone chat --seed 7`
+CONVERSATIONS = [
+    ["今天工作好累，老板还批评了我", "谢谢你，我感觉好一点了"],
+    ["I finally got my driving licence today!"],
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "readme_transcript"
+README = ROOT / "README.md"
+START, END = "<!-- transcript: benchmarks/readme_transcript.py -->", "<!-- /transcript -->"
+
+
+def run(router: Router, turns: list[str]) -> list[dict[str, str]]:
+    session, out = ChatSession(), []
+    for text in turns:
+        events = list(router.analyze_and_reply(session, text, {"seed": SEED}))
+        first = events[0]
+        assert isinstance(first, Classification)
+        reply = "".join(e.text for e in events[1:] if not isinstance(e, Classification))
+        out.append({"user": text, "sentiment": first.display, "reply": reply})
+    return out
+
+
+def markdown(conversations: list[list[dict[str, str]]], model: str, commit: str) -> str:
+    lines = ["```", f"$ allinone chat --seed {SEED}"]
+    for i, turns in enumerate(conversations):
+        if i:
+            lines.append("/reset")
+        for t in turns:
+            lines += [f"你> {t['user']}", t["sentiment"], f"助手> {t['reply']}"]
+    lines.append("```")
+    lines.append(
+        f"\n(Real output of qwen-allinone {version('qwen-allinone')} at commit {commit}, model {model}, written by "
+        "`benchmarks/readme_transcript.py`. A 0.5B model's replies are warm but not always apt.)"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    router = Router(Settings(n_ctx=4096))
+    conversations = [run(router, turns) for turns in CONVERSATIONS]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    model = router.engine.info.model
+    text = markdown(conversations, model, commit.strip() or "unknown")
+    data = {"seed": SEED, "model": model, "commit": commit.strip(), "conversations": conversations}
+    OUT.with_suffix(".json").write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    OUT.with_suffix(".md").write_text(text, encoding="utf-8")
+    readme = README.read_text(encoding="utf-8")
+    head, rest = readme.split(START, 1)
+    README.write_text(f"{head}{START}\n{text}{END}{rest.split(END, 1)[1]}", encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
