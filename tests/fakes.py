@@ -8,10 +8,10 @@ from typing import Any
 
 from allinone.engines.base import (
     Chunk,
+    Conversation,
     Engine,
     EngineInfo,
     GenParams,
-    Message,
     Prompt,
     Scores,
     Segment,
@@ -31,26 +31,32 @@ class FakeEngine(Engine):
     def enqueue(self, *replies: str) -> None:
         self.replies.extend(replies)
 
-    def render(self, messages: Sequence[Message], n_fixed: int) -> Prompt:
-        segs = [(Segment(f"<{m.role}>", True), Segment(m.content, False)) for m in messages]
+    def render(self, conversation: Conversation) -> Prompt:
+        n_fixed = conversation.n_fixed
+        segs = [(Segment(f"<{m.role}>", True), Segment(m.content, False)) for m in conversation.messages]
         flat = [s for pair in segs for s in pair]
         return Prompt(tuple(flat[: 2 * n_fixed + 1]), (*flat[2 * n_fixed + 1 :], Segment("<assistant>", True)))
+
+    def preview(self, conversation: Conversation) -> str:
+        return self.render(conversation).text
 
     def count_tokens(self, text: str) -> int:
         return len(text)
 
-    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
+    def score(self, conversation: Conversation, continuations: Sequence[str], hidden: bool = False) -> Scores:
+        prompt = self.render(conversation)
         self.prompts.append(prompt)
         n = len(prompt.text)
         user = [s.text for s in prompt.suffix if not s.trusted][-1:] or [""]
         state = [float(len(prompt.text)), float(user[0].count("好"))] if hidden else None  # [length, 好 in input]
         return Scores([self.scorer(prompt.text, c) for c in continuations], Usage(n, 0, 0), state)
 
-    def score_batch(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Scores]:
-        self.batches.append(len(prompts))
-        return super().score_batch(prompts, continuations)
+    def score_batch(self, conversations: Sequence[Conversation], continuations: Sequence[str]) -> list[Scores]:
+        self.batches.append(len(conversations))
+        return super().score_batch(conversations, continuations)
 
-    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
+    def stream(self, conversation: Conversation, params: GenParams) -> Iterator[Chunk]:
+        prompt = self.render(conversation)
         self.prompts.append(prompt)
         self.params.append(params)
         reply = self.replies.pop(0) if self.replies else "ok"

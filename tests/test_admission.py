@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import httpx
 
-from allinone.engines.base import Prompt
+from allinone.engines.base import Conversation
 from allinone.router import Router
 from allinone.server import create_app
 from allinone.settings import Settings
@@ -26,11 +26,11 @@ class GatedRouting(FakeEngine):
         self.gate = threading.Event()
         self.routing = threading.Event()
 
-    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Any:
-        if "task router" in prompt.text:
+    def score(self, conversation: Conversation, continuations: Sequence[str], hidden: bool = False) -> Any:
+        if "task router" in self.preview(conversation):
             self.routing.set()
             self.gate.wait(10)
-        return super().score(prompt, continuations, hidden)
+        return super().score(conversation, continuations, hidden)
 
 
 def test_an_auto_request_is_not_refused_after_routing_when_others_queued_meanwhile(tmp_path: Path) -> None:

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
-from allinone.chat import ChatSession, analyze_and_reply, stream_reply
+from collections.abc import Iterator
+
+from allinone.chat import ChatSession, stream_reply
 from allinone.classify import Classification
 from allinone.engines.base import Chunk, GenParams
+from allinone.router import Router
+from allinone.settings import Settings
 from allinone.tasks import load_tasks
 from tests.fakes import FakeEngine
 
 TASKS = load_tasks()
+
+
+def analyze_and_reply(engine: FakeEngine, session: ChatSession, text: str) -> Iterator[Classification | Chunk]:
+    return Router(Settings(), engine).analyze_and_reply(session, text)
 
 
 def negative(prompt: str, word: str) -> float:
@@ -35,7 +43,7 @@ def test_history_is_kept_across_turns() -> None:
 def test_combined_flow_gives_sentiment_first_and_tags_only_the_model_context() -> None:
     engine, session = FakeEngine(negative), ChatSession()
     engine.enqueue("抱抱你。")
-    events = list(analyze_and_reply(engine, TASKS["sentiment"], TASKS["chat"], session, "我好难过", GenParams()))
+    events = list(analyze_and_reply(engine, session, "我好难过"))
     assert isinstance(events[0], Classification) and events[0].display == "😡 LLM 情感判断: 负面"
     assert all(isinstance(e, Chunk) for e in events[1:])
     assert "".join(e.text for e in events[1:] if isinstance(e, Chunk)) == "抱抱你。"
@@ -46,7 +54,7 @@ def test_combined_flow_gives_sentiment_first_and_tags_only_the_model_context() -
 def test_sentiment_tags_of_earlier_turns_stay_in_the_model_context() -> None:
     engine, session = FakeEngine(negative), ChatSession()
     for text in ["我好难过", "还是难过"]:
-        list(analyze_and_reply(engine, TASKS["sentiment"], TASKS["chat"], session, text, GenParams()))
+        list(analyze_and_reply(engine, session, text))
     assert user_texts(engine)[0] == "[情感标签：负面] 我好难过"  # same as turn 1, so its KV is reused
 
 

@@ -69,11 +69,11 @@ def test_summary_length_is_enforced_through_the_router(router: Router, fake: Fak
     assert "at most 12 characters" in fake.prompts[-1].text
 
 
-def test_structured_task_sends_a_grammar_and_returns_parsed_json(router: Router, fake: FakeEngine) -> None:
+def test_structured_task_sends_its_schema_and_returns_parsed_json(router: Router, fake: FakeEngine) -> None:
     fake.enqueue('["北京", "颐和园", "北京"]')
     reply = router.generate("keywords", "今天去北京颐和园。")
     assert reply.data == ["北京", "颐和园"]
-    assert fake.params[-1].grammar == router.task("keywords").grammar
+    assert fake.params[-1].schema == router.task("keywords").output_schema
 
 
 def test_structured_task_with_a_cut_reply_is_an_error(router: Router, fake: FakeEngine) -> None:

@@ -646,7 +646,7 @@ def test_structured_task_returns_its_parsed_json(client: TestClient, engine: Fak
     engine.enqueue('["北京", "颐和园"]', '["a", "b"]', "not json")
     body = client.post("/v1/tasks/keywords", json={"text": "今天去北京颐和园"}).json()
     assert body["data"] == ["北京", "颐和园"] and body["text"] == '["北京", "颐和园"]'
-    assert engine.params[-1].grammar  # generation was constrained by the schema's grammar
+    assert engine.params[-1].schema  # generation was constrained by the task's schema
     done = events(client.post("/v1/tasks/keywords", json={"text": "x y", "stream": True}).text)[-1]
     assert done[0] == "done" and done[1]["data"] == ["a", "b"]
     r = client.post("/v1/tasks/keywords", json={"text": "z"})
@@ -760,7 +760,7 @@ def test_a_full_queue_answers_429_with_retry_after_at_once(tmp_path: Path) -> No
     app = create_app(settings, Router(settings, engine))
     admission = app.state.services.admission
 
-    async def main() -> tuple[list[int], httpx.Response, str, str]:
+    async def main() -> tuple[list[int], httpx.Response, str, str, httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c, anyio.create_task_group() as tg:
             statuses: list[int] = []
@@ -768,16 +768,18 @@ def test_a_full_queue_answers_429_with_retry_after_at_once(tmp_path: Path) -> No
             async def post(path: str) -> None:
                 statuses.append((await c.post(path, json={"text": "hi"})).status_code)
 
-            tg.start_soon(post, "/v1/tasks/chat")  # holds the model, blocked on the gate
-            await _until(lambda: admission._slot.value == 0)
+            tg.start_soon(post, "/v1/tasks/chat")  # holds the engine's one reply slot, blocked on the gate
+            await _until(lambda: admission.lane("generate").value == 0)
             tg.start_soon(post, "/chat")  # waits in the queue
             await _until(lambda: admission.waiting == 1)
             during = (await c.get("/metrics")).text
-            refused = await c.post("/analyze", json={"text": "好"})
+            refused = await c.post("/v1/tasks/chat", json={"text": "好"})
+            classified = await c.post("/analyze", json={"text": "好"})  # its own lane: not behind the replies
             engine.gate.set()
-        return statuses, refused, during, (await _metrics(app))
+        return statuses, refused, during, (await _metrics(app)), classified
 
-    statuses, refused, during, after = anyio.run(main)
+    statuses, refused, during, after, classified = anyio.run(main)
+    assert classified.status_code == 200
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["type"] == "queue_full" and refused.json()["error"]["message_zh"]
     assert sorted(statuses) == [200, 200]  # the queued request was served once the model was free
@@ -846,8 +848,8 @@ def test_the_request_timeout_counts_the_time_waiting_in_the_queue(tmp_path: Path
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c, anyio.create_task_group() as tg:
             tg.start_soon(functools.partial(c.post, "/v1/tasks/chat", json={"text": "hi"}))
-            await _until(lambda: admission._slot.value == 0)
-            waited = await c.post("/analyze", json={"text": "好"})
+            await _until(lambda: admission.lane("generate").value == 0)
+            waited = await c.post("/chat", json={"text": "好"})
             engine.gate.set()
         return waited
 

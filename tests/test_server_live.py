@@ -212,9 +212,10 @@ def test_a_client_that_disconnects_mid_stream_frees_the_engine_within_a_second(l
     # overloaded machine, where one token takes longer, is the second stretched to three token-times.
     slowest = max(b - a for a, b in itertools.pairwise(arrivals))
     budget = max(1.0, 3 * slowest)
-    lock = live.engine._lock  # held by the engine for the whole of a stream
-    assert lock.acquire(timeout=budget), f"the engine was still generating {budget:.1f} s after the client left"
-    lock.release()
+    deadline = time.monotonic() + budget
+    while live.engine.running:  # the stream's sequence is freed at the engine's next step
+        assert time.monotonic() < deadline, f"the engine was still generating {budget:.1f} s after the client left"
+        time.sleep(0.01)
     deadline = time.monotonic() + 5
     while not (lines := [x for x in live.log_lines() if x["path"] == "/v1/tasks/chat" and x["status"] == 499]):
         assert time.monotonic() < deadline, "no log line for the abandoned stream"
@@ -222,6 +223,61 @@ def test_a_client_that_disconnects_mid_stream_frees_the_engine_within_a_second(l
     assert 4 <= lines[-1]["completion_tokens"] < 20  # stopped where the client left, not run on to max_tokens
     r = httpx.post(f"{live.url}/analyze", json={"text": NEGATIVE}, timeout=60)
     assert r.status_code == 200 and r.json()["sentiment"] == "负面"
+
+
+def _stream_chat(url: str, text: str, max_tokens: int, events: dict[str, float]) -> None:
+    """A streamed chat request; `events` gets the times of its first token and of its end."""
+    body = {"text": text, "max_tokens": max_tokens, "stream": True, "seed": 7}
+    with httpx.stream("POST", f"{url}/v1/tasks/chat", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line == "event: token" and "first" not in events:
+                events["first"] = time.monotonic()
+    events["end"] = time.monotonic()
+
+
+def test_four_streams_run_at_once_and_a_sentiment_request_answers_before_they_end(live: Live) -> None:
+    assert live.engine.slots.generate >= 4
+    streams: list[dict[str, float]] = [{} for _ in range(4)]
+    threads = [
+        threading.Thread(target=_stream_chat, args=(live.url, f"讲一个关于第{i + 1}只小猫的长故事。", 150, ev))
+        for i, ev in enumerate(streams)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while not all("first" in ev for ev in streams):
+        assert time.monotonic() < deadline, "four streams did not all start"
+        time.sleep(0.01)
+    assert all("end" not in ev for ev in streams)  # all four were streaming at once
+    t0 = time.monotonic()
+    r = httpx.post(f"{live.url}/analyze", json={"text": NEGATIVE}, timeout=60)
+    answered = time.monotonic()
+    for t in threads:
+        t.join(120)
+    assert r.status_code == 200 and r.json()["sentiment"] == "负面"
+    assert answered < min(ev["end"] for ev in streams), f"the sentiment took {answered - t0:.2f} s behind the replies"
+
+
+def test_the_combined_flow_sends_its_sentiment_line_before_a_reply_slot_is_free(live: Live) -> None:
+    streams: list[dict[str, float]] = [{} for _ in range(live.engine.slots.generate)]
+    threads = [threading.Thread(target=_stream_chat, args=(live.url, "写一篇很长的游记。", 200, ev)) for ev in streams]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while not all("first" in ev for ev in streams):  # every reply slot is busy
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    body = {"text": NEGATIVE, "stream": True, "max_tokens": 8}
+    with httpx.stream("POST", f"{live.url}/v1/analyze_and_reply", json=body, timeout=120) as r:
+        lines = r.iter_lines()
+        assert next(lines) == "event: sentiment"
+        sentiment_at = time.monotonic()
+        rest = list(lines)
+    for t in threads:
+        t.join(120)
+    assert sentiment_at < min(ev["end"] for ev in streams)  # the line came while every slot was still replying
+    assert "event: done" in rest
 
 
 # --- the web page in a browser ------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engines.base import Engine, Scores, Scoring, Usage
+from .engines.base import Conversation, Engine, Scores, Scoring, Usage
 from .errors import InvalidInput, TaskDefinitionError
 from .head import LinearHead
 from .tasks import Task
@@ -73,9 +73,13 @@ def display_line(task: Task, label_id: str) -> str:
 def score_words(engine: Engine, task: Task, text: str, hidden: bool = False) -> Scores:
     """One pass of the task's prompt over `text`: every verbaliser word's log-probability."""
     assert task.labels is not None
+    return engine.score(conversation(task, text), [w for label in task.labels for w in label.words], hidden=hidden)
+
+
+def conversation(task: Task, text: str) -> Conversation:
+    """The task's fixed messages, then the text as the user's message."""
     fixed = task.fixed_messages()
-    prompt = engine.render([*fixed, task.user_message(text)], n_fixed=len(fixed))
-    return engine.score(prompt, [w for label in task.labels for w in label.words], hidden=hidden)
+    return Conversation.of([*fixed, task.user_message(text)], len(fixed))
 
 
 _heads: dict[tuple[Path, int], LinearHead] = {}
@@ -146,13 +150,9 @@ def classify_many(engine: Engine, task: Task, texts: Sequence[str], use_head: bo
     if head is not None or len(texts) < 2:
         return [classify(engine, task, t, use_head) for t in texts]
     cut = [task.truncation.apply(require_text(t), engine.count_tokens) for t in texts]
-    fixed = task.fixed_messages()
-    prompts = [engine.render([*fixed, task.user_message(t)], n_fixed=len(fixed)) for t, _ in cut]
     words = [w for label in task.labels for w in label.words]
-    return [
-        _result(task, s, truncated, engine, None)
-        for s, (_, truncated) in zip(engine.score_batch(prompts, words), cut, strict=True)
-    ]
+    scores = engine.score_batch([conversation(task, t) for t, _ in cut], words)
+    return [_result(task, s, truncated, engine, None) for s, (_, truncated) in zip(scores, cut, strict=True)]
 
 
 def _result(task: Task, scores: Scores, truncated: bool, engine: Engine, head: LinearHead | None) -> Classification:

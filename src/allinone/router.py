@@ -7,9 +7,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .chat import ChatSession, analyze_and_reply, split_messages, stream_reply
+from .chat import ChatSession, split_messages, stream_reply
 from .classify import Classification, classify, classify_many, load_head
-from .engines import Chunk, Engine, GenParams, Message, load_engine
+from .engines import Chunk, Conversation, Engine, GenParams, Message, load_engine
 from .errors import InvalidInput, TaskDefinitionError, TaskNotFound
 from .generate import Generated, join_reply, limit_stream, token_budget
 from .routing import AUTO, Route, route, routing_task
@@ -89,8 +89,8 @@ class Router:
         options = {k: v for k, v in (options or {}).items() if v is not None}
         task, chosen = task.with_options({k: options.pop(k) for k in list(options) if k in task.options}, text)
         params = self.params(task, options)
-        if task.grammar is not None:
-            params = replace(params, grammar=task.grammar)
+        if task.output_schema is not None:
+            params = replace(params, schema=task.output_schema)
         max_chars = task.generation.max_chars if task.generation else None
         if max_chars is not None:
             params = replace(params, max_tokens=min(params.max_tokens, token_budget(self.engine, text, max_chars)))
@@ -130,10 +130,12 @@ class Router:
         text: str,
         session: ChatSession | None = None,
         options: Mapping[str, Any] | None = None,
+        sentiment: str | None = None,
     ) -> Iterator[Chunk]:
-        """Stream a generate task's reply; task options (e.g. `length`) may sit beside generation options."""
+        """Stream a generate task's reply; task options (e.g. `length`) may sit beside generation options.
+        `sentiment`: the detected sentiment, shown to the model as a tag before the message (combined flow)."""
         task, params, _ = self.prepare(name, text, options)
-        return self._reply(task, params, text, session)
+        return self.reply(task, params, text, session, sentiment)
 
     def generate(
         self,
@@ -144,10 +146,13 @@ class Router:
     ) -> Generated:
         """A generate task's whole reply; `data` holds the parsed JSON of a task with output_schema."""
         task, params, chosen = self.prepare(name, text, options)
-        return join_reply(task, self._reply(task, params, text, session), chosen)
+        return join_reply(task, self.reply(task, params, text, session), chosen)
 
-    def _reply(self, task: Task, params: GenParams, text: str, session: ChatSession | None) -> Iterator[Chunk]:
-        chunks = stream_reply(self.engine, task, session or ChatSession(), text, params)
+    def reply(
+        self, task: Task, params: GenParams, text: str, session: ChatSession | None, sentiment: str | None = None
+    ) -> Iterator[Chunk]:
+        """Stream the reply of a prepared generate task (see `prepare`)."""
+        chunks = stream_reply(self.engine, task, session or ChatSession(), text, params, sentiment)
         max_chars = task.generation.max_chars if task.generation else None
         return limit_stream(chunks, max_chars) if max_chars is not None else chunks
 
@@ -163,14 +168,14 @@ class Router:
         task, params, _ = self.prepare(name, text, options)
         if system is not None:
             task = task.model_copy(update={"system": system, "examples": []})
-        return self._reply(task, params, text, ChatSession(turns=turns))
+        return self.reply(task, params, text, ChatSession(turns=turns))
 
     def prompt_head(self, name: str, n: int = 50) -> str:
         """The first characters of the task's rendered prompt (its fixed prefix), for request logs."""
         head = self._heads.get(name)
         if head is None:
             fixed = self.task(name).fixed_messages()
-            head = self._heads[name] = self.engine.render(fixed, n_fixed=len(fixed)).text[:n]
+            head = self._heads[name] = self.engine.preview(Conversation.of(fixed, len(fixed)))[:n]
         return head[:n]
 
     def analyze_and_reply(
@@ -181,16 +186,15 @@ class Router:
         sentiment_task: str = "sentiment",
         chat_task: str = "chat",
     ) -> Iterator[Classification | Chunk]:
-        chat = self._kind(chat_task, "generate")
-        return analyze_and_reply(
-            self.engine,
-            self._kind(sentiment_task, "classify"),
-            chat,
-            session,
-            text,
-            self.params(chat, options),
-            self.settings.use_heads,
-        )
+        """The combined flow: the sentiment result first, then the reply that knows it."""
+        task, params, _ = self.prepare(chat_task, text, options)  # a bad option fails before any model work
+        result = self.classify(sentiment_task, text)
+        yield result
+        yield from self.reply(task, params, text, session, self.sentiment_tag(result))
+
+    def sentiment_tag(self, result: Classification) -> str:
+        """What the combined flow tells the chat model about a message: the label's display name (e.g. 负面)."""
+        return self.task(result.task).label(result.label).display
 
     def _kind(self, name: str, kind: str) -> Task:
         task = self.task(name)

@@ -23,12 +23,25 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home, description="Cache dir: assembled models, data.")
     model: str = Field("default", description="Model reference: `default`, a .gguf path or hf:ORG/REPO/FILE.gguf.")
     tasks_dir: Path | None = Field(None, description="Extra dir of task YAML files; same name overrides built-in.")
-    n_ctx: int = Field(8192, ge=512, le=131072, description="Context window in tokens: prompt plus reply.")
+    n_ctx: int = Field(
+        8192,
+        ge=512,
+        le=131072,
+        description="Context window in tokens: the longest prompt plus reply; with llama.cpp also the KV cells that "
+        "the parallel requests and the cached task prefixes share.",
+    )
     cache_mb: int = Field(256, ge=0, description="Memory for saved KV states (task prefixes, recent chats), MB.")
     n_threads: int = Field(
         default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, description="CPU threads for inference."
     )
     n_batch: int = Field(512, ge=32, le=8192, description="Max tokens evaluated per llama_decode call.")
+    parallel: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="llama.cpp: replies generated at once (and as many classifications beside them), decoded "
+        "together in one batch per step; the context's KV cells (n_ctx) are shared by all of them.",
+    )
     batch_size: int = Field(
         1,  # measured: not faster than one at a time on 2 CPU cores (benchmarks/batching.py)
         ge=1,
@@ -51,6 +64,20 @@ class Settings(BaseSettings):
     openai_api_key: str = Field("", description="openai engine: API key sent as `Authorization: Bearer`; empty = none.")
     openai_model: str = Field(
         "", description="openai engine: model name on the server; empty = the first one its /v1/models lists."
+    )
+    openai_concurrency: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="openai engine: requests sent to the server at once; 0 = the server's own slot count (llama.cpp's "
+        "server says it in /props), else 4.",
+    )
+    openai_n_ctx: int = Field(
+        4096,
+        ge=512,
+        le=1048576,
+        description="openai engine: context size in tokens when the server does not report one (vLLM's max_model_len, "
+        "llama.cpp's n_ctx); chat history is trimmed to fit it.",
     )
     use_heads: bool = Field(False, description="Apply the learned head a classify task declares (opt-in: see README).")
     seed: int = Field(-1, description="Default sampling seed; -1 draws a fresh one per request.")

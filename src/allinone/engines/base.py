@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant"]
 Scoring = Literal["exact", "first_token", "choice"]  # how an engine obtained label log-probabilities
@@ -15,6 +15,19 @@ Scoring = Literal["exact", "first_token", "choice"]  # how an engine obtained la
 class Message:
     role: Role
     content: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What a task hands an engine: messages, the first `n_fixed` of which are the task's fixed prefix (system
+    prompt, few-shot examples), the same for every request of the task, so engines keep it cached."""
+
+    messages: tuple[Message, ...]
+    n_fixed: int = 0
+
+    @classmethod
+    def of(cls, messages: Sequence[Message], n_fixed: int = 0) -> Conversation:
+        return cls(tuple(messages), n_fixed)
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,7 @@ class GenParams:
     top_k: int = 40
     stop: tuple[str, ...] = ()
     seed: int | None = None  # None: a fresh random seed
-    grammar: str | None = None  # GBNF grammar constraining the output
+    schema: Mapping[str, Any] | None = field(default=None, hash=False)  # JSON Schema the output must match
 
 
 @dataclass
@@ -106,52 +119,58 @@ class EngineInfo:
     details: dict[str, str | int] = field(default_factory=dict)
 
 
-class Engine(ABC):
-    """A loaded model behind a small interface: render, tokenize, score, stream.
+@dataclass(frozen=True)
+class Slots:
+    """How many requests an engine really runs at once: replies being generated, and classifications (one
+    forward pass each), which an engine that batches can run beside the replies instead of after them."""
 
-    Implementations must be safe to call from several threads at once and say how.
+    generate: int = 1
+    score: int = 1
+
+
+class Engine(ABC):
+    """A loaded model behind a small interface: count tokens, score continuations, stream a reply.
+
+    Implementations must be safe to call from several threads at once and say how (`slots`).
     """
 
     info: EngineInfo
+    slots: Slots = Slots()
     # What `score(..., hidden=True)` returns: the final hidden state at the last prompt token, preceded,
     # when probe_layer is L, by the mean over the prompt's own tokens (after the cached task prefix) of the
     # hidden state after transformer layer L (0-based). A learned head says which one it was trained on.
     probe_layer: int | None = None
 
     @abstractmethod
-    def render(self, messages: Sequence[Message], n_fixed: int) -> Prompt:
-        """Render messages with the model's own chat template, generation prompt appended.
-
-        The first `n_fixed` messages (and the template text up to the next message's content)
-        form the cacheable prefix.
-        """
-
-    @abstractmethod
     def count_tokens(self, text: str) -> int:
         """Number of tokens of `text` as plain (user) text."""
 
+    def preview(self, conversation: Conversation) -> str:
+        """The prompt as the model sees it, for request logs; engines with their own template render it."""
+        return "\n".join(f"{m.role}: {m.content}" for m in conversation.messages)
+
     @abstractmethod
-    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
-        """Total log-probability of each continuation right after the prompt.
+    def score(self, conversation: Conversation, continuations: Sequence[str], hidden: bool = False) -> Scores:
+        """Total log-probability of each continuation as the start of the assistant's reply.
 
         With `hidden`, also the hidden-state features `probe_layer` names, from the same pass.
         """
 
-    def score_batch(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Scores]:
-        """`score` for several prompts; engines that evaluate them faster together override this.
+    def score_batch(self, conversations: Sequence[Conversation], continuations: Sequence[str]) -> list[Scores]:
+        """`score` for several conversations; engines that evaluate them faster together override this.
 
         Batched results may differ from one-at-a-time results in the last bits (different batch shapes).
         """
-        return [self.score(p, continuations) for p in prompts]
+        return [self.score(c, continuations) for c in conversations]
 
     @abstractmethod
-    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
-        """Generate text after the prompt; closing the iterator early frees the engine."""
+    def stream(self, conversation: Conversation, params: GenParams) -> Iterator[Chunk]:
+        """Generate the assistant's reply; closing the iterator early frees the engine."""
 
-    def generate(self, prompt: Prompt, params: GenParams) -> Chunk:
+    def generate(self, conversation: Conversation, params: GenParams) -> Chunk:
         """Non-streaming generation: the joined stream."""
         parts, last = [], Chunk("")
-        for last in self.stream(prompt, params):
+        for last in self.stream(conversation, params):
             parts.append(last.text)
         return Chunk("".join(parts), last.finish_reason, last.usage)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ContextOverflow, EngineError, ModelError
-from .base import Chunk, Engine, EngineInfo, GenParams, Message, Prompt, PromptTokens, Scores, Segment, Usage
+from .base import Chunk, Conversation, Engine, EngineInfo, GenParams, Prompt, PromptTokens, Scores, Segment, Usage
 from .stops import StopBuffer
 from .template import ChatTemplate
 
@@ -51,7 +51,8 @@ class TransformersEngine(Engine):
     it and evaluates only its own tokens. After a reply the conversation's cache is saved, so the next
     chat turn evaluates only the new message. Only caches that are a whole prefix of the prompt are used.
 
-    Concurrency: one lock, so calls run one at a time; a stream holds it until exhausted or closed.
+    Concurrency: one lock, so calls run one at a time (`slots` 1 and 1: a classification waits for a running
+    reply); a stream holds it until exhausted or closed.
     """
 
     def __init__(
@@ -124,8 +125,12 @@ class TransformersEngine(Engine):
     def _tokens_of(self, segments: Sequence[Segment], first: bool = False) -> list[int]:  # no BOS to add
         return [t for seg in segments for t in self._tokenize(seg.text, special=seg.trusted)]
 
-    def render(self, messages: Sequence[Message], n_fixed: int) -> Prompt:
-        return self.template.render(messages, n_fixed)
+    def render(self, conversation: Conversation) -> Prompt:
+        """The conversation in the model's own chat template, split into the cacheable prefix and the rest."""
+        return self.template.render(conversation.messages, conversation.n_fixed)
+
+    def preview(self, conversation: Conversation) -> str:
+        return self.render(conversation).text
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text, special=False))
@@ -187,7 +192,11 @@ class TransformersEngine(Engine):
 
     # --- scoring and generation -------------------------------------------------------------------
 
-    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
+    def score(self, conversation: Conversation, continuations: Sequence[str], hidden: bool = False) -> Scores:
+        return self.score_prompt(self.render(conversation), continuations, hidden)
+
+    def score_prompt(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
+        """`score` on a rendered prompt (its prefix is what gets cached)."""
         torch = self._torch
         with self._lock, torch.inference_mode():
             usage, tokens, cache, n_cached = self._prepare(prompt, reuse_history=False)
@@ -224,12 +233,12 @@ class TransformersEngine(Engine):
             probs = probs.scatter(0, order, ordered.masked_fill(drop, 0.0))
         return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
-    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
-        # A GBNF grammar is a llama.cpp feature: here the reply is generated unconstrained and the task
-        # layer still validates it against the task's output_schema.
+    def stream(self, conversation: Conversation, params: GenParams) -> Iterator[Chunk]:
+        # An output schema is not enforced while generating here: the reply is generated unconstrained and the
+        # task layer still validates it against the schema.
         torch = self._torch
         with self._lock, torch.inference_mode():
-            usage, tokens, cache, n_cached = self._prepare(prompt, reuse_history=True)
+            usage, tokens, cache, n_cached = self._prepare(self.render(conversation), reuse_history=True)
             generator = torch.Generator()
             if params.seed is not None and params.seed >= 0:
                 generator.manual_seed(params.seed)

@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
                 shared.sessions.close()
                 if owns_engine:
                     engine.close()
-                shared.admission.release()  # an app started again (tests) finds the model free
+                shared.admission.undrain()  # an app started again (tests) finds the model free
             else:
                 log.error("a model call was still running at shutdown; the session store was left open")
             shared.log.close()

@@ -50,7 +50,7 @@ async def classify(request: Request, task: str, text: str, options: dict[str, An
     """Run a classify task (with its own options, if any) in the thread pool, filling in the request's record."""
     rec = note(request, task, text)
     svc = services(request)
-    async with svc.admission.hold(svc.admission.deadline(rec), again=_routed(request)):
+    async with svc.admission.hold("score", svc.admission.deadline(rec), again=_routed(request)):
         result = await run_in_threadpool(svc.router.classify, task, require_text(text), options)
     rec.add_usage(result.usage)
     rec.output = result.label
@@ -60,7 +60,7 @@ async def classify(request: Request, task: str, text: str, options: dict[str, An
 async def route(request: Request, text: str) -> Route:
     """The task the model picks for `text` (task `auto`); its usage counts toward the request's."""
     svc = services(request)
-    async with svc.admission.hold(svc.admission.deadline(record(request))):
+    async with svc.admission.hold("score", svc.admission.deadline(record(request))):
         found = await run_in_threadpool(svc.router.route, require_text(text))
     request.state.routed = True  # the task's own model call then counts as the same place in the queue
     record(request).add_usage(found.usage)
@@ -89,17 +89,12 @@ class Reply:
     rec: RequestRecord
     parts: list[str] = field(default_factory=list)
     finish_reason: Any = None
-    classification: Classification | None = None
+    classification: Classification | None = None  # the combined flow's sentiment, sent before the reply
     sentiment_ms: float | None = None
     truncated: bool = False  # the input was cut to the task's limit
     trimmed_turns: int = 0  # old turns left out to fit the context window
 
-    def add(self, item: Classification | Chunk) -> None:
-        if isinstance(item, Classification):
-            self.classification = item
-            self.sentiment_ms = round(self.rec.elapsed_ms(), 1)
-            self.rec.add_usage(item.usage)
-            return
+    def add(self, item: Chunk) -> None:
         if item.text:
             self.rec.mark_first_token()
             self.parts.append(item.text)
@@ -107,6 +102,11 @@ class Reply:
             self.finish_reason = item.finish_reason
             self.truncated, self.trimmed_turns = item.truncated, item.trimmed_turns
             self.rec.add_usage(item.usage)
+
+    def classified(self, result: Classification) -> None:
+        """The sentiment came first (its usage is already in the record)."""
+        self.classification = result
+        self.sentiment_ms = round(self.rec.elapsed_ms(), 1)
 
     @property
     def text(self) -> str:
@@ -141,19 +141,21 @@ async def start_stream(request: Request, items: Iterator[Any]) -> tuple[Threaded
 
 
 async def items_of(request: Request, stream: ThreadedStream[Any], first: Any) -> AsyncGenerator[Any, None]:
-    """The first item, then the rest until the end or until the client goes away."""
+    """The first item (None: the stream has not been stepped yet), then the rest until the end or until the
+    client goes away."""
     if first is END:
         await stream.aclose()
         return
-    yield first
+    if first is not None:
+        yield first
     async with aclosing(follow(request, stream)) as rest:
         async for item in rest:
             yield item
 
 
-async def join(request: Request, items: Iterator[Any]) -> Reply:
+async def join(request: Request, items: Iterator[Any], reply: Reply | None = None) -> Reply:
     """Run a generation to its end (or until the client goes away) and collect it."""
-    reply = Reply(record(request))
+    reply = reply or Reply(record(request))
     stream, first = await start_stream(request, items)
     try:
         async with aclosing(items_of(request, stream, first)) as all_items:

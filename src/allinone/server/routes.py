@@ -86,21 +86,27 @@ def sentiment_out(result: Classification, svc: Services) -> Sentiment:
 
 
 def event_stream(
-    request: Request, stream: ThreadedStream[Any], first: Any, done: dict[str, Any], task: Task | None = None
+    request: Request,
+    stream: ThreadedStream[Any],
+    first: Any,
+    done: dict[str, Any],
+    task: Task | None = None,
+    sentiment: Classification | None = None,
 ) -> EventStream:
-    """SSE: `sentiment` (combined flow), `token`s, then `done` with the totals (and a structured task's
-    `data`), or `error`."""
+    """SSE: `sentiment` (the combined flow's, sent at once), `token`s, then `done` with the totals (and a
+    structured task's `data`), or `error`."""
     svc, rec = services(request), record(request)
     reply = Reply(rec)
 
     async def body() -> AsyncGenerator[str, None]:
         try:
+            if sentiment is not None:
+                reply.classified(sentiment)
+                yield sse(sentiment_out(sentiment, svc).model_dump(), "sentiment")
             async with aclosing(items_of(request, stream, first)) as all_items:
                 async for item in all_items:
                     reply.add(item)
-                    if isinstance(item, Classification):
-                        yield sse(sentiment_out(item, svc).model_dump(), "sentiment")
-                    elif item.text:
+                    if item.text:
                         yield sse({"text": item.text}, "token")
             if rec.client_gone:
                 return
@@ -261,19 +267,23 @@ async def chat(body: ChatRequest, request: Request) -> ChatResponse:
 )
 async def analyze_and_reply(body: AnalyzeAndReplyRequest, request: Request) -> Any:
     """The sentiment line first, then the assistant's reply that knows it, in the same session.
-    With `stream: true`: SSE `sentiment`, then `token` events, then `done`."""
+    With `stream: true`: SSE `sentiment` (as soon as it is known), then `token` events, then `done`."""
     svc, rec = services(request), note(request, "chat", body.text)
-    rec.task = "analyze_and_reply"
     text = require_text(body.text)
+    task, params, _ = svc.router.prepare("chat", text, body.options())
+    result = await classify(request, "sentiment", text)  # its own lane: never behind other users' replies
+    rec.task = "analyze_and_reply"
     session = open_session(svc.sessions, body.session_id)
-    items = svc.router.analyze_and_reply(session, text, body.options())
-    if body.stream:
-        stream, first = await start_stream(request, items)
-        return event_stream(request, stream, first, {"session_id": session.id})
-    reply = await join(request, items)
-    assert reply.classification is not None
+    items = svc.router.reply(task, params, text, session, svc.router.sentiment_tag(result))
+    if body.stream:  # the reply waits for a generation slot inside the stream, after the sentiment event
+        admission = svc.admission
+        stream = ThreadedStream(items, admission, admission.deadline(rec))
+        return event_stream(request, stream, None, {"session_id": session.id}, sentiment=result)
+    first = Reply(rec)
+    first.classified(result)
+    reply = await join(request, items, first)
     return AnalyzeAndReplyResponse(
-        sentiment=sentiment_out(reply.classification, svc),
+        sentiment=sentiment_out(result, svc),
         reply=reply.text,
         finish_reason=reply.finish_reason,
         session_id=session.id,

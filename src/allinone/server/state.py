@@ -21,11 +21,13 @@ class Services:
     sessions: SessionStore
     metrics: Metrics
     log: RequestLog
-    admission: Admission = field(init=False)  # the model: one request at a time, a bounded queue
+    admission: Admission = field(init=False)  # the model's slots, as many as the engine runs at once; a bounded queue
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.admission = Admission(s.max_queue, s.request_timeout, self.metrics, lambda: self.router.loaded)
+        self.admission = Admission(
+            s.max_queue, s.request_timeout, self.metrics, lambda: self.router.loaded, lambda: self.router.engine.slots
+        )
 
 
 def services(request: Request) -> Services:

@@ -1,8 +1,8 @@
 """Driving the engine's blocking generators from async routes, and server-sent events.
 
-The engine holds its lock for a whole stream, so a stream the client abandons must be closed at once:
-each step runs in a worker thread, the client is checked between steps, and the generator is closed
-(in a thread, shielded from cancellation) whatever ends the response.
+A stream holds one of the engine's slots, so a stream the client abandons must be closed at once: each step
+runs in a worker thread, the client is checked between steps, and the generator is closed (in a thread,
+shielded from cancellation) whatever ends the response.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fastapi import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .admission import Admission
+from .admission import Admission, Lane
 
 T = TypeVar("T")
 
@@ -39,9 +39,15 @@ class ThreadedStream(Generic[T]):
     """
 
     def __init__(
-        self, iterator: Iterator[T], slot: Admission | None = None, deadline: float | None = None, again: bool = False
+        self,
+        iterator: Iterator[T],
+        slot: Admission | None = None,
+        deadline: float | None = None,
+        again: bool = False,
+        lane: Lane = "generate",
     ) -> None:
         self._it = iterator
+        self._lane = lane
         self._lock = threading.Lock()  # one step or close at a time, from whichever thread
         self._slot = slot
         self._deadline = deadline
@@ -64,7 +70,7 @@ class ThreadedStream(Generic[T]):
 
     async def next(self) -> T | _End:
         if self._slot is not None and not self._held and not self.closed:
-            await self._slot.acquire(self._deadline, self._again)
+            await self._slot.acquire(self._lane, self._deadline, self._again)
             self._held = True
         if self._slot is not None and not self.closed and self._slot.expired(self._deadline):
             self.timed_out = True
@@ -79,7 +85,7 @@ class ThreadedStream(Generic[T]):
             finally:
                 if self._held and self._slot is not None:
                     self._held = False
-                    self._slot.release()
+                    self._slot.release(self._lane)
 
 
 async def follow(request: Request, stream: ThreadedStream[T]) -> AsyncGenerator[T, None]:
