@@ -133,7 +133,7 @@ class GenJob(Job):
         self.stops = StopBuffer(self.params.stop)
 
     def extra(self) -> int:
-        return self.params.max_tokens
+        return max(1, min(self.params.max_tokens, self.n_ctx - len(self.tokens)))  # a reply stops at n_ctx
 
     def fail(self, error: BaseException) -> None:
         self.out.put(error)
