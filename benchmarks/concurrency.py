@@ -220,7 +220,8 @@ def main() -> None:
 
     gguf = resolve_model("default", Settings()).path
     binary = ensure_llama_server()
-    texts = [json.loads(line)["text"][:1000] for line, _ in zip(DATA.open(encoding="utf-8"), range(N_SENTIMENT))]
+    with DATA.open(encoding="utf-8") as f:
+        texts = [json.loads(line)["text"][:1000] for line, _ in zip(f, range(N_SENTIMENT), strict=False)]
     ports = {name: free_port() for name in ("ours", "peer", "scaleout")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     peer_args = ["-m", str(gguf), "-c", str(N_CTX), "-np", str(PEER_SLOTS), "-t", str(N_THREADS)]
@@ -242,8 +243,8 @@ def main() -> None:
             for name in ("peer", "ours"):
                 wait_ready(procs[name], urls[name])
             scaleout = {**common, "ALLINONE_ENGINE": "openai", "ALLINONE_OPENAI_BASE_URL": f"{urls['peer']}/v1"}
-            scaleout |= {"ALLINONE_LOG_FILE": str(home / "s")}
-            procs["scaleout"] = start([*ours_cmd, "--port", str(ports["scaleout"])], scaleout, home / "ss")
+            scaleout |= {"ALLINONE_LOG_FILE": str(home / "scaleout.log")}
+            procs["scaleout"] = start([*ours_cmd, "--port", str(ports["scaleout"])], scaleout, home / "scaleout.out")
             wait_ready(procs["scaleout"], urls["scaleout"])
             res = asyncio.run(measure(urls, texts))
         finally:
