@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 import yaml
-from fastapi import FastAPI
 from openai import OpenAI
 
 from allinone.engines.llamacpp import LlamaCppEngine
@@ -28,6 +25,7 @@ from allinone.router import Router
 from allinone.server import create_app
 from allinone.settings import Settings
 from allinone.tasks import builtin_dir
+from tests.servers import serving
 
 pytestmark = pytest.mark.model
 
@@ -55,26 +53,6 @@ class Live:
 
     def log_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines()]
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[int]:
-    """uvicorn in a thread on a free loopback port; bounded start, always shut down."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

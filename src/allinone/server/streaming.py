@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Generic, TypeVar
 
 import anyio
 from fastapi import Request
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from .admission import Admission, Lane
 
@@ -24,6 +25,10 @@ T = TypeVar("T")
 
 class _End:
     pass
+
+
+class ClientStalled(Exception):
+    """A streaming client stopped reading and the request's deadline passed while a write waited."""
 
 
 END = _End()
@@ -48,6 +53,7 @@ class ThreadedStream(Generic[T]):
     ) -> None:
         self._it = iterator
         self._lane = lane
+        self.deadline = deadline
         self._lock = threading.Lock()  # one step or close at a time, from whichever thread
         self._slot = slot
         self._deadline = deadline
@@ -116,7 +122,10 @@ def sse(data: Any, event: str | None = None) -> str:
 
 class EventStream(StreamingResponse):
     """A text/event-stream response that always closes its body and then `stream`, however the response
-    ends (even when the client leaves before the body has started)."""
+    ends (even when the client leaves before the body has started).
+
+    The request's deadline holds for writes too: a client that stops reading blocks the response in `send`
+    once the socket buffers are full, and past the deadline the response is cut, freeing the model's slot."""
 
     def __init__(self, body: AsyncGenerator[str, None], stream: ThreadedStream[Any] | None = None) -> None:
         super().__init__(
@@ -126,8 +135,24 @@ class EventStream(StreamingResponse):
         self._stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        deadline = self._stream.deadline if self._stream is not None else None
+
+        async def send_by_deadline(message: Message) -> None:
+            if deadline is None:
+                await send(message)
+                return
+            with anyio.move_on_after(max(deadline - time.perf_counter(), 0)) as waited:
+                await send(message)
+            if waited.cancelled_caught:
+                record = scope.get("state", {}).get("record")
+                if record is not None:
+                    record.error = "timeout"
+                raise ClientStalled("the client stopped reading the stream until the request's deadline")
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_by_deadline)
+        except ClientStalled:
+            pass  # the connection is dropped: the response was never completed
         finally:
             with anyio.CancelScope(shield=True):
                 await self._body.aclose()
