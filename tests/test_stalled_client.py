@@ -46,7 +46,7 @@ def test_a_client_that_never_reads_its_stream_frees_the_model_at_the_request_tim
     app = create_app(settings, Router(settings, engine))
     with serving(app) as port:
         body = json.dumps({"text": "flood", "stream": True}).encode()
-        head = f"POST /v1/tasks/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        head = "POST /v1/tasks/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         head += f"Content-Length: {len(body)}\r\n\r\n"
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
