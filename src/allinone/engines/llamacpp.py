@@ -8,6 +8,7 @@ import json
 import math
 import secrets
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,20 @@ def _grammar(schema_json: str) -> str:
     return schema_to_gbnf(json.loads(schema_json))
 
 
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
+
+
+@dataclass(eq=False)
+class _Sampler:
+    """A reply's sampler chain (top-k, top-p, temperature, then a draw, or greedy) and, for an output schema, its
+    grammar. The grammar checks only the token the chain chose; the whole vocabulary is masked only when it
+    refuses that token, so constrained decoding costs little more than free decoding (llama.cpp's own
+    common_sampler does the same)."""
+
+    chain: Any
+    grammar: Any = None
+
+
 class _Context:
     """The llama.cpp context as the scheduler uses it (scheduler.Context): decode, logits, sampling, sequences."""
 
@@ -69,16 +84,9 @@ class _Context:
         out: np.ndarray[Any, np.dtype[np.float64]] = logits - (m + math.log(float(np.exp(logits - m).sum())))
         return out
 
-    def sampler(self, params: GenParams) -> Any:
+    def sampler(self, params: GenParams) -> _Sampler:
         ll = self._ll
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        if params.schema is not None:
-            gbnf = _grammar(json.dumps(params.schema, sort_keys=True, ensure_ascii=False))
-            grammar = ll.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
-            if not grammar:
-                ll.llama_sampler_free(chain)
-                raise EngineError("the output schema's grammar was refused by llama.cpp")
-            ll.llama_sampler_chain_add(chain, grammar)
         if params.temperature <= 0:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
         else:
@@ -87,13 +95,48 @@ class _Context:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(params.top_p, 1))
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(params.temperature))
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return chain
+        if params.schema is None:
+            return _Sampler(chain)
+        gbnf = _grammar(json.dumps(params.schema, sort_keys=True, ensure_ascii=False))
+        grammar = ll.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+        if not grammar:
+            ll.llama_sampler_free(chain)
+            raise EngineError("the output schema's grammar was refused by llama.cpp")
+        return _Sampler(chain, grammar)
 
-    def sample(self, sampler: Any, index: int) -> int:
-        return int(self._ll.llama_sampler_sample(sampler, self._ctx, index))
+    def _apply(self, sampler: Any, data: np.ndarray[Any, Any]) -> int:
+        """Run a sampler over token candidates (in place); the index it selected."""
+        ll = self._ll
+        arr = ll.llama_token_data_array(data.ctypes.data_as(ctypes.POINTER(ll.llama_token_data)), len(data), -1, False)
+        ll.llama_sampler_apply(sampler, ctypes.byref(arr))
+        return int(arr.selected)
 
-    def free_sampler(self, sampler: Any) -> None:
-        self._ll.llama_sampler_free(sampler)
+    def _candidates(self, index: int) -> np.ndarray[Any, Any]:
+        logits = np.ctypeslib.as_array(self._ll.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+        data = np.empty(self._n_vocab, dtype=_TOKEN_DATA)
+        data["id"], data["logit"], data["p"] = np.arange(self._n_vocab), logits, 0
+        return data
+
+    def sample(self, sampler: _Sampler, index: int) -> int:
+        ll = self._ll
+        if sampler.grammar is None:
+            return int(ll.llama_sampler_sample(sampler.chain, self._ctx, index))
+        data = self._candidates(index)
+        token = int(data[self._apply(sampler.chain, data)]["id"])
+        one = np.array([(token, 0.0, 0.0)], dtype=_TOKEN_DATA)
+        self._apply(sampler.grammar, one)
+        if one[0]["logit"] == -np.inf:  # refused: mask the vocabulary with the grammar, then choose again
+            data = self._candidates(index)
+            self._apply(sampler.grammar, data)
+            token = int(data[self._apply(sampler.chain, data)]["id"])
+        ll.llama_sampler_accept(sampler.grammar, token)
+        ll.llama_sampler_accept(sampler.chain, token)
+        return token
+
+    def free_sampler(self, sampler: _Sampler) -> None:
+        self._ll.llama_sampler_free(sampler.chain)
+        if sampler.grammar is not None:
+            self._ll.llama_sampler_free(sampler.grammar)
 
     def is_eog(self, token: int) -> bool:
         return bool(self._ll.llama_vocab_is_eog(self._vocab, token))
