@@ -60,7 +60,10 @@ def events(body: str) -> list[tuple[str, Any]]:
     return out
 
 
-def log_lines(tmp_path: Path) -> list[dict[str, Any]]:
+def log_lines(tmp_path: Path, app: Any = None) -> list[dict[str, Any]]:
+    """The request log's lines; those of `app` (run without its lifespan, which would write them out) included."""
+    if app is not None:
+        app.state.services.log.flush()
     return [json.loads(line) for line in (tmp_path / "requests.log").read_text(encoding="utf-8").splitlines()]
 
 
@@ -496,6 +499,20 @@ def test_each_request_writes_one_masked_json_log_line(tmp_path: Path, engine: Fa
     assert lines[1]["status"] == 400 and lines[1]["error"] == "invalid_input"
 
 
+def test_log_lines_hide_session_ids_and_clip_the_raw_path_of_401_and_404(tmp_path: Path) -> None:
+    with make_client(tmp_path, api_keys=["k1"]) as c:
+        auth = {"Authorization": "Bearer k1"}
+        sid = c.post("/chat", json={"text": "hi"}, headers=auth).json()["session_id"]
+        assert c.get(f"/v1/sessions/{sid}", headers=auth).status_code == 200
+        assert c.delete(f"/v1/sessions/{sid}").status_code == 401
+        assert c.get("/nope/" + "x" * 5000, headers=auth).status_code == 404
+    text = (tmp_path / "requests.log").read_text(encoding="utf-8")
+    assert sid not in text and "x" * 300 not in text
+    paths = [(line["status"], line["path"]) for line in log_lines(tmp_path)]
+    assert paths[1:3] == [(200, "/v1/sessions/<id>"), (401, "/v1/sessions/<id>")]
+    assert paths[3][0] == 404 and len(paths[3][1]) <= 201 and paths[3][1].startswith("/nope/xxx")
+
+
 def test_log_level_filters_the_request_lines(tmp_path: Path) -> None:
     with make_client(tmp_path, log_level="WARNING") as c:
         c.post("/analyze", json={"text": "好"})
@@ -509,7 +526,7 @@ def test_stream_log_line_is_written_when_the_stream_ends(
 ) -> None:
     engine.enqueue("流式回复")
     client.post("/v1/analyze_and_reply", json={"text": "我好难过", "stream": True})
-    line = log_lines(tmp_path)[-1]
+    line = log_lines(tmp_path, client.app)[-1]
     assert line["task"] == "analyze_and_reply" and line["output"] == "negative | 流式回复"
     assert line["completion_tokens"] == 4 and line["first_token_ms"] is not None
 
@@ -610,7 +627,7 @@ def test_a_client_that_leaves_stops_the_generation_and_frees_the_engine(tmp_path
 
     anyio.run(main)
     assert engine.closed and engine.lock.acquire(timeout=1.0)  # generation stopped, engine free
-    line = log_lines(tmp_path)[-1]
+    line = log_lines(tmp_path, app)[-1]
     assert line["status"] == 499 and 0 < line["completion_tokens"] < 1000  # the chunks it did stream
 
 
@@ -832,7 +849,7 @@ def test_the_request_timeout_ends_a_started_stream_early(tmp_path: Path) -> None
     r = _post_within(app, 5, "/v1/tasks/chat", {"text": "hi", "stream": True})
     assert r.status_code == 200  # already answered: the stream just ends
     assert engine.closed and engine.lock.acquire(timeout=1.0)
-    line = [x for x in log_lines(tmp_path) if x.get("path") == "/v1/tasks/chat"][-1]
+    line = [x for x in log_lines(tmp_path, app) if x.get("path") == "/v1/tasks/chat"][-1]
     assert line["error"] == "timeout"
 
 

@@ -42,7 +42,7 @@ def note(request: Request, task: str, text: str) -> RequestRecord:
     """Put the task, its input and the head of its prompt in the request's record."""
     rec, svc = record(request), services(request)
     svc.admission.check_ready()  # before anything touches the model
-    rec.task, rec.input, rec.prompt = task, text, svc.router.prompt_head(task)
+    rec.task, rec.input, rec.prompt = task, svc.log.keep(text), svc.router.prompt_head(task)
     return rec
 
 

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..logs import RequestLog, RequestRecord
+from ..logs import RequestLog, RequestRecord, log_path
 from .errors import error_body, unauthorized
 from .metrics import Metrics
 
@@ -114,7 +114,7 @@ class Observe:
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         record = RequestRecord(
-            given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16], scope["method"], scope["path"]
+            given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16], scope["method"], log_path(scope["path"])
         )
         scope.setdefault("state", {})["record"] = record
         quiet = scope["path"] == "/" or scope["path"].startswith(_QUIET)
