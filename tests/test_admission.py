@@ -41,7 +41,7 @@ def test_an_auto_request_is_not_refused_after_routing_when_others_queued_meanwhi
 
     async def main() -> tuple[int, int]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             results: dict[str, int] = {}
 
             async def post(key: str, path: str) -> None:

@@ -107,7 +107,9 @@ def _server_client(tmp_path: Path, **overrides: Any) -> TestClient:
     from tests.fakes import FakeEngine
 
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)
-    return TestClient(create_app(settings, Router(settings, FakeEngine())), raise_server_exceptions=False)
+    return TestClient(
+        create_app(settings, Router(settings, FakeEngine())), raise_server_exceptions=False, base_url="http://127.0.0.1"
+    )
 
 
 def test_the_request_log_keeps_one_masked_row_per_api_request_in_sqlite_wal(tmp_path: Path) -> None:

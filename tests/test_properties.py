@@ -137,21 +137,41 @@ def test_any_json_body_validates_or_fails_with_a_validation_error(schema: type[p
 # --- the whole API, from its OpenAPI spec -------------------------------------------------------
 
 
-def _app() -> Any:
+class JsonReplies(FakeEngine):
+    """Replies that every generate task accepts, so that a 502 (a reply that does not parse) is never expected."""
+
+    def stream(self, prompt: Any, params: Any) -> Any:
+        self.replies = ['["ok"]']
+        return super().stream(prompt, params)
+
+
+LOCAL = "http://127.0.0.1"  # the Host a loopback-bound server answers to
+KEY = "schemathesis-key"
+
+
+def _app(**overrides: Any) -> Any:
     home = Path(tempfile.mkdtemp(prefix="allinone-schemathesis-"))
-    app_settings = Settings(home=home, log_file=home / "requests.log", session_store="memory")
-    return create_app(app_settings, Router(app_settings, FakeEngine()))  # the model is loaded: no lifespan needed
+    app_settings = Settings(home=home, log_file=home / "requests.log", **overrides)
+    return create_app(app_settings, Router(app_settings, JsonReplies()))  # the model is loaded: no lifespan needed
 
 
-APP = _app()
-API = schemathesis.openapi.from_asgi("/openapi.json", APP)
+APPS = [  # the same requests to both: sessions in memory without keys; on disk, owned by a key
+    (_app(session_store="memory"), {}),
+    (_app(api_keys=KEY), {"Authorization": f"Bearer {KEY}"}),
+]
+API = schemathesis.openapi.from_asgi("/openapi.json", APPS[0][0], headers={"Host": "127.0.0.1"})
 
 
 @API.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_generated_api_request_gets_a_server_error(case: Any) -> None:
-    response = case.call()
-    assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text}"
+    for app, headers in APPS:
+        response = case.call(base_url=LOCAL, app=app, headers=headers)
+        where = f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:500]}"
+        assert response.status_code < 500, where
+        if response.status_code >= 400:
+            error = response.json()["error"]
+            assert isinstance(error["type"], str) and isinstance(error["message"], str), where
 
 
 # --- every route and field, with any unicode: never a 5xx, every error body JSON ----------------
@@ -247,14 +267,6 @@ def calls(draw: st.DrawFn, route: str, field: str) -> Call:
     return method, path, body
 
 
-class JsonReplies(FakeEngine):
-    """Replies that every generate task accepts, so that a 502 (a reply that does not parse) is never expected."""
-
-    def stream(self, prompt: Any, params: Any) -> Any:
-        self.replies = ['["ok"]']
-        return super().stream(prompt, params)
-
-
 def _encode(body: Any) -> bytes:
     raw = json.dumps(body)  # ASCII: lone surrogates travel as \\ud800 escapes, as a client may send them
     return raw.replace(json.dumps(HUGE), "1" + "0" * 5000).encode()
@@ -270,7 +282,8 @@ def _check_events(text: str) -> None:
 def any_input_client() -> Any:
     home = Path(tempfile.mkdtemp(prefix="allinone-any-input-"))
     app_settings = Settings(home=home, log_file=home / "requests.log")  # the sqlite session store
-    with TestClient(create_app(app_settings, Router(app_settings, JsonReplies())), raise_server_exceptions=False) as c:
+    app = create_app(app_settings, Router(app_settings, JsonReplies()))
+    with TestClient(app, raise_server_exceptions=False, base_url=LOCAL) as c:
         yield c
 
 

@@ -24,7 +24,10 @@ from allinone.errors import ContextOverflow, EngineError
 from allinone.router import Router
 from allinone.server import create_app
 from allinone.settings import Settings
+from tests.fake_serve import fake_server
 from tests.fakes import FakeEngine
+
+LOCAL = "http://127.0.0.1"  # the Host a loopback-bound server answers to
 
 
 def negative(prompt: str, word: str) -> float:
@@ -34,7 +37,7 @@ def negative(prompt: str, word: str) -> float:
 def make_client(tmp_path: Path, engine: FakeEngine | None = None, **overrides: Any) -> TestClient:
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)
     app = create_app(settings, Router(settings, engine or FakeEngine(negative)))
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, raise_server_exceptions=False, base_url=LOCAL)
 
 
 @pytest.fixture
@@ -89,8 +92,8 @@ def test_health_is_503_until_startup_has_loaded_the_model(tmp_path: Path, monkey
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log")
     app = create_app(settings)  # building the app does no work
     assert loads == []
-    assert TestClient(app).get("/health").status_code == 503  # no lifespan: nothing loaded
-    with TestClient(app) as c:
+    assert TestClient(app, base_url=LOCAL).get("/health").status_code == 503  # no lifespan: nothing loaded
+    with TestClient(app, base_url=LOCAL) as c:
         assert loads == [1]
         assert c.get("/health").json()["ready"] is True
         c.post("/analyze", json={"text": "好"})
@@ -558,7 +561,7 @@ def test_many_requests_during_a_stream_queue_for_the_model_without_starving_the_
     async def main() -> list[int]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = 4  # a small pool, easy to use up
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as c:
             with anyio.fail_after(30):
                 stream = c.post("/v1/tasks/chat", json={"text": "hi", "stream": True})
                 others = [c.post("/analyze", json={"text": f"text {i}"}) for i in range(12)]
@@ -718,6 +721,45 @@ def test_health_and_the_page_stay_open_with_api_keys(tmp_path: Path) -> None:
         assert c.get("/static/app.js").status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/health/x", "/static/nope.js", "/static/", "/favicon.ico/x"])
+def test_only_the_exact_open_paths_need_no_key(tmp_path: Path, path: str) -> None:
+    with make_client(tmp_path, api_keys=["k1"]) as c:
+        r = c.get(path)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
+        assert c.get(path, headers={"Authorization": "Bearer k1"}).status_code == 404
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost.evil"])
+def test_a_foreign_host_header_is_refused_on_a_loopback_bind(tmp_path: Path, host: str) -> None:
+    with make_client(tmp_path) as c:  # binds 127.0.0.1 by default: no key, reachable from a rebinding page
+        for path in ("/v1/tasks", "/health", "/"):
+            r = c.get(path, headers={"Host": host})
+            assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_host", path
+        r = c.post("/v1/tasks/chat", json={"text": "hi"}, headers={"Host": host})
+        assert r.status_code == 400
+    assert [line["error"] for line in log_lines(tmp_path) if line["path"] == "/v1/tasks/chat"] == ["invalid_host"]
+
+
+@pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1", "[::1]:8000", "LOCALHOST.", "proxy.internal:443"])
+def test_loopback_names_and_the_allowed_hosts_are_served(tmp_path: Path, host: str) -> None:
+    with make_client(tmp_path, allowed_hosts="proxy.internal") as c:
+        assert c.get("/v1/tasks", headers={"Host": host}).status_code == 200
+
+
+def test_any_host_is_served_on_a_public_bind_unless_allowed_hosts_are_given(tmp_path: Path) -> None:
+    with make_client(tmp_path, host="0.0.0.0", api_keys=["k1"]) as c:
+        assert c.get("/health", headers={"Host": "allinone.example.com"}).status_code == 200
+    with make_client(tmp_path, host="0.0.0.0", allowed_hosts="allinone.example.com") as c:
+        assert c.get("/health", headers={"Host": "allinone.example.com"}).status_code == 200
+        assert c.get("/health", headers={"Host": "other.example"}).status_code == 400
+
+
+def test_a_real_server_refuses_a_foreign_host_header(tmp_path: Path) -> None:
+    with fake_server(tmp_path) as url:
+        assert httpx.get(f"{url}/v1/tasks", headers={"Host": "attacker.example"}).status_code == 400
+        assert httpx.get(f"{url}/v1/tasks").status_code == 200  # Host: 127.0.0.1:PORT
+
+
 def test_the_request_log_never_holds_the_api_key(tmp_path: Path) -> None:
     with make_client(tmp_path, api_keys=["secret-key-1"]) as c:
         c.post("/analyze", json={"text": "好"}, headers={"Authorization": "Bearer secret-key-1"})
@@ -779,7 +821,10 @@ def test_a_full_queue_answers_429_with_retry_after_at_once(tmp_path: Path) -> No
 
     async def main() -> tuple[list[int], httpx.Response, str, str]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c, anyio.create_task_group() as tg:
+        async with (
+            httpx.AsyncClient(transport=transport, base_url=LOCAL) as c,
+            anyio.create_task_group() as tg,
+        ):
             statuses: list[int] = []
 
             async def post(path: str) -> None:
@@ -803,7 +848,7 @@ def test_a_full_queue_answers_429_with_retry_after_at_once(tmp_path: Path) -> No
 
 
 async def _metrics(app: Any) -> str:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=LOCAL) as c:
         return (await c.get("/metrics")).text
 
 
@@ -812,7 +857,7 @@ def test_model_requests_get_503_with_retry_after_while_the_model_loads(
 ) -> None:
     monkeypatch.setattr(router_module, "load_engine", lambda settings, probe_layer=None: FakeEngine(negative))
     app = create_app(Settings(home=tmp_path, log_file=tmp_path / "requests.log"))
-    c = TestClient(app, raise_server_exceptions=False)  # no lifespan: the model is not loaded yet
+    c = TestClient(app, raise_server_exceptions=False, base_url=LOCAL)  # no lifespan: the model is not loaded yet
     r = c.post("/analyze", json={"text": "好"})
     assert r.status_code == 503 and r.json()["error"]["type"] == "model_loading"
     assert int(r.headers["retry-after"]) > 0
@@ -824,7 +869,7 @@ def _post_within(app: Any, seconds: float, path: str, body: dict[str, Any]) -> h
     """POST on the ASGI app, failing (not hanging) when no answer comes within `seconds`."""
 
     async def main() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=LOCAL) as c:
             with anyio.fail_after(seconds):
                 return await c.post(path, json=body)
 
@@ -861,7 +906,10 @@ def test_the_request_timeout_counts_the_time_waiting_in_the_queue(tmp_path: Path
 
     async def main() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c, anyio.create_task_group() as tg:
+        async with (
+            httpx.AsyncClient(transport=transport, base_url=LOCAL) as c,
+            anyio.create_task_group() as tg,
+        ):
             tg.start_soon(functools.partial(c.post, "/v1/tasks/chat", json={"text": "hi"}))
             await _until(lambda: admission._slot.value == 0)
             waited = await c.post("/analyze", json={"text": "好"})

@@ -20,6 +20,7 @@ from typing import Any
 
 from .engines.base import Usage
 from .errors import AllInOneError
+from .files import private_file
 from .settings import Settings
 
 __all__ = ["RequestDb", "RequestLog", "RequestRecord", "log_path", "mask"]
@@ -180,7 +181,7 @@ class RequestDb:
     def _db(self) -> sqlite3.Connection:
         """The connection, opened on first use (again after `close`, when an app is started anew)."""
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path, tighten=True)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -219,7 +220,7 @@ class RequestLog:
         self.db = RequestDb(settings.home / "requests.sqlite3", self.input_chars) if settings.request_log else None
         self.logger = logging.Logger("allinone.requests", _level(settings.log_level))  # not global: one per app
         if settings.log_file is not None:
-            settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+            private_file(settings.log_file)
             handler: logging.Handler = logging.FileHandler(settings.log_file, encoding="utf-8")
         else:
             handler = logging.StreamHandler(sys.stderr)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .chat import ChatSession, Turn
 from .errors import SessionNotFound, SessionStoreError
+from .files import private_file
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -138,7 +139,7 @@ class SqliteSessions:
         """The connection, opened on first use (again after `close`, when an app is started anew)."""
         if self._conn is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                private_file(self.path, tighten=True)
                 db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")

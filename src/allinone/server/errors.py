@@ -66,6 +66,7 @@ _ZH = {
     "method_not_allowed": "不支持该请求方法",
     "request_too_large": "请求体过大",
     "validation_error": "请求格式或字段无效",
+    "invalid_host": "本服务不接受该 Host 请求头",
     "internal_error": "服务器内部错误",
 }
 
