@@ -157,7 +157,7 @@ def _app(**overrides: Any) -> Any:
 
 APPS = [  # the same requests to both: sessions in memory without keys; on disk, owned by a key
     (_app(session_store="memory"), {}),
-    (_app(api_keys=KEY), {"Authorization": f"Bearer {KEY}"}),
+    (_app(api_keys=KEY, max_sessions_per_key=5, max_session_turns=6), {"Authorization": f"Bearer {KEY}"}),
 ]
 API = schemathesis.openapi.from_asgi("/openapi.json", APPS[0][0], headers={"Host": "127.0.0.1"})
 

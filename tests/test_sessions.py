@@ -50,11 +50,14 @@ def test_least_recently_used_session_goes_first_beyond_the_limit() -> None:
         store.get("b")
 
 
-def test_open_session_continues_or_creates_under_the_given_id() -> None:
+def test_open_session_continues_or_creates_under_the_given_id_saved_with_its_first_turns() -> None:
     store = MemorySessions()
     first = open_session(store, "x")
-    assert first.id == "x" and open_session(store, "x") is first
+    assert first.id == "x" and len(store) == 0  # nothing saved until a turn is: a refused request leaves nothing
+    first.append(Turn("user", "hi"), Turn("assistant", "hello"))
+    assert open_session(store, "x") is first and store.get("x") is first
     fresh = open_session(store, None)
+    fresh.append(Turn("user", "hi"), Turn("assistant", "hello"))
     assert fresh.id and fresh.id != "x" and store.get(fresh.id) is fresh
 
 

@@ -526,7 +526,8 @@ def classify_cmd(
 
 @cli.group(cls=_Group)
 def sessions() -> None:
-    """The chat sessions the service keeps (ALLINONE_HOME/sessions.sqlite3): list, show, export, delete."""
+    """The chat sessions the service keeps (ALLINONE_HOME/sessions.sqlite3), whichever API key made them: list,
+    show, export, delete."""
 
 
 def _store() -> Any:
@@ -560,9 +561,11 @@ def _json_line(data: Any) -> str:
 
 @sessions.command("list")
 def sessions_list() -> None:
-    """Every session, most recently updated first: id, turns, last update."""
+    """Every session of every API key, most recently updated first: id, turns, last update, owner (the start of
+    its key's hash; `-` for sessions made without a key)."""
     for info in _store().summaries():
-        click.echo(f"{_printable(info.id)}  {info.n_turns:>4} turns  {_when(info.updated)}")
+        owner = f"key {info.owner[:12]}" if info.owner else "-"
+        click.echo(f"{_printable(info.id)}  {info.n_turns:>4} turns  {_when(info.updated)}  {owner}")
 
 
 @sessions.command("show")

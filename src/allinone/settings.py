@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         3000, ge=16, description="Longest task input in tokens (at most n_ctx / 2), unless the task's YAML sets one."
     )
     max_sessions: int = Field(1000, ge=1, description="Chat sessions kept in memory; least recently used go first.")
+    max_sessions_per_key: int = Field(
+        1000, ge=1, description="Chat sessions one API key (without keys: everyone) may keep; more get 409."
+    )
+    max_session_turns: int = Field(
+        1000, ge=2, description="Turns (a message or a reply) one chat session may hold; then 409: start a new one."
+    )
     session_store: Literal["sqlite", "memory"] = Field(
         "sqlite", description="Chat session store: `sqlite` (HOME/sessions.sqlite3, survives restarts) or `memory`."
     )

@@ -18,7 +18,9 @@ from ..errors import (
     InvalidInput,
     ModelError,
     OutputInvalid,
+    SessionLimit,
     SessionNotFound,
+    SessionStoreError,
     TaskDefinitionError,
     TaskNotFound,
 )
@@ -38,6 +40,8 @@ _DOMAIN: list[tuple[type[AllInOneError], int, str]] = [
     (InvalidInput, 400, "invalid_input"),
     (TaskNotFound, 404, "task_not_found"),
     (SessionNotFound, 404, "session_not_found"),
+    (SessionLimit, 409, "session_limit"),
+    (SessionStoreError, 503, "session_store_error"),
     (ModelError, 503, "model_unavailable"),
     (OutputInvalid, 502, "output_invalid"),
     (EngineError, 503, "engine_error"),

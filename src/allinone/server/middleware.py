@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logs import RequestLog, RequestRecord, log_path
+from ..sessions import owner_of
 from ..settings import Settings
 from .errors import error_body, unauthorized
 from .metrics import Metrics
@@ -111,25 +112,31 @@ class HostCheck:
 
 class ApiKeys:
     """Refuse requests without `Authorization: Bearer <key>` for one of `keys` with 401; the `open` paths (the
-    page, its files, /health) need none. No keys: every request passes."""
+    page, its files, /health) need none. A request with a valid key carries its owner (the key's hash) in its
+    state, for the sessions. No keys: every request passes."""
 
     def __init__(self, app: ASGIApp, keys: list[str], open_paths: set[str]) -> None:
         self.app = app
-        self.keys = [k.encode() for k in keys if k]  # an empty key would let `Bearer ` in
+        self.owners = {k.encode(): owner_of(k) for k in keys if k}  # an empty key would let `Bearer ` in
         self.open = open_paths  # exact paths: a prefix would open whatever starts with it
 
-    def _allowed(self, scope: Scope) -> bool:
-        if not self.keys or scope["path"] in self.open:
-            return True
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, key = given.partition(b" ")
-        ok = False
-        for known in self.keys:  # every key compared, in constant time each
-            ok |= hmac.compare_digest(key.strip(), known)
-        return scheme.lower() == b"bearer" and ok
+    def _owner(self, scope: Scope) -> str | None:
+        """The owner the request's key stands for; None without a valid key."""
+        scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        found = None
+        for key, owner in self.owners.items():  # every key compared, in constant time each
+            if hmac.compare_digest(given.strip(), key):
+                found = owner
+        return found if scheme.lower() == b"bearer" else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._allowed(scope):
+        if scope["type"] != "http" or not self.owners:
+            await self.app(scope, receive, send)
+            return
+        owner = self._owner(scope)
+        if owner is not None or scope["path"] in self.open:
+            if owner is not None:
+                scope.setdefault("state", {})["owner"] = owner
             await self.app(scope, receive, send)
             return
         status, body, headers = unauthorized()
