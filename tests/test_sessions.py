@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -15,7 +16,16 @@ from allinone.chat import Turn
 from allinone.errors import SessionNotFound, SessionStoreError
 from allinone.router import Router
 from allinone.server import create_app
-from allinone.sessions import DAY, MemorySessions, SqliteSessions, open_session, open_store
+from allinone.sessions import (
+    ANONYMOUS,
+    DAY,
+    MemorySessions,
+    SessionInfo,
+    SqliteSessions,
+    open_session,
+    open_store,
+    owner_of,
+)
 from allinone.settings import Settings
 from tests.fakes import FakeEngine
 
@@ -162,6 +172,28 @@ def test_databases_and_logs_are_created_0600_in_a_0700_dir(tmp_path: Path) -> No
         modes = {name: (home / name).stat().st_mode & 0o777 for name in files}
     assert modes == dict.fromkeys(files, 0o600)
     assert [(d.stat().st_mode & 0o777) for d in (tmp_path / "new", home, home / "logs")] == [0o700] * 3
+
+
+OLD_SCHEMA = """
+CREATE TABLE sessions (id TEXT PRIMARY KEY, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE turns (session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, seq INTEGER NOT NULL,
+    role TEXT NOT NULL, content TEXT NOT NULL, sentiment TEXT, at REAL NOT NULL, PRIMARY KEY (session_id, seq));
+INSERT INTO sessions VALUES ('old', 1.0, 2.0);
+INSERT INTO turns VALUES ('old', 0, 'user', 'q', NULL, 1.0), ('old', 1, 'assistant', 'a', NULL, 2.0);
+"""  # a store written before sessions had owners
+
+
+def test_a_store_from_before_owners_opens_with_its_sessions_owned_by_no_key(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "s.sqlite3")
+    db.executescript(OLD_SCHEMA)
+    db.close()
+    store = SqliteSessions(tmp_path / "s.sqlite3")
+    assert store.summaries() == [SessionInfo("old", 1.0, 2.0, 2, ANONYMOUS)]
+    assert [t.content for t in store.open("old", ANONYMOUS).turns] == ["q", "a"]  # a server without keys goes on
+    with pytest.raises(SessionNotFound):
+        store.open("old", owner_of("some-key"))
+    store.open("old", ANONYMOUS).append(*_pair("old", 2))
+    assert store.summaries()[0].n_turns == 4
 
 
 def test_a_missing_store_is_created_and_a_corrupt_one_is_a_clear_error(tmp_path: Path) -> None:
