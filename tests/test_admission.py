@@ -41,7 +41,7 @@ def test_an_auto_request_is_not_refused_after_routing_when_others_queued_meanwhi
 
     async def main() -> tuple[int, int]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             results: dict[str, int] = {}
 
             async def post(key: str, path: str) -> None:
@@ -89,7 +89,7 @@ def test_admission_runs_as_many_replies_as_the_engine_has_slots_and_queues_the_r
 
     async def main() -> tuple[list[int], int, int, int]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             statuses: list[int] = []
 
             async def post() -> None:

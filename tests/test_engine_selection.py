@@ -67,7 +67,7 @@ class ChoiceEngine(FakeEngine):
 
 def test_responses_say_when_labels_come_from_a_choice_not_logprobs(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, log_file=tmp_path / "log")
-    with TestClient(create_app(settings, Router(settings, ChoiceEngine()))) as client:
+    with TestClient(create_app(settings, Router(settings, ChoiceEngine())), base_url="http://127.0.0.1") as client:
         task = client.post("/v1/tasks/sentiment", json={"text": "太差了"}).json()
         chat = client.post(
             "/v1/chat/completions",

@@ -120,7 +120,9 @@ def test_a_history_that_fits_is_left_whole_even_when_it_starts_with_the_assistan
 
 def make_client(tmp_path: Path, engine: FakeEngine, **overrides: Any) -> TestClient:
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)
-    return TestClient(create_app(settings, Router(settings, engine)), raise_server_exceptions=False)
+    return TestClient(
+        create_app(settings, Router(settings, engine)), raise_server_exceptions=False, base_url="http://127.0.0.1"
+    )
 
 
 @pytest.mark.parametrize("path", ["/analyze", "/v1/tasks/sentiment", "/v1/tasks/intent", "/v1/tasks/auto"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import time
@@ -525,7 +526,8 @@ def classify_cmd(
 
 @cli.group(cls=_Group)
 def sessions() -> None:
-    """The chat sessions the service keeps (ALLINONE_HOME/sessions.sqlite3): list, show, export, delete."""
+    """The chat sessions the service keeps (ALLINONE_HOME/sessions.sqlite3), whichever API key made them: list,
+    show, export, delete."""
 
 
 def _store() -> Any:
@@ -539,11 +541,31 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+# escape sequences (CSI, OSC, two-character ones), then any other C0 or C1 control character but tab and newline
+_TERMINAL = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+)
+_NOT_ESCAPED = re.compile(r"[\x7f-\x9f]")  # control characters json.dumps leaves as they are
+
+
+def _printable(text: str) -> str:
+    """Stored text for a terminal: what people typed must not move the cursor, retitle the window or forge a line
+    of its own, so control sequences are dropped and continuation lines indented."""
+    return _TERMINAL.sub("", text).replace("\n", "\n    ")
+
+
+def _json_line(data: Any) -> str:
+    """JSON with every control character escaped, so that printing it is safe; the data is unchanged."""
+    return _NOT_ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False))
+
+
 @sessions.command("list")
 def sessions_list() -> None:
-    """Every session, most recently updated first: id, turns, last update."""
+    """Every session of every API key, most recently updated first: id, turns, last update, owner (the start of
+    its key's hash; `-` for sessions made without a key)."""
     for info in _store().summaries():
-        click.echo(f"{info.id}  {info.n_turns:>4} turns  {_when(info.updated)}")
+        owner = f"key {info.owner[:12]}" if info.owner else "-"
+        click.echo(f"{_printable(info.id)}  {info.n_turns:>4} turns  {_when(info.updated)}  {owner}")
 
 
 @sessions.command("show")
@@ -551,7 +573,7 @@ def sessions_list() -> None:
 def sessions_show(session_id: str) -> None:
     """A session's visible history, one turn per line with its time."""
     for turn in _store().get(session_id).turns:
-        click.echo(f"[{_when(turn.at)}] {turn.role}: {turn.content}")
+        click.echo(f"[{_when(turn.at)}] {turn.role}: {_printable(turn.content)}")
 
 
 @sessions.command("export")
@@ -562,7 +584,7 @@ def sessions_export(session_ids: tuple[str, ...]) -> None:
     for session_id in session_ids or [info.id for info in store.summaries()]:
         session = store.get(session_id)
         turns = [{"role": t.role, "content": t.content, "sentiment": t.sentiment, "at": t.at} for t in session.turns]
-        click.echo(json.dumps({"session_id": session.id, "turns": turns}, ensure_ascii=False))
+        click.echo(_json_line({"session_id": session.id, "turns": turns}))
 
 
 @sessions.command("delete")
@@ -574,17 +596,6 @@ def sessions_delete(session_id: str) -> None:
     if not _store().delete(session_id):
         raise SessionNotFound(f"unknown session '{session_id}'")
     click.echo(f"deleted {session_id}")
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @cli.command()
@@ -619,7 +630,7 @@ def serve(
 
     level = log_level.upper() if log_level else None
     settings = _settings(host=host, port=port, log_level=level, log_file=log_file, model=model, tasks_dir=tasks_dir)
-    if not _is_loopback(settings.host) and not settings.api_keys:
+    if not settings.loopback and not settings.api_keys:
         click.echo(
             f"warning: listening on {settings.host}, reachable from other machines; the API has no authentication"
             " (set ALLINONE_API_KEYS).",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -99,6 +100,12 @@ class Settings(BaseSettings):
         3000, ge=16, description="Longest task input in tokens (at most n_ctx / 2), unless the task's YAML sets one."
     )
     max_sessions: int = Field(1000, ge=1, description="Chat sessions kept in memory; least recently used go first.")
+    max_sessions_per_key: int = Field(
+        1000, ge=1, description="Chat sessions one API key (without keys: everyone) may keep; more get 409."
+    )
+    max_session_turns: int = Field(
+        1000, ge=2, description="Turns (a message or a reply) one chat session may hold; then 409: start a new one."
+    )
     session_store: Literal["sqlite", "memory"] = Field(
         "sqlite", description="Chat session store: `sqlite` (HOME/sessions.sqlite3, survives restarts) or `memory`."
     )
@@ -118,8 +125,13 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; empty = no CORS headers."
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host names accepted in the Host header, besides localhost, 127.0.0.1 and ::1 "
+        "on a loopback bind (where any other name is refused: DNS rebinding); on other binds, empty = any.",
+    )
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -129,3 +141,13 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def loopback(self) -> bool:
+        """The server binds a loopback address: only this machine can reach it."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False

@@ -21,7 +21,7 @@ from ..sessions import open_store
 from ..settings import Settings
 from . import errors, openai_compat, routes
 from .metrics import Metrics
-from .middleware import ApiKeys, BodyLimit, Observe
+from .middleware import ApiKeys, BodyLimit, HostCheck, Observe, allowed_hosts
 from .schemas import ErrorOut
 from .state import Services
 
@@ -48,6 +48,11 @@ def _version() -> str:
         return version("qwen-allinone")
     except PackageNotFoundError:
         return "0"
+
+
+def open_paths() -> set[str]:
+    """What needs no API key: the page and its own files (it asks for the key), and /health."""
+    return {"/", "/health", "/favicon.ico", *(f"/static/{p.name}" for p in STATIC.iterdir() if p.is_file())}
 
 
 def create_app(settings: Settings | None = None, router: Router | None = None) -> FastAPI:
@@ -90,7 +95,7 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
     app.include_router(openai_compat.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(ApiKeys, keys=settings.api_keys)
+    app.add_middleware(ApiKeys, keys=settings.api_keys, open_paths=open_paths())
     if settings.cors_origins:  # outside ApiKeys: preflight requests carry no key
         app.add_middleware(
             CORSMiddleware,
@@ -99,5 +104,6 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
+    app.add_middleware(HostCheck, hosts=allowed_hosts(settings))
     app.add_middleware(Observe, log=shared.log, metrics=shared.metrics)  # outermost: sees the 413s too
     return app

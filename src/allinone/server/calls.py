@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from ..chat import ChatSession
 from ..classify import Classification
 from ..engines.base import Chunk, Usage
 from ..errors import EmptyText
@@ -19,7 +20,7 @@ from ..structured import parse_output
 from ..tasks import Task
 from .admission import RequestTimeout
 from .schemas import RouteOut, Timing, UsageOut
-from .state import record, services
+from .state import owner, record, services
 from .streaming import END, ThreadedStream, follow
 
 
@@ -42,8 +43,13 @@ def note(request: Request, task: str, text: str) -> RequestRecord:
     """Put the task, its input and the head of its prompt in the request's record."""
     rec, svc = record(request), services(request)
     svc.admission.check_ready()  # before anything touches the model
-    rec.task, rec.input, rec.prompt = task, text, svc.router.prompt_head(task)
+    rec.task, rec.input, rec.prompt = task, svc.log.keep(text), svc.router.prompt_head(task)
     return rec
+
+
+async def open_session(request: Request, session_id: str | None) -> ChatSession:
+    """The caller's session with this id, or a new one (saved with its first turns); read off the event loop."""
+    return await run_in_threadpool(services(request).sessions.open, session_id, owner(request))
 
 
 async def classify(request: Request, task: str, text: str, options: dict[str, Any] | None = None) -> Classification:

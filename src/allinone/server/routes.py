@@ -9,12 +9,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from ..chat import ChatSession, split_messages
 from ..classify import Classification
-from ..errors import AllInOneError
+from ..errors import AllInOneError, SessionNotFound
 from ..routing import AUTO
-from ..sessions import open_session
 from ..tasks import Task
 from . import metrics as metrics_module
 from .calls import (
@@ -23,6 +23,7 @@ from .calls import (
     items_of,
     join,
     note,
+    open_session,
     parsed,
     require_text,
     route,
@@ -50,7 +51,7 @@ from .schemas import (
     TaskResponse,
     TurnOut,
 )
-from .state import Services, record, services
+from .state import Services, owner, record, services
 from .streaming import EventStream, ThreadedStream, sse
 
 router = APIRouter()
@@ -203,7 +204,7 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
         return EventStream(_one_event(out.model_dump(), "result")) if body.stream else out
     note(request, name, text)
     require_text(text)
-    session = open_session(svc.sessions, body.session_id) if body.session_id and task.multi_turn else None
+    session = await open_session(request, body.session_id) if body.session_id and task.multi_turn else None
     if messages:
         items = svc.router.stream_messages(name, messages, body.options())
     else:
@@ -247,7 +248,7 @@ async def chat(body: ChatRequest, request: Request) -> ChatResponse:
     """The original service's chat route: `{"text", "session_id"?}` -> `{"reply", "session_id", ...}`."""
     svc, rec = services(request), note(request, "chat", body.text)
     text = require_text(body.text)
-    session = open_session(svc.sessions, body.session_id)
+    session = await open_session(request, body.session_id)
     reply = await join(request, svc.router.stream("chat", text, session))
     return ChatResponse(
         reply=reply.text,
@@ -271,9 +272,9 @@ async def analyze_and_reply(body: AnalyzeAndReplyRequest, request: Request) -> A
     svc, rec = services(request), note(request, "chat", body.text)
     text = require_text(body.text)
     task, params, _ = svc.router.prepare("chat", text, body.options())
+    session = await open_session(request, body.session_id)
     result = await classify(request, "sentiment", text)  # its own lane: never behind other users' replies
     rec.task = "analyze_and_reply"
-    session = open_session(svc.sessions, body.session_id)
     items = svc.router.reply(task, params, text, session, svc.router.sentiment_tag(result))
     if body.stream:  # the reply waits for a generation slot inside the stream, after the sentiment event
         admission = svc.admission
@@ -300,12 +301,14 @@ def session_out(session: ChatSession) -> SessionOut:
 
 @router.get("/v1/sessions/{session_id}", response_model=SessionOut, responses=_ERRORS, tags=["sessions"])
 async def get_session(session_id: str, request: Request) -> SessionOut:
-    """A session's conversation so far."""
-    return session_out(services(request).sessions.get(session_id))
+    """A session's conversation so far; only the API key that made the session sees it (others get 404)."""
+    found = await run_in_threadpool(services(request).sessions.get, session_id, owner(request))
+    return session_out(found)
 
 
-@router.delete("/v1/sessions/{session_id}", status_code=204, tags=["sessions"])
+@router.delete("/v1/sessions/{session_id}", status_code=204, responses=_ERRORS, tags=["sessions"])
 async def delete_session(session_id: str, request: Request) -> Response:
-    """Forget a session (the page's reset button). Deleting an unknown session is not an error."""
-    services(request).sessions.delete(session_id)
+    """Forget a session (the page's reset button); 404 when there is none of the caller's with this id."""
+    if not await run_in_threadpool(services(request).sessions.delete, session_id, owner(request)):
+        raise SessionNotFound(f"unknown session '{session_id}'")
     return Response(status_code=204)

@@ -21,7 +21,7 @@ SessionId = Annotated[
         min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$", description="Chat session id; kept by the server."
     ),
 ]
-Stop = Annotated[str, Field(min_length=1, max_length=64)]
+Stop = Annotated[str, AfterValidator(_scrub), Field(min_length=1, max_length=64)]
 
 
 def _examples(*examples: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from fastapi import Request
 
 from ..logs import RequestLog, RequestRecord
 from ..router import Router
-from ..sessions import SessionStore
+from ..sessions import ANONYMOUS, SessionStore
 from ..settings import Settings
 from .admission import Admission
 from .metrics import Metrics
@@ -38,4 +38,10 @@ def services(request: Request) -> Services:
 def record(request: Request) -> RequestRecord:
     """The request's log record, made by the Observe middleware."""
     found: RequestRecord = request.state.record
+    return found
+
+
+def owner(request: Request) -> str:
+    """Whose sessions the request may use: its API key's owner, or everyone's on a server without keys."""
+    found: str = getattr(request.state, "owner", ANONYMOUS)
     return found

@@ -13,11 +13,15 @@ __all__ = ["ByScript", "Choice", "NumberValue", "TaskOption", "cjk_share"]
 
 AUTO = "auto"
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²".isdigit() is true and int("²") fails
+SHOWN_CHARS = 40  # characters of a refused value repeated in the error
+SCRIPT_CHARS = 2000  # characters of the text that decide its script: enough, and cheap on any input
 
 
 def cjk_share(text: str) -> float:
-    """Share of the text's letters that are CJK ideographs (0 when it has no letters)."""
-    letters = [c for c in text if c.isalpha()]
+    """Share of the letters among the text's first SCRIPT_CHARS characters that are CJK ideographs (0 when it has
+    no letters)."""
+    letters = [c for c in text[:SCRIPT_CHARS] if c.isalpha()]
     return sum(bool(_CJK.match(c)) for c in letters) / len(letters) if letters else 0.0
 
 
@@ -100,9 +104,10 @@ class TaskOption(_Strict):
             value = self.auto.cjk if cjk_share(text) > 0.5 else self.auto.other
         if value in self.choices:
             return value, self.choices[value]
-        if self.number is not None and value.isdigit() and self.number.min <= int(value) <= self.number.max:
+        if self.number is not None and _NUMBER.fullmatch(value) and self.number.min <= int(value) <= self.number.max:
             n = int(value)
             return value, Choice(
                 fill=self.number.fill.replace("{value}", value), max_chars=n if self.number.max_chars else None
             )
-        raise InvalidInput(f"'{value}' is not allowed; use {self.allowed()}")
+        shown = value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "…"
+        raise InvalidInput(f"'{shown}' is not allowed; use {self.allowed()}")
