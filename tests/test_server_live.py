@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import socket
 import threading
@@ -261,7 +262,13 @@ def test_the_combined_flow_sends_its_sentiment_line_before_a_reply_slot_is_free(
 # --- the web page in a browser ------------------------------------------------------------------
 
 
-def test_web_page_shows_the_sentiment_line_and_a_streamed_reply(live: Live) -> None:
+def screenshot_dir(tmp_path: Path) -> Path:
+    """Where the page's screenshots go: a temporary dir, or docs/ when ALLINONE_SCREENSHOTS=docs asks for the
+    README's pictures to be retaken."""
+    return REPO / "docs" if os.environ.get("ALLINONE_SCREENSHOTS") == "docs" else tmp_path
+
+
+def test_web_page_shows_the_sentiment_line_and_a_streamed_reply(live: Live, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make test` installs Debian's chromium"
@@ -292,10 +299,11 @@ def test_web_page_shows_the_sentiment_line_and_a_streamed_reply(live: Live) -> N
             history = httpx.get(f"{live.url}/v1/sessions/{session}", timeout=10).json()["turns"]
             assert len(history) == 4 and history[2]["sentiment"] in ("正面", "负面")  # one session, both replies
 
-            (REPO / "docs").mkdir(exist_ok=True)
-            page.screenshot(path=str(REPO / "docs" / "screenshot.png"))
+            shots = screenshot_dir(tmp_path)
+            page.screenshot(path=str(shots / "screenshot.png"))
             page.set_viewport_size({"width": 390, "height": 780})
-            page.screenshot(path=str(REPO / "docs" / "screenshot-phone.png"))
+            page.screenshot(path=str(shots / "screenshot-phone.png"))
+            assert (shots / "screenshot-phone.png").stat().st_size > 10_000
 
             page.get_by_role("button", name="重置对话").click()
             expect(turns).to_have_count(0)
