@@ -138,10 +138,11 @@ def test_any_json_body_validates_or_fails_with_a_validation_error(schema: type[p
 
 
 class JsonReplies(FakeEngine):
-    """Replies that every generate task accepts, so that a 502 (a reply that does not parse) is never expected."""
+    """Replies that every generate task accepts, so that a 502 (a reply that does not parse) is never expected:
+    the fake honors a schema (a task's output_schema, a request's response_format) like the real engine."""
 
     def stream(self, prompt: Any, params: Any) -> Any:
-        self.replies = ['["ok"]']
+        self.replies = []
         return super().stream(prompt, params)
 
 

@@ -274,3 +274,25 @@ def test_closing_fails_waiting_callers_instead_of_leaving_them_hanging(ctx: Fake
     closer.join(5)
     with pytest.raises(Exception, match="closed"):
         drain(job)
+
+
+def test_generated_tokens_come_with_their_logprobs_and_alternatives(sched: Scheduler) -> None:
+    job = GenJob(letters("abc"), 0, params=GenParams(max_tokens=3, logprobs=2), n_ctx=4096)
+    sched.submit(job)
+    chunks = []
+    while not chunks or chunks[-1].finish_reason is None:
+        chunks.append(job.out.get(timeout=5))
+    entries = [e for c in chunks for e in (c.logprobs or [])]
+    assert [e.token for e in entries] == ["d", "e", "f"]
+    assert all(e.logprob == pytest.approx(np.log(0.9)) and len(e.top) == 2 for e in entries)
+    assert entries[0].top[0] == ("d", pytest.approx(np.log(0.9)))  # the most likely first
+
+
+def test_echo_returns_the_prompts_logprobs_and_max_tokens_0_generates_nothing(sched: Scheduler) -> None:
+    job = GenJob(letters("abd"), 0, params=GenParams(max_tokens=0, logprobs=1), n_ctx=4096, echo=True)
+    sched.submit(job)
+    first, last = job.out.get(timeout=5), job.out.get(timeout=5)
+    assert [e.token for e in first.prompt_logprobs] == ["a", "b", "d"]
+    high, low = np.log(0.9), np.log(0.1 / (V - 1))
+    assert [e.logprob for e in first.prompt_logprobs] == [None, pytest.approx(high), pytest.approx(low)]
+    assert last.finish_reason == "length" and last.usage.completion_tokens == 0 and last.text == ""

@@ -363,7 +363,7 @@ def test_unknown_task_is_404(client: TestClient, path: str, body: dict[str, Any]
         ("/v1/analyze_and_reply", {"text": "a", "bogus": 1}),
         ("/v1/chat/completions", {"model": "allinone-chat"}),
         ("/v1/chat/completions", {"model": "allinone-chat", "messages": []}),
-        ("/v1/chat/completions", {**chat_body("allinone-chat"), "n": 2}),
+        ("/v1/chat/completions", {**chat_body("allinone-chat"), "n": 9}),
     ],
 )
 def test_malformed_json_or_fields_are_422(client: TestClient, path: str, body: Any) -> None:

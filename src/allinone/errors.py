@@ -27,6 +27,10 @@ class EngineError(AllInOneError):
     """The inference backend failed on a request (context full, decode error)."""
 
 
+class Unsupported(InvalidInput):
+    """The request asks for something this server or engine does not do (a field, a schema keyword)."""
+
+
 class ContextOverflow(InvalidInput):
     """The prompt does not fit in the model's context window."""
 

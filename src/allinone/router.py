@@ -18,7 +18,7 @@ from .tasks import Task, load_tasks
 
 __all__ = ["Router"]
 
-_OPTION_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed"}  # generation options of every task
+_OPTION_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "logprobs"}  # of every generate task
 
 
 class Router:
@@ -161,14 +161,29 @@ class Router:
         name: str,
         messages: Sequence[Message],
         options: Mapping[str, Any] | None = None,
+        schema: Mapping[str, Any] | None = None,
     ) -> Iterator[Chunk]:
         """Reply to a conversation the caller holds (OpenAI style), with the task's options, grammar and
-        length limit as in `stream`; a system message replaces the task's system prompt and examples."""
+        length limit as in `stream`; a system message replaces the task's system prompt and examples; a
+        `schema` (a request's response_format) constrains the reply instead of the task's own."""
         system, turns, text = split_messages(messages)
         task, params, _ = self.prepare(name, text, options)
+        if schema is not None:
+            params = replace(params, schema=schema)
         if system is not None:
             task = task.model_copy(update={"system": system, "examples": []})
         return self.reply(task, params, text, ChatSession(turns=turns))
+
+    def complete(self, prompt: str, options: Mapping[str, Any] | None = None, echo: bool = False) -> Iterator[Chunk]:
+        """Continue raw text on the loaded model: no task, no chat template (OpenAI's /v1/completions)."""
+        options = {k: v for k, v in (options or {}).items() if v is not None}
+        unknown = set(options) - _OPTION_KEYS
+        if unknown:
+            raise InvalidInput(f"unknown option(s): {', '.join(sorted(unknown))}")
+        if "stop" in options:
+            options["stop"] = (options["stop"],) if isinstance(options["stop"], str) else tuple(options["stop"])
+        seed = None if self.settings.seed < 0 else self.settings.seed
+        return self.engine.complete(prompt, replace(GenParams(seed=seed), **options), echo)
 
     def prompt_head(self, name: str, n: int = 50) -> str:
         """The first characters of the task's rendered prompt (its fixed prefix), for request logs."""

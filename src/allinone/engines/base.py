@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..errors import Unsupported
+
 Role = Literal["system", "user", "assistant"]
 Scoring = Literal["exact", "first_token", "choice"]  # how an engine obtained label log-probabilities
 
@@ -88,6 +90,17 @@ class GenParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None  # None: a fresh random seed
     schema: Mapping[str, Any] | None = field(default=None, hash=False)  # JSON Schema the output must match
+    logprobs: int | None = None  # with each generated token, its log-probability and this many alternatives
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model (before sampling settings), with the most likely alternatives."""
+
+    token: str
+    logprob: float | None  # None: the first token of a prompt, which nothing predicts
+    top: tuple[tuple[str, float], ...] = ()
+    raw: bytes = b""  # the token's bytes (a character can span tokens, so `token` may hold U+FFFD)
 
 
 @dataclass
@@ -109,6 +122,8 @@ class Chunk:
     usage: Usage | None = None
     truncated: bool = False  # last chunk: the input was cut to the task's limit
     trimmed_turns: int = 0  # last chunk: oldest history turns left out to fit the context window
+    logprobs: list[TokenLogprob] | None = None  # the generated tokens of this chunk (GenParams.logprobs)
+    prompt_logprobs: list[TokenLogprob] | None = None  # a raw completion's prompt tokens (`complete(echo=True)`)
 
 
 @dataclass
@@ -166,6 +181,11 @@ class Engine(ABC):
     @abstractmethod
     def stream(self, conversation: Conversation, params: GenParams) -> Iterator[Chunk]:
         """Generate the assistant's reply; closing the iterator early frees the engine."""
+
+    def complete(self, prompt: str, params: GenParams, echo: bool = False) -> Iterator[Chunk]:
+        """Continue raw text (no chat template); with `echo` the first chunk carries the prompt's tokens and,
+        with `params.logprobs`, their log-probabilities."""
+        raise Unsupported(f"the {self.info.backend} engine does not run raw text completions")
 
     def generate(self, conversation: Conversation, params: GenParams) -> Chunk:
         """Non-streaming generation: the joined stream."""

@@ -343,6 +343,14 @@ class LlamaCppEngine(Engine):
         job = GenJob(tokens, n_prefix, params=params, n_ctx=self._n_ctx, keep=True)
         return self._follow(job)
 
+    def complete(self, prompt: str, params: GenParams, echo: bool = False) -> Iterator[Chunk]:
+        """Continue raw text (tokenized as plain text: no control tokens); `echo` sends the prompt's tokens and,
+        with params.logprobs, their logprobs first; max_tokens 0 with echo scores the prompt only."""
+        tokens = self._ctx.tokenize(prompt, add_bos=self._add_bos)
+        if len(tokens) >= self._n_ctx:
+            raise ContextOverflow(f"the prompt is {len(tokens)} tokens; the context holds {self._n_ctx}")
+        return self._follow(GenJob(tokens, 0, params=params, n_ctx=self._n_ctx, echo=echo))
+
     def _follow(self, job: GenJob) -> Iterator[Chunk]:
         """The job's chunks as they come; closing the iterator cancels it (its sequence is freed next step)."""
         self._scheduler.submit(job)

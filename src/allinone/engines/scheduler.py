@@ -26,11 +26,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import ContextOverflow, EngineError
-from .base import Chunk, GenParams, Scores, Usage
+from .base import Chunk, GenParams, Scores, TokenLogprob, Usage
 from .stops import StopBuffer
 
 Item = tuple[int, int, int, bool]  # token, position, sequence, wants logits
 MAX_PINNED = 16  # task prefixes kept in the KV cache at once (least recently used are dropped)
+ECHO_CHUNK = 64  # prompt tokens per step when every one needs its logits (echo): 64 x vocab floats of output
 
 
 class Context(Protocol):
@@ -126,6 +127,9 @@ class GenJob(Job):
     token: int | None = None  # sampled, to be decoded in the next step
     reply: list[int] = field(default_factory=list)  # reply tokens decoded into the sequence
     texts: list[str] = field(default_factory=list)
+    echo: bool = False  # the prompt's tokens (and their logprobs) come back in the first chunk
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    pending: list[TokenLogprob] = field(default_factory=list)  # generated tokens' logprobs not yet sent
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     stops: StopBuffer = field(init=False)
 
@@ -305,7 +309,7 @@ class Scheduler:
         best: Pinned | Saved | None = None
         if 0 < job.n_prefix < len(tokens):
             best = self._pinned.get(tuple(tokens[: job.n_prefix]))
-        if isinstance(job, GenJob):
+        if isinstance(job, GenJob) and not job.echo:  # echo needs the logits of every prompt token
             for s in self._saved:
                 if (
                     len(best.tokens if best else ()) < len(s.tokens) < len(tokens)
@@ -418,9 +422,10 @@ class Scheduler:
 
     def _add_prompt(self, job: Job, budget: int, add: Callable[..., None]) -> None:
         end = job.n_prefix if job.pin else len(job.tokens)  # a prefix to pin is computed on its own
-        chunk = job.tokens[job.n_past : min(end, job.n_past + budget)]
+        echo = isinstance(job, GenJob) and job.echo
+        chunk = job.tokens[job.n_past : min(end, job.n_past + (min(budget, ECHO_CHUNK) if echo else budget))]
         last = job.n_past + len(chunk) == len(job.tokens)
-        add(job, chunk, job.n_past, "prompt", lambda i: last and i == len(chunk) - 1)
+        add(job, chunk, job.n_past, "prompt", lambda i: echo or (last and i == len(chunk) - 1))
 
     # --- after a decode -----------------------------------------------------------------------------
 
@@ -435,10 +440,41 @@ class Scheduler:
             assert job.token is not None
             job.reply.append(job.token)
             job.token = None
-        elif job.pin and job.n_past == job.n_prefix:
-            self._pin(job)
-        if job.n_past >= len(job.tokens):
-            self._next_token(job, self.ctx.sample(job.sampler, last))
+        else:
+            if job.echo:
+                self._echo(job, part)
+            if job.pin and job.n_past == job.n_prefix:
+                self._pin(job)
+        if job.n_past < len(job.tokens):
+            return
+        if part.kind == "prompt" and job.echo:
+            job.out.put(Chunk("", prompt_logprobs=job.prompt_logprobs))
+        if job.params.max_tokens == 0:  # only the prompt's logprobs were asked for
+            self._end_reply(job, "length")
+        else:
+            self._next_token(job, self.ctx.sample(job.sampler, last), last)
+
+    def _echo(self, job: GenJob, part: Part) -> None:
+        """The logprobs of the prompt tokens this part's logits predict (the next token of each)."""
+        start = job.n_past - part.n  # the position of the part's first token
+        if start == 0:
+            first = job.tokens[0]
+            job.prompt_logprobs.append(TokenLogprob(self._text(first), None, (), self.ctx.piece(first)))
+        for i in range(part.n):
+            pos = start + i + 1
+            if pos < len(job.tokens):
+                job.prompt_logprobs.append(self._logprob(job.tokens[pos], part.start + i, job.params.logprobs or 0))
+
+    def _text(self, token: int) -> str:
+        return self.ctx.piece(token).decode("utf-8", errors="replace")
+
+    def _logprob(self, token: int, index: int, top: int) -> TokenLogprob:
+        lp = self.ctx.logprobs(index)
+        best = np.argpartition(lp, -top)[-top:] if top else np.array([], dtype=int)
+        best = best[np.argsort(-lp[best])]
+        return TokenLogprob(
+            self._text(token), float(lp[token]), tuple((self._text(int(t)), float(lp[t])) for t in best)
+        )
 
     def _after_score(self, job: ScoreJob, part: Part, outputs: np.ndarray[Any, Any]) -> None:
         last = part.start + part.n - 1
@@ -484,16 +520,18 @@ class Scheduler:
             job.layer_sum = total if job.layer_sum is None else job.layer_sum + total
             job.layer_rows += len(mine)
 
-    def _next_token(self, job: GenJob, token: int) -> None:
+    def _next_token(self, job: GenJob, token: int, index: int) -> None:
         """A sampled token: end of the reply, or text to send and a token to decode in the next step."""
         if self.ctx.is_eog(token):
             self._end_reply(job, "stop")
             return
         job.usage.completion_tokens += 1
+        if job.params.logprobs is not None:
+            job.pending.append(self._logprob(token, index, job.params.logprobs))
         text = job.stops.push(job.decoder.decode(self.ctx.piece(token)))
         if text:
             job.texts.append(text)
-            job.out.put(Chunk(text))
+            job.out.put(Chunk(text, logprobs=self._sent(job)))
         if job.stops.stopped:
             self._end_reply(job, "stop")
         elif job.usage.completion_tokens >= job.params.max_tokens or job.n_past + 1 >= job.n_ctx:
@@ -506,7 +544,15 @@ class Scheduler:
         if job.keep:
             self._save_turn(job, "".join(job.texts) + tail)
         self._finish(job)
-        job.out.put(Chunk(tail, finish, job.usage))  # type: ignore[arg-type]
+        job.out.put(Chunk(tail, finish, job.usage, logprobs=self._sent(job)))  # type: ignore[arg-type]
+
+    @staticmethod
+    def _sent(job: GenJob) -> list[TokenLogprob] | None:
+        """The logprobs of the tokens generated since the last chunk (None when not asked for)."""
+        if job.params.logprobs is None:
+            return None
+        sent, job.pending = job.pending, []
+        return sent
 
     def _save_turn(self, job: GenJob, text: str) -> None:
         """Save where the next chat turn starts: prompt plus reply when the reply's tokens are what its text

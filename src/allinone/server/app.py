@@ -19,7 +19,7 @@ from ..logs import RequestLog
 from ..router import Router
 from ..sessions import open_store
 from ..settings import Settings
-from . import errors, openai_compat, routes
+from . import completions, errors, openai_compat, routes
 from .metrics import Metrics
 from .middleware import ApiKeys, BodyLimit, HostCheck, Observe, allowed_hosts
 from .schemas import ErrorOut
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(openai_compat.router)
+    app.include_router(completions.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(ApiKeys, keys=settings.api_keys, open_paths=open_paths())

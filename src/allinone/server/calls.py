@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..chat import ChatSession
 from ..classify import Classification
-from ..engines.base import Chunk, Usage
+from ..engines.base import Chunk, TokenLogprob, Usage
 from ..errors import EmptyText
 from ..logs import RequestRecord
 from ..routing import Route
@@ -39,11 +39,12 @@ def timing(rec: RequestRecord, sentiment_ms: float | None = None) -> Timing:
     return Timing(total_ms=round(rec.elapsed_ms(), 1), first_token_ms=rec.first_token_ms, sentiment_ms=sentiment_ms)
 
 
-def note(request: Request, task: str, text: str) -> RequestRecord:
-    """Put the task, its input and the head of its prompt in the request's record."""
+def note(request: Request, task: str, text: str, prompt: str | None = None) -> RequestRecord:
+    """Put the task, its input and the head of its prompt (the task's, unless given) in the request's record."""
     rec, svc = record(request), services(request)
     svc.admission.check_ready()  # before anything touches the model
-    rec.task, rec.input, rec.prompt = task, svc.log.keep(text), svc.router.prompt_head(task)
+    rec.task, rec.input = task, svc.log.keep(text)
+    rec.prompt = svc.router.prompt_head(task) if prompt is None else svc.log.keep(prompt)
     return rec
 
 
@@ -99,8 +100,12 @@ class Reply:
     sentiment_ms: float | None = None
     truncated: bool = False  # the input was cut to the task's limit
     trimmed_turns: int = 0  # old turns left out to fit the context window
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # the tokens', when asked for
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # a raw completion's prompt, with echo
 
     def add(self, item: Chunk) -> None:
+        self.logprobs += item.logprobs or []
+        self.prompt_logprobs += item.prompt_logprobs or []
         if item.text:
             self.rec.mark_first_token()
             self.parts.append(item.text)

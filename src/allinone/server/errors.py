@@ -23,6 +23,7 @@ from ..errors import (
     SessionStoreError,
     TaskDefinitionError,
     TaskNotFound,
+    Unsupported,
 )
 from ..logs import log_path
 from .admission import ModelLoading, QueueFull, RequestTimeout
@@ -37,6 +38,7 @@ _DOMAIN: list[tuple[type[AllInOneError], int, str]] = [
     (RequestTimeout, 504, "timeout"),
     (ContextOverflow, 413, "context_overflow"),
     (InputTooLong, 413, "input_too_long"),
+    (Unsupported, 400, "unsupported"),
     (InvalidInput, 400, "invalid_input"),
     (TaskNotFound, 404, "task_not_found"),
     (SessionNotFound, 404, "session_not_found"),
@@ -60,6 +62,7 @@ _HTTP_TYPES = {
 _ZH = {
     "context_overflow": "输入过长，超出模型上下文",
     "input_too_long": "输入过长",
+    "unsupported": "不支持该请求字段或功能",
     "task_not_found": "未知任务",
     "session_not_found": "未知会话",
     "model_unavailable": "模型不可用",

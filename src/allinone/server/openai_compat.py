@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 
 from ..chat import split_messages
 from ..classify import Classification as ClassifyResult
-from ..engines.base import Message, Usage
-from ..errors import AllInOneError, InvalidInput, TaskNotFound
+from ..engines.base import Chunk, Message, TokenLogprob, Usage
+from ..errors import AllInOneError, InvalidInput, TaskNotFound, Unsupported
 from ..routing import AUTO
+from ..structured import JSON_OBJECT, UnsupportedSchema, check_request_schema, parse_output
 from .calls import Reply, classify, items_of, join, note, parsed, require_text, route, route_out, start_stream, timing
 from .errors import domain_error
 from .schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     Classification,
     CompletionMessage,
     CompletionUsage,
@@ -29,6 +33,9 @@ from .schemas import (
     ModelList,
     OpenAIMessage,
     PromptTokensDetails,
+    ResponseFormat,
+    TokenLogprobOut,
+    TopLogprob,
 )
 from .state import Services, record, services
 from .streaming import EventStream, ThreadedStream, sse
@@ -37,7 +44,7 @@ router = APIRouter(tags=["OpenAI-compatible"])
 
 PREFIX = "allinone-"
 _CREATED = int(time.time())
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "Empty text, a conversation not ending with a user turn"},
     404: {"model": ErrorOut, "description": "Unknown model"},
     413: {"model": ErrorOut, "description": "Body or prompt too large"},
@@ -107,13 +114,16 @@ async def list_models(request: Request) -> ModelList:
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
-    responses={**_ERRORS, 200: {"content": {"text/event-stream": {"example": _SSE_EXAMPLE}}}},
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {"example": _SSE_EXAMPLE}}}},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     """Chat completions for any task. Generate tasks reply to the conversation (a system message replaces
-    the task's prompt); classify tasks classify the last user message and answer with the display line,
-    the label and probabilities in `classification`. `stream: true` sends chunks, then `[DONE]`."""
+    the task's prompt), `n` replies side by side, constrained by `response_format`, with `logprobs`; classify
+    tasks classify the last user message and answer with the display line, the label and probabilities in
+    `classification` (and as `logprobs`). `stream: true` sends chunks, then `[DONE]`. A field this server does
+    not honor is a 400."""
     svc = services(request)
+    refuse_unhonored(body.model_extra)
     name = task_for(body.model, svc)
     messages = to_messages(body.messages)
     text = split_messages(messages)[2]
@@ -124,37 +134,162 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if svc.router.task(name).kind == "classify":
-        result = await classify(request, name, text)
-        out = ChatCompletion(
-            **head,
-            choices=[Choice(message=CompletionMessage(content=result.display), finish_reason="stop")],
-            usage=completion_usage(result.usage),
-            classification=classification(result),
-            route=route_out(found),
-            truncated=result.truncated,
-            timing=timing(record(request)),
-        )
-        return EventStream(_classify_chunks(out, include_usage)) if body.stream else out
-    items = svc.router.stream_messages(name, messages, body.options())
+        return await _classification(request, body, name, text, found, head, include_usage)
+    schema = response_schema(body.response_format)
+    slots = svc.admission.sizes.get("generate") or svc.router.engine.slots.generate
+    if body.n > slots:
+        raise Unsupported(f"n may be at most {slots} here (the engine's reply slots)")
+    options = body.options() | ({"logprobs": body.top_logprobs or 0} if body.logprobs else {})
+    items = [svc.router.stream_messages(name, messages, _choice_options(options, i), schema) for i in range(body.n)]
     if body.stream:
-        stream, first = await start_stream(request, items)
-        return EventStream(_chunks(request, stream, first, head, include_usage), stream)
-    reply = await join(request, items)
+        first_stream, first = await start_stream(request, items[0])
+        deadline = svc.admission.deadline(record(request))
+        streams = [first_stream, *(ThreadedStream(it, svc.admission, deadline) for it in items[1:])]
+        return EventStream(_chunks(request, streams, first, head, include_usage), streams)
+    replies = await _join_all(request, items)
     rec = record(request)
+    task = svc.router.task(name)
+    data = [_structured(schema, task, r) for r in replies]
+    choices = [
+        Choice(
+            index=i,
+            message=CompletionMessage(content=r.text),
+            finish_reason=r.finish_reason,
+            logprobs=logprobs_out(r.logprobs) if body.logprobs else None,
+        )
+        for i, r in enumerate(replies)
+    ]
     return ChatCompletion(
         **head,
-        choices=[Choice(message=CompletionMessage(content=reply.text), finish_reason=reply.finish_reason)],
+        choices=choices,
         usage=completion_usage(rec.usage),
-        data=parsed(svc.router.task(name), reply.text, reply.finish_reason),
+        data=data[0],
         route=route_out(found),
-        truncated=reply.truncated,
-        trimmed_turns=reply.trimmed_turns,
+        truncated=replies[0].truncated,
+        trimmed_turns=replies[0].trimmed_turns,
         timing=timing(rec),
     )
 
 
-def _chunk(head: dict[str, Any], delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
-    choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+def _structured(schema: dict[str, Any] | None, task: Any, reply: Reply) -> Any:
+    """The reply as JSON when a schema constrained it. A response_format reply cut by max_tokens is returned as it
+    is, with finish_reason "length", as OpenAI does; a complete one that does not parse is a 502."""
+    if schema is None:
+        return parsed(task, reply.text, reply.finish_reason)
+    return parse_output(schema, reply.text, reply.finish_reason) if reply.finish_reason == "stop" else None
+
+
+def refuse_unhonored(extra: dict[str, Any] | None) -> None:
+    """400 for a request field this server would not honor; fields that change nothing here pass."""
+    for key, value in (extra or {}).items():
+        harmless = (
+            key in _HARMLESS
+            or (key in ("frequency_penalty", "presence_penalty") and value in (None, 0))
+            or (key in ("tools", "functions", "logit_bias") and not value)
+            or (key == "tool_choice" and value in (None, "none", "auto"))
+            or (key == "modalities" and value in (None, ["text"]))
+        )
+        if not harmless:
+            raise Unsupported(f"the field '{key}' is not supported by this server; remove it")
+
+
+_HARMLESS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key"}
+
+
+def response_schema(fmt: ResponseFormat | None) -> dict[str, Any] | None:
+    """The JSON Schema a reply must match (checked: a keyword constrained decoding cannot enforce is a 400)."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return JSON_OBJECT
+    if fmt.json_schema is None or not fmt.json_schema.schema_:
+        raise Unsupported("response_format json_schema needs json_schema.schema")
+    try:
+        check_request_schema(fmt.json_schema.schema_)
+    except UnsupportedSchema as e:
+        raise Unsupported(f"response_format: {e}") from None
+    return fmt.json_schema.schema_
+
+
+def _choice_options(options: dict[str, Any], i: int) -> dict[str, Any]:
+    """Choice i's options: a given seed moves on by i, so that the choices differ."""
+    return options | ({"seed": (options["seed"] + i) % 2**32} if i and "seed" in options else {})
+
+
+async def _join_all(request: Request, items: list[Iterator[Chunk]]) -> list[Reply]:
+    replies: list[Reply] = [Reply(record(request)) for _ in items]
+
+    async def one(i: int) -> None:
+        await join(request, items[i], replies[i])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(items)):
+            tg.start_soon(one, i)
+    return replies
+
+
+def logprobs_out(entries: list[TokenLogprob]) -> ChoiceLogprobs:
+    """Tokens' logprobs in OpenAI's shape."""
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprobOut(
+                token=e.token,
+                logprob=e.logprob if e.logprob is not None else 0.0,
+                bytes=list(e.raw or e.token.encode()),
+                top_logprobs=[TopLogprob(token=t, logprob=lp, bytes=list(t.encode())) for t, lp in e.top],
+            )
+            for e in entries
+        ]
+    )
+
+
+def label_logprobs(result: ClassifyResult, top: int | None) -> ChoiceLogprobs:
+    """A classification as OpenAI logprobs: the label as the one token, every label (or `top` of them) as its
+    alternatives, with the label probabilities."""
+    ranked = sorted(result.probabilities.items(), key=lambda kv: -kv[1])[: top if top is not None else None]
+    lp = {label: math.log(max(p, 1e-300)) for label, p in result.probabilities.items()}
+    entry = TokenLogprob(result.label, lp[result.label], tuple((label, lp[label]) for label, _ in ranked))
+    return logprobs_out([entry])
+
+
+async def _classification(
+    request: Request,
+    body: ChatCompletionRequest,
+    name: str,
+    text: str,
+    found: Any,
+    head: dict[str, Any],
+    include_usage: bool,
+) -> Any:
+    if body.response_format is not None and body.response_format.type != "text":
+        raise Unsupported("response_format applies to generate models; a classify model answers a label")
+    if body.n > 1:
+        raise Unsupported("n > 1 applies to generate models; a classification has one answer")
+    result = await classify(request, name, text)
+    logprobs = label_logprobs(result, body.top_logprobs) if body.logprobs else None
+    out = ChatCompletion(
+        **head,
+        choices=[Choice(message=CompletionMessage(content=result.display), finish_reason="stop", logprobs=logprobs)],
+        usage=completion_usage(result.usage),
+        classification=classification(result),
+        route=route_out(found),
+        truncated=result.truncated,
+        timing=timing(record(request)),
+    )
+    return EventStream(_classify_chunks(out, include_usage)) if body.stream else out
+
+
+def _chunk(
+    head: dict[str, Any],
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    index: int = 0,
+    logprobs: ChoiceLogprobs | None = None,
+    **extra: Any,
+) -> str:
+    choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish_reason}
+    if logprobs is not None:
+        choice["logprobs"] = logprobs.model_dump()
     return sse({**head, "object": "chat.completion.chunk", "choices": [choice], **extra})
 
 
@@ -164,36 +299,54 @@ def _usage_chunk(head: dict[str, Any], usage: CompletionUsage) -> str:
 
 async def _classify_chunks(out: ChatCompletion, include_usage: bool) -> AsyncGenerator[str, None]:
     head = {"id": out.id, "created": out.created, "model": out.model}
-    extra = {"classification": out.classification.model_dump() if out.classification else None}
-    yield _chunk(head, {"role": "assistant", "content": out.choices[0].message.content}, "stop", **extra)
+    classified = out.classification.model_dump() if out.classification else None
+    delta = {"role": "assistant", "content": out.choices[0].message.content}
+    yield _chunk(head, delta, "stop", logprobs=out.choices[0].logprobs, classification=classified)
     if include_usage:
         yield _usage_chunk(head, out.usage)
     yield sse("[DONE]")
 
 
 async def _chunks(
-    request: Request, stream: ThreadedStream[Any], first: Any, head: dict[str, Any], include_usage: bool
+    request: Request, streams: list[ThreadedStream[Any]], first: Any, head: dict[str, Any], include_usage: bool
 ) -> AsyncGenerator[str, None]:
+    """The choices' chunks, taking turns (the engine decodes them side by side), then the usage and [DONE]."""
     rec = record(request)
-    reply = Reply(rec)
+    replies = [Reply(rec) for _ in streams]
     try:
-        yield _chunk(head, {"role": "assistant", "content": ""})
-        async with aclosing(items_of(request, stream, first)) as items:
-            async for item in items:
-                reply.add(item)
-                if item.text:
-                    yield _chunk(head, {"content": item.text})
+        for i in range(len(streams)):
+            yield _chunk(head, {"role": "assistant", "content": ""}, index=i)
+        sources = [aclosing(items_of(request, s, first if i == 0 else None)) for i, s in enumerate(streams)]
+        iters = [await src.__aenter__() for src in sources]
+        try:
+            live = list(range(len(streams)))
+            while live and not rec.client_gone:
+                for i in list(live):
+                    item = await anext(iters[i], None)
+                    if item is None:
+                        live.remove(i)
+                        continue
+                    replies[i].add(item)
+                    logprobs = logprobs_out(item.logprobs) if item.logprobs else None
+                    if item.text or logprobs:
+                        yield _chunk(head, {"content": item.text}, index=i, logprobs=logprobs)
+        finally:
+            for src in sources:
+                await src.__aexit__(None, None, None)
     except AllInOneError as e:  # the response has started: the error goes in the stream, as OpenAI does
         rec.status, payload = domain_error(e)
         rec.error = payload["error"]["type"]
         yield sse(payload)
         return
     finally:
-        await stream.aclose()
-        reply.close()
+        for s in streams:
+            await s.aclose()
+        for r in replies:
+            r.close()
     if rec.client_gone:
         return
-    yield _chunk(head, {}, reply.finish_reason, truncated=reply.truncated, trimmed_turns=reply.trimmed_turns)
+    for i, r in enumerate(replies):
+        yield _chunk(head, {}, r.finish_reason, index=i, truncated=r.truncated, trimmed_turns=r.trimmed_turns)
     if include_usage:
         yield _usage_chunk(head, completion_usage(rec.usage))
     yield sse("[DONE]")

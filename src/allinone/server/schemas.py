@@ -380,11 +380,28 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    name: str = Field("output", max_length=64)
+    description: Text | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+MAX_CHOICES = 8  # `n`: replies generated side by side (each needs one of the engine's reply slots)
+
+
 class ChatCompletionRequest(BaseModel):
-    """The OpenAI chat completions request; fields this server does not use are ignored."""
+    """The OpenAI chat completions request. Fields this server does not honor are refused (400), except those
+    that change nothing here (`user`, `metadata`, `store`, `service_tier`; penalties of 0, empty `tools`...)."""
 
     model_config = ConfigDict(
-        extra="ignore",
+        extra="allow",
+        populate_by_name=True,
         json_schema_extra=_examples(
             {"model": "allinone-chat", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 64},
             {"model": "allinone-sentiment", "messages": [{"role": "user", "content": "这家酒店服务太差了"}]},
@@ -402,7 +419,12 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: Stop | list[Stop] | None = None
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    n: int = Field(1, ge=1, le=1, description="Only one choice is supported.")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="Replies generated side by side (generate models).")
+    response_format: ResponseFormat | None = Field(
+        None, description="`json_object` or `json_schema` (with `strict`): the reply is constrained to it."
+    )
+    logprobs: bool = Field(False, description="Each reply token's log-probability (classify models: the labels').")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token, with `logprobs`.")
 
     def options(self) -> dict[str, Any]:
         opts = {
@@ -413,6 +435,42 @@ class ChatCompletionRequest(BaseModel):
             "seed": self.seed,
         }
         return {k: v for k, v in opts.items() if v is not None}
+
+
+class CompletionRequest(BaseModel):
+    """The OpenAI (legacy) completions request: raw text continued by the loaded model, no chat template."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra=_examples(
+            {"model": "allinone", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0},
+            {"model": "allinone", "prompt": "北京是中国的首都。", "max_tokens": 1, "echo": True, "logprobs": 1},
+        ),
+    )
+
+    model: str = Field(description="Any id of GET /v1/models, or `allinone`: the one loaded model.")
+    prompt: Text | list[Text] = Field(description="The text to continue, or several (one choice each).")
+    max_tokens: int = Field(16, ge=0, le=8192, description="0 with `echo`: only the prompt's logprobs.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: Stop | list[Stop] | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    n: int = Field(1, ge=1, le=1, description="One choice per prompt.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(
+        None, ge=0, le=20, description="Log-probabilities of the tokens and this many alternatives."
+    )
+    echo: bool = Field(False, description="Return the prompt before the completion (with its logprobs).")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> CompletionRequest:
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        if not 1 <= len(prompts) <= 64:
+            raise ValueError("1 to 64 prompts")
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise ValueError("at most 4 stop strings")
+        return self
 
 
 class Classification(BaseModel):
@@ -427,10 +485,26 @@ class CompletionMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobOut] | None
+    refusal: None = None
+
+
 class Choice(BaseModel):
     index: int = 0
     message: CompletionMessage
     finish_reason: Literal["stop", "length"] | None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class PromptTokensDetails(BaseModel):
@@ -486,6 +560,29 @@ class ChatCompletion(BaseModel):
     truncated: bool = Field(False, description=TRUNCATED)
     trimmed_turns: int = Field(0, description=TRIMMED)
     timing: Timing | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: CompletionLogprobs | None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage
 
 
 class ModelCard(BaseModel):

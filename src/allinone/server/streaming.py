@@ -127,15 +127,17 @@ class EventStream(StreamingResponse):
     The request's deadline holds for writes too: a client that stops reading blocks the response in `send`
     once the socket buffers are full, and past the deadline the response is cut, freeing the model's slot."""
 
-    def __init__(self, body: AsyncGenerator[str, None], stream: ThreadedStream[Any] | None = None) -> None:
+    def __init__(
+        self, body: AsyncGenerator[str, None], stream: ThreadedStream[Any] | list[ThreadedStream[Any]] | None = None
+    ) -> None:
         super().__init__(
             body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         self._body = body
-        self._stream = stream
+        self._streams = stream if isinstance(stream, list) else [] if stream is None else [stream]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        deadline = self._stream.deadline if self._stream is not None else None
+        deadline = self._streams[0].deadline if self._streams else None
 
         async def send_by_deadline(message: Message) -> None:
             if deadline is None:
@@ -156,5 +158,5 @@ class EventStream(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self._body.aclose()
-                if self._stream is not None:
-                    await self._stream.aclose()
+                for stream in self._streams:
+                    await stream.aclose()
