@@ -20,6 +20,7 @@ import openai
 import pytest
 import yaml
 from openai import OpenAI
+from pydantic import BaseModel
 
 from allinone.engines.llamacpp import LlamaCppEngine
 from allinone.router import Router
@@ -110,6 +111,92 @@ def test_openai_client_chat_completion_stream(client: OpenAI) -> None:
     assert text.strip()
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 12
+
+
+class City(BaseModel):
+    name: str
+    country: str
+    population_millions: float | None
+
+
+def test_openai_client_structured_output_with_a_pydantic_schema(client: OpenAI) -> None:
+    r = client.chat.completions.parse(
+        model="allinone-chat",
+        messages=[{"role": "user", "content": "Describe Beijing: its name, country and population in millions."}],
+        response_format=City,
+        max_tokens=120,
+        temperature=0,
+    )
+    city = r.choices[0].message.parsed
+    assert isinstance(city, City) and city.name and city.country
+
+
+def test_openai_client_json_object_logprobs_and_n(client: OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="allinone-chat",
+        messages=[{"role": "user", "content": "Give me a JSON object with your favourite colour."}],
+        response_format={"type": "json_object"},
+        max_tokens=60,
+        temperature=0,
+    )
+    assert isinstance(json.loads(r.choices[0].message.content or ""), dict)
+    r = client.chat.completions.create(
+        model="allinone-chat",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        logprobs=True,
+        top_logprobs=3,
+        n=2,
+        seed=1,
+    )
+    assert len(r.choices) == 2 and [c.index for c in r.choices] == [0, 1]
+    tokens = r.choices[0].logprobs.content if r.choices[0].logprobs else None
+    assert tokens and all(t.logprob <= 0 and len(t.top_logprobs) == 3 for t in tokens)
+    assert "".join(t.token for t in tokens) == r.choices[0].message.content
+
+
+def test_openai_client_sentiment_logprobs_are_the_label_probabilities(client: OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="allinone-sentiment", messages=[{"role": "user", "content": NEGATIVE}], logprobs=True
+    )
+    entry = r.choices[0].logprobs.content[0] if r.choices[0].logprobs and r.choices[0].logprobs.content else None
+    assert entry is not None and entry.token == "negative" and entry.logprob > -0.7
+    assert {t.token for t in entry.top_logprobs} == {"positive", "negative"}
+
+
+def test_openai_client_completions_with_echo_and_prompt_logprobs(client: OpenAI) -> None:
+    r = client.completions.create(model="allinone", prompt="The capital of France is", max_tokens=4, temperature=0)
+    assert r.choices[0].text.strip() and r.usage and r.usage.completion_tokens <= 4
+    scored = client.completions.create(
+        model="allinone", prompt="北京是中国的首都。", max_tokens=0, echo=True, logprobs=1
+    )
+    lp = scored.choices[0].logprobs
+    assert scored.choices[0].text == prompt and lp is not None and lp.token_logprobs
+    assert lp.token_logprobs[0] is None and all(x is not None and x <= 0 for x in lp.token_logprobs[1:])
+    streamed = client.completions.create(model="allinone", prompt="1, 2, 3,", max_tokens=6, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices).strip()
+
+
+def test_openai_client_gets_a_400_for_tools(client: OpenAI) -> None:
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        client.chat.completions.create(
+            model="allinone-chat",
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[tool],  # type: ignore[list-item]
+        )
+
+
+def test_langchain_chat_openai_invoke_stream_and_structured_output(live: Live) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=f"{live.url}/v1", api_key="unused", model="allinone-chat", temperature=0, max_tokens=40)
+    assert llm.invoke("用一句话介绍北京。").content
+    pieces = [chunk.content for chunk in llm.stream("Say hello in one sentence.")]
+    assert len(pieces) > 1 and "".join(str(p) for p in pieces).strip()
+    structured = llm.with_structured_output(City, method="json_schema")
+    city = structured.invoke("Describe Beijing: its name, country and population in millions.")
+    assert isinstance(city, City) and city.name
 
 
 def test_openai_client_sentiment(client: OpenAI) -> None:
