@@ -167,9 +167,8 @@ def test_openai_client_sentiment_logprobs_are_the_label_probabilities(client: Op
 def test_openai_client_completions_with_echo_and_prompt_logprobs(client: OpenAI) -> None:
     r = client.completions.create(model="allinone", prompt="The capital of France is", max_tokens=4, temperature=0)
     assert r.choices[0].text.strip() and r.usage and r.usage.completion_tokens <= 4
-    scored = client.completions.create(
-        model="allinone", prompt="北京是中国的首都。", max_tokens=0, echo=True, logprobs=1
-    )
+    prompt = "北京是中国的首都。"
+    scored = client.completions.create(model="allinone", prompt=prompt, max_tokens=0, echo=True, logprobs=1)
     lp = scored.choices[0].logprobs
     assert scored.choices[0].text == prompt and lp is not None and lp.token_logprobs
     assert lp.token_logprobs[0] is None and all(x is not None and x <= 0 for x in lp.token_logprobs[1:])
