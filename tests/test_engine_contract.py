@@ -327,6 +327,22 @@ def test_openai_engine_keeps_the_chat_history_of_a_session(
     assert "Zhang" in second.text or "张" in second.text, second.text
 
 
+@pytest.mark.parametrize("eng", ["llamacpp", "openai"], indirect=True)
+def test_generated_tokens_logprobs_and_raw_completions_with_echo(eng: Engine) -> None:
+    params = GenParams(max_tokens=6, temperature=0, logprobs=2)
+    chunks = list(eng.stream(Conversation.of([Message("user", "Say hello.")]), params))
+    entries = [e for c in chunks for e in c.logprobs or []]
+    assert entries and all(e.logprob is not None and e.logprob <= 0 and len(e.top) == 2 for e in entries)
+    assert "".join(e.token for e in entries).startswith("".join(c.text for c in chunks)[:3])
+    prompt = "The capital of France is Paris."
+    echoed = list(eng.complete(prompt, GenParams(max_tokens=0, logprobs=0), echo=True))
+    scored = [e for c in echoed for e in c.prompt_logprobs or []]
+    assert "".join(e.token for e in scored) == prompt
+    assert scored[0].logprob is None and all(e.logprob is not None and e.logprob <= 0 for e in scored[1:])
+    text = "".join(c.text for c in eng.complete("1, 2, 3, 4,", GenParams(max_tokens=4, temperature=0)))
+    assert "5" in text
+
+
 # --- the openai engine without logprobs -----------------------------------------------------------------------
 
 

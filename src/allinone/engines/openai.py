@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import EngineError, ModelError
-from .base import Chunk, Conversation, Engine, EngineInfo, GenParams, Scores, Slots, Usage
+from .base import Chunk, Conversation, Engine, EngineInfo, GenParams, Scores, Slots, TokenLogprob, Usage
 from .stops import StopBuffer
 
 log = logging.getLogger("allinone.engine")
@@ -170,43 +170,89 @@ class OpenAIEngine(Engine):
 
     def stream(self, conversation: Conversation, params: GenParams) -> Iterator[Chunk]:
         """Pass the server's stream through (stop strings also applied here, past the API's four)."""
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": self.messages_of(conversation),
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        body = {"messages": self.messages_of(conversation), **self._sampling(params)}
+        if params.schema is not None:
+            schema = {"name": "output", "schema": dict(params.schema), "strict": True}
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
+        if params.logprobs is not None:
+            body |= {"logprobs": True, "top_logprobs": params.logprobs}
+        return self._relay("/chat/completions", body, params)
+
+    def complete(self, prompt: str, params: GenParams, echo: bool = False) -> Iterator[Chunk]:
+        """The server's /completions. With echo, one request without streaming: the prompt's tokens are those
+        whose offsets fall inside it."""
+        body = {"prompt": prompt, **self._sampling(params)}
+        if params.logprobs is not None:
+            body["logprobs"] = params.logprobs
+        if not echo:
+            return self._relay("/completions", body, params)
+        return self._echoed(prompt, body)
+
+    def _sampling(self, params: GenParams) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "max_tokens": params.max_tokens, "temperature": params.temperature}
+        body["top_p"] = params.top_p
         if params.stop:
             body["stop"] = list(params.stop[:4])
         if params.seed is not None and params.seed >= 0:
             body["seed"] = params.seed
-        if params.schema is not None:
-            schema = {"name": "output", "schema": dict(params.schema), "strict": True}
-            body["response_format"] = {"type": "json_schema", "json_schema": schema}
+        return body
+
+    def _relay(self, path: str, body: dict[str, Any], params: GenParams) -> Iterator[Chunk]:
         stops, usage, finish, n_chunks = StopBuffer(params.stop), None, "stop", 0
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         try:
-            with self._client.stream("POST", "/chat/completions", json=body) as r:
+            with self._client.stream("POST", path, json=body) as r:
                 if r.status_code >= 400:
                     r.read()
-                    raise self._failed("/chat/completions", f"answered {r.status_code}: {r.text[:300]}", r.status_code)
+                    raise self._failed(path, f"answered {r.status_code}: {r.text[:300]}", r.status_code)
                 for event in self._events(r.iter_lines()):
                     usage = self._usage(event) if event.get("usage") else usage
                     for choice in event.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content") or ""
+                        text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
                         n_chunks += bool(text)
                         finish = choice.get("finish_reason") or finish
+                        logprobs = self._token_logprobs(choice.get("logprobs")) if params.logprobs is not None else None
                         piece = stops.push(text)
-                        if piece:
-                            yield Chunk(piece)
+                        if piece or logprobs:
+                            yield Chunk(piece, logprobs=logprobs)
                     if stops.stopped:
                         break
         except self._httpx.HTTPError as e:
-            raise self._failed("/chat/completions", f"failed mid-stream: {e}") from None
+            raise self._failed(path, f"failed mid-stream: {e}") from None
         usage = usage or Usage(completion_tokens=n_chunks)
         yield Chunk(stops.flush(), "length" if finish == "length" else "stop", usage)
+
+    def _echoed(self, prompt: str, body: dict[str, Any]) -> Iterator[Chunk]:
+        reply = self._request("POST", "/completions", {**body, "echo": True, "logprobs": body.get("logprobs") or 0})
+        choice = reply["choices"][0]
+        entries = self._token_logprobs(choice.get("logprobs")) or []
+        offsets = (choice.get("logprobs") or {}).get("text_offset") or [0] * len(entries)
+        n_prompt = sum(1 for o in offsets if o < len(prompt))
+        text = choice.get("text") or ""
+        yield Chunk("", prompt_logprobs=entries[:n_prompt])
+        yield Chunk(text[len(prompt) :] if text.startswith(prompt) else text, logprobs=entries[n_prompt:])
+        yield Chunk("", "length" if choice.get("finish_reason") == "length" else "stop", self._usage(reply))
+
+    @staticmethod
+    def _token_logprobs(data: Any) -> list[TokenLogprob] | None:
+        """A choice's logprobs as TokenLogprobs: the chat shape (`content`) or the completions shape (`tokens`)."""
+        if not isinstance(data, dict):
+            return None
+        if data.get("content") is not None:
+            return [
+                TokenLogprob(
+                    e["token"],
+                    e.get("logprob"),
+                    tuple((t["token"], t["logprob"]) for t in e.get("top_logprobs") or []),
+                    bytes(e.get("bytes") or []),
+                )
+                for e in data["content"]
+            ]
+        tops = data.get("top_logprobs") or [None] * len(data.get("tokens") or [])
+        return [
+            TokenLogprob(token, lp, tuple((top or {}).items()))
+            for token, lp, top in zip(data.get("tokens") or [], data.get("token_logprobs") or [], tops, strict=False)
+        ]
 
     @staticmethod
     def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
