@@ -6,6 +6,7 @@ tiny random Qwen2 built here; the openai engine against a real `llama_cpp.server
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import subprocess
@@ -327,7 +328,7 @@ def test_openai_engine_keeps_the_chat_history_of_a_session(
     assert "Zhang" in second.text or "张" in second.text, second.text
 
 
-@pytest.mark.parametrize("eng", ["llamacpp", "openai"], indirect=True)
+@pytest.mark.parametrize("eng", REAL, indirect=True)
 def test_generated_tokens_logprobs_and_raw_completions_with_echo(eng: Engine) -> None:
     params = GenParams(max_tokens=6, temperature=0, logprobs=2)
     chunks = list(eng.stream(Conversation.of([Message("user", "Say hello.")]), params))
@@ -341,6 +342,21 @@ def test_generated_tokens_logprobs_and_raw_completions_with_echo(eng: Engine) ->
     assert scored[0].logprob is None and all(e.logprob is not None and e.logprob <= 0 for e in scored[1:])
     text = "".join(c.text for c in eng.complete("1, 2, 3, 4,", GenParams(max_tokens=4, temperature=0)))
     assert "5" in text
+
+
+@pytest.mark.parametrize("eng", ENGINES, indirect=True)
+def test_a_schema_constrains_the_reply_to_valid_json_even_from_random_weights(eng: Engine) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "big": {"type": "boolean"}},
+        "required": ["city", "big"],
+        "additionalProperties": False,
+    }
+    conv = Conversation.of([Message("user", "Name a city and say whether it is big, as JSON.")])
+    reply = eng.generate(conv, GenParams(max_tokens=64, temperature=0.8, seed=2, schema=schema))
+    assert reply.finish_reason == "stop", reply.text
+    value = json.loads(reply.text)
+    assert set(value) == {"city", "big"} and isinstance(value["big"], bool) and len(value["city"]) <= 20
 
 
 # --- the openai engine without logprobs -----------------------------------------------------------------------

@@ -71,6 +71,7 @@ class OpenAIEngine(Engine):
         slots = concurrency or int(props.get("total_slots") or DEFAULT_CONCURRENCY)
         self.slots = Slots(generate=slots, score=slots)
         self._logprobs: bool | None = None  # None: not yet known whether the server returns logprobs
+        self._schema_form = 0  # which response_format form the server takes (see _constrained)
         self._lock = threading.Lock()
         self.info = EngineInfo("openai", self.model, int(size), {"base_url": self.base_url, "concurrency": slots})
 
@@ -171,12 +172,30 @@ class OpenAIEngine(Engine):
     def stream(self, conversation: Conversation, params: GenParams) -> Iterator[Chunk]:
         """Pass the server's stream through (stop strings also applied here, past the API's four)."""
         body = {"messages": self.messages_of(conversation), **self._sampling(params)}
-        if params.schema is not None:
-            schema = {"name": "output", "schema": dict(params.schema), "strict": True}
-            body["response_format"] = {"type": "json_schema", "json_schema": schema}
         if params.logprobs is not None:
             body |= {"logprobs": True, "top_logprobs": params.logprobs}
-        return self._relay("/chat/completions", body, params)
+        if params.schema is None:
+            return self._relay("/chat/completions", body, params)
+        return self._constrained(body, dict(params.schema), params)
+
+    def _constrained(self, body: dict[str, Any], schema: dict[str, Any], params: GenParams) -> Iterator[Chunk]:
+        """A reply under a JSON schema, in the form the server takes: OpenAI's `json_schema` (vLLM, llama.cpp's
+        server), else llama-cpp-python's `json_object` with a `schema`; the form that worked is remembered."""
+        forms = [
+            {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}},
+            {"type": "json_object", "schema": schema},
+        ]
+        for form in forms[self._schema_form :]:
+            try:
+                first = True
+                for chunk in self._relay("/chat/completions", {**body, "response_format": form}, params):
+                    first = False
+                    yield chunk
+                return
+            except EngineError:
+                if not first or form is forms[-1]:
+                    raise
+                self._schema_form += 1  # refused before any output: try the next form
 
     def complete(self, prompt: str, params: GenParams, echo: bool = False) -> Iterator[Chunk]:
         """The server's /completions. With echo, one request without streaming: the prompt's tokens are those
