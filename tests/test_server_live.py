@@ -421,3 +421,18 @@ def test_web_page_asks_for_the_api_key_on_401_and_then_sends_it(
             assert page.evaluate("localStorage.getItem('allinone.apiKey')") == "k1"
         finally:
             browser.close()
+
+
+def test_serve_computes_every_tasks_prefix_before_it_is_ready(
+    settings: Settings, engine: LlamaCppEngine, tmp_path: Path
+) -> None:
+    engine.clear_cache()  # nothing cached: whatever the first requests find, the start-up put there
+    app_settings = settings.model_copy(update={"home": tmp_path, "log_file": tmp_path / "requests.log"})
+    with serving(create_app(app_settings, Router(app_settings, engine))) as port:
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        first = httpx.post(f"{url}/analyze", json={"text": NEGATIVE}, timeout=60).json()
+        chat = httpx.post(f"{url}/v1/tasks/chat", json={"text": "你好呀", "max_tokens": 4}, timeout=60).json()
+        summary = httpx.post(f"{url}/v1/tasks/keywords", json={"text": "Tesla opened a factory in Berlin."}, timeout=60)
+    assert first["usage"]["cached_tokens"] > 200  # the sentiment prompt's system prompt and examples
+    assert chat["usage"]["cached_tokens"] > 100 and summary.json()["usage"]["cached_tokens"] > 100

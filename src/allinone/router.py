@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .chat import ChatSession, split_messages, stream_reply
+from .chat import ChatSession, Turn, model_messages, split_messages, stream_reply
 from .classify import Classification, classify, classify_many, load_head
 from .engines import Chunk, Conversation, Engine, GenParams, Message, load_engine
 from .errors import InvalidInput, TaskDefinitionError, TaskNotFound
@@ -184,6 +184,19 @@ class Router:
             options["stop"] = (options["stop"],) if isinstance(options["stop"], str) else tuple(options["stop"])
         seed = None if self.settings.seed < 0 else self.settings.seed
         return self.engine.complete(prompt, replace(GenParams(seed=seed), **options), echo)
+
+    def warm(self, texts: Sequence[str] = ("你好", "hello")) -> None:
+        """Compute every task's cached prefix now (and the classify tasks' calibration), for a message in each
+        language, so that the first requests are as fast as later ones (`serve` does this before it is ready)."""
+        for name, task in self.tasks.items():
+            for text in texts:
+                if task.kind == "classify":
+                    self.classify(name, text)
+                else:
+                    messages, n_fixed = model_messages(task, [Turn("user", text)])
+                    self.engine.warm(Conversation.of(messages, n_fixed))
+        if sum(t.routing.enabled for t in self.tasks.values()) >= 2:
+            self.route(texts[0])
 
     def prompt_head(self, name: str, n: int = 50) -> str:
         """The first characters of the task's rendered prompt (its fixed prefix), for request logs."""

@@ -171,6 +171,10 @@ class Engine(ABC):
         With `hidden`, also the hidden-state features `probe_layer` names, from the same pass.
         """
 
+    def warm(self, conversation: Conversation) -> None:  # noqa: B027 - only engines with a local cache do it
+        """Compute and cache the conversation's fixed prefix now, so that the first request that uses it is as fast
+        as later ones (engines whose prefix cache lives elsewhere do nothing)."""
+
     def score_batch(self, conversations: Sequence[Conversation], continuations: Sequence[str]) -> list[Scores]:
         """`score` for several conversations; engines that evaluate them faster together override this.
 

@@ -209,6 +209,9 @@ class TransformersEngine(Engine):
     def score(self, conversation: Conversation, continuations: Sequence[str], hidden: bool = False) -> Scores:
         return self.score_prompt(self.render(conversation), continuations, hidden)
 
+    def warm(self, conversation: Conversation) -> None:
+        self.score(conversation, ["。"])  # computes and keeps the prefix
+
     def score_prompt(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
         """`score` on a rendered prompt (its prefix is what gets cached)."""
         torch = self._torch

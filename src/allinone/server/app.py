@@ -65,9 +65,12 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         start = time.perf_counter()
+        shared.warming = True
         engine = await run_in_threadpool(lambda: shared.router.engine)  # load once, off the event loop
+        await run_in_threadpool(shared.router.warm)  # every task's prefix: the first requests are not slower
+        shared.warming = False
         shared.metrics.model_loaded = 1
-        log.info("model %s ready in %.1f s", engine.info.model, time.perf_counter() - start)
+        log.info("model %s ready in %.1f s (tasks warm)", engine.info.model, time.perf_counter() - start)
         try:
             yield
         finally:  # uvicorn has drained (or cut) the requests in flight; their model steps may still be ending

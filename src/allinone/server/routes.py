@@ -139,9 +139,9 @@ async def page() -> FileResponse:
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}}, tags=["service"])
 async def health(request: Request) -> Any:
-    """Ready (200) once the model is loaded; 503 while it loads."""
+    """Ready (200) once the model is loaded and the tasks' prefixes computed; 503 before."""
     svc = services(request)
-    if not svc.router.loaded:
+    if not svc.ready():
         return JSONResponse(HealthOut(status="loading", ready=False).model_dump(), status_code=503)
     info = svc.router.engine.info
     return HealthOut(status="ok", ready=True, model=info.model, backend=info.backend, tasks=task_infos(svc))

@@ -21,13 +21,18 @@ class Services:
     sessions: SessionStore
     metrics: Metrics
     log: RequestLog
+    warming: bool = False  # serve computes the tasks' prefixes before it says it is ready
     admission: Admission = field(init=False)  # the model's slots, as many as the engine runs at once; a bounded queue
 
     def __post_init__(self) -> None:
         s = self.settings
         self.admission = Admission(
-            s.max_queue, s.request_timeout, self.metrics, lambda: self.router.loaded, lambda: self.router.engine.slots
+            s.max_queue, s.request_timeout, self.metrics, self.ready, lambda: self.router.engine.slots
         )
+
+    def ready(self) -> bool:
+        """The model is loaded and its task prefixes are computed."""
+        return self.router.loaded and not self.warming
 
 
 def services(request: Request) -> Services:
