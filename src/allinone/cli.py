@@ -425,8 +425,8 @@ def eval_cmd(
     start = time.perf_counter()
     with _progress(len(rows), f"eval {task}") as bar:
         step = router.settings.batch_size
-        for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
+        for i in range(0, len(rows), step):
+            chunk = rows[i : i + step]
             for row, r in zip(chunk, router.classify_many(task, [row.text for row in chunk]), strict=True):
                 preds.append(Prediction(row.line, row.label or "", r.label, r.probabilities, r.usage.prompt_tokens))
             bar.update(len(chunk))
