@@ -19,7 +19,7 @@ from ..logs import RequestLog
 from ..router import Router
 from ..sessions import open_store
 from ..settings import Settings
-from . import completions, errors, openai_compat, routes
+from . import completions, endpoints, errors, openai_compat
 from .metrics import Metrics
 from .middleware import ApiKeys, BodyLimit, HostCheck, Observe, allowed_hosts
 from .schemas import ErrorOut
@@ -94,9 +94,9 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
     )
     app.state.services = shared
     errors.install(app)
-    app.include_router(routes.router)
-    app.include_router(openai_compat.router)
-    app.include_router(completions.router)
+    app.include_router(endpoints.api)
+    app.include_router(openai_compat.api)
+    app.include_router(completions.api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(ApiKeys, keys=settings.api_keys, open_paths=open_paths())

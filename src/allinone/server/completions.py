@@ -21,7 +21,7 @@ from .schemas import Completion, CompletionChoice, CompletionLogprobs, Completio
 from .state import Services, record, services
 from .streaming import EventStream, ThreadedStream, sse
 
-router = APIRouter(tags=["OpenAI-compatible"])
+api = APIRouter(tags=["OpenAI-compatible"])
 ANY_MODEL = "allinone"  # the loaded model itself, whatever it is
 
 
@@ -57,7 +57,7 @@ def _choice(i: int, prompt: str, reply: Reply, echo: bool, logprobs: bool) -> Co
     )
 
 
-@router.post("/v1/completions", response_model=Completion, responses=ERRORS)
+@api.post("/v1/completions", response_model=Completion, responses=ERRORS)
 async def completions(body: CompletionRequest, request: Request) -> Any:
     """Raw text completion on the loaded model (no chat template): `prompt` (one or several), `max_tokens`,
     `stop`, `stream`, `logprobs` (the tokens' and this many alternatives) and `echo` (the prompt and its

@@ -40,7 +40,7 @@ from .schemas import (
 from .state import Services, record, services
 from .streaming import EventStream, ThreadedStream, sse
 
-router = APIRouter(tags=["OpenAI-compatible"])
+api = APIRouter(tags=["OpenAI-compatible"])
 
 PREFIX = "allinone-"
 _CREATED = int(time.time())
@@ -96,7 +96,7 @@ def classification(result: ClassifyResult) -> Classification:
     )
 
 
-@router.get("/v1/models", response_model=ModelList)
+@api.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
     """Every task as a model id, `allinone-<task>`, and `allinone-auto`, which lets the model pick the task."""
     tasks = services(request).router.tasks.values()
@@ -111,7 +111,7 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=cards)
 
 
-@router.post(
+@api.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
     responses={**ERRORS, 200: {"content": {"text/event-stream": {"example": _SSE_EXAMPLE}}}},

@@ -1,4 +1,4 @@
-"""The service's own routes: tasks, the original /analyze and /chat, the combined flow, sessions, health."""
+"""The service's own endpoints: tasks, the original /analyze and /chat, the combined flow, sessions, health."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ from .schemas import (
 from .state import Services, owner, record, services
 from .streaming import EventStream, ThreadedStream, sse
 
-router = APIRouter()
+api = APIRouter()
 
 INDEX = Path(__file__).parent / "static" / "index.html"
 
@@ -129,15 +129,15 @@ def event_stream(
     return EventStream(body(), stream)
 
 
-# --- routes -------------------------------------------------------------------------------------
+# --- endpoints -------------------------------------------------------------------------------------
 
 
-@router.get("/", include_in_schema=False)
+@api.get("/", include_in_schema=False)
 async def page() -> FileResponse:
     return FileResponse(INDEX, media_type="text/html; charset=utf-8")
 
 
-@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}}, tags=["service"])
+@api.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}}, tags=["service"])
 async def health(request: Request) -> Any:
     """Ready (200) once the model is loaded and the tasks' prefixes computed; 503 before."""
     svc = services(request)
@@ -147,7 +147,7 @@ async def health(request: Request) -> Any:
     return HealthOut(status="ok", ready=True, model=info.model, backend=info.backend, tasks=task_infos(svc))
 
 
-@router.get("/metrics", response_class=PlainTextResponse, tags=["service"])
+@api.get("/metrics", response_class=PlainTextResponse, tags=["service"])
 async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus text: requests, latency histograms and tokens per task, cache-hit tokens, in-flight requests."""
     return PlainTextResponse(services(request).metrics.render(), media_type=metrics_module.CONTENT_TYPE)
@@ -166,13 +166,13 @@ def task_infos(svc: Services) -> list[TaskInfo]:
     ]
 
 
-@router.get("/v1/tasks", response_model=list[TaskInfo], tags=["tasks"])
+@api.get("/v1/tasks", response_model=list[TaskInfo], tags=["tasks"])
 async def list_tasks(request: Request) -> list[TaskInfo]:
     """Every task the model serves."""
     return task_infos(services(request))
 
 
-@router.post(
+@api.post(
     "/v1/tasks/{name}",
     response_model=TaskResponse,
     responses={**_ERRORS, **_STREAMS},
@@ -234,7 +234,7 @@ async def _one_event(data: dict[str, Any], event: str) -> AsyncGenerator[str, No
     yield sse(data, event)
 
 
-@router.post("/analyze", response_model=AnalyzeResponse, responses=_ERRORS, tags=["original service"])
+@api.post("/analyze", response_model=AnalyzeResponse, responses=_ERRORS, tags=["original service"])
 async def analyze(body: AnalyzeRequest, request: Request) -> AnalyzeResponse:
     """The original service's sentiment route: `{"text"}` -> `{"sentiment": "正面" | "负面", ...}`."""
     svc = services(request)
@@ -243,7 +243,7 @@ async def analyze(body: AnalyzeRequest, request: Request) -> AnalyzeResponse:
     return AnalyzeResponse(**s.model_dump(), timing=timing(record(request)))
 
 
-@router.post("/chat", response_model=ChatResponse, responses=_ERRORS, tags=["original service"])
+@api.post("/chat", response_model=ChatResponse, responses=_ERRORS, tags=["original service"])
 async def chat(body: ChatRequest, request: Request) -> ChatResponse:
     """The original service's chat route: `{"text", "session_id"?}` -> `{"reply", "session_id", ...}`."""
     svc, rec = services(request), note(request, "chat", body.text)
@@ -260,7 +260,7 @@ async def chat(body: ChatRequest, request: Request) -> ChatResponse:
     )
 
 
-@router.post(
+@api.post(
     "/v1/analyze_and_reply",
     response_model=AnalyzeAndReplyResponse,
     responses={**_ERRORS, **_STREAMS},
@@ -299,14 +299,14 @@ def session_out(session: ChatSession) -> SessionOut:
     return SessionOut(session_id=session.id, turns=turns)
 
 
-@router.get("/v1/sessions/{session_id}", response_model=SessionOut, responses=_ERRORS, tags=["sessions"])
+@api.get("/v1/sessions/{session_id}", response_model=SessionOut, responses=_ERRORS, tags=["sessions"])
 async def get_session(session_id: str, request: Request) -> SessionOut:
     """A session's conversation so far; only the API key that made the session sees it (others get 404)."""
     found = await run_in_threadpool(services(request).sessions.get, session_id, owner(request))
     return session_out(found)
 
 
-@router.delete("/v1/sessions/{session_id}", status_code=204, responses=_ERRORS, tags=["sessions"])
+@api.delete("/v1/sessions/{session_id}", status_code=204, responses=_ERRORS, tags=["sessions"])
 async def delete_session(session_id: str, request: Request) -> Response:
     """Forget a session (the page's reset button); 404 when there is none of the caller's with this id."""
     if not await run_in_threadpool(services(request).sessions.delete, session_id, owner(request)):
