@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from allinone.chat import ChatSession, stream_reply
 from allinone.classify import Classification
 from allinone.engines.base import Chunk, GenParams
-from allinone.router import Router
+from allinone.service import TaskService
 from allinone.settings import Settings
 from allinone.tasks import load_tasks
 from tests.fakes import FakeEngine
@@ -14,7 +14,7 @@ TASKS = load_tasks()
 
 
 def analyze_and_reply(engine: FakeEngine, session: ChatSession, text: str) -> Iterator[Classification | Chunk]:
-    return Router(Settings(), engine).analyze_and_reply(session, text)
+    return TaskService(Settings(), engine).analyze_and_reply(session, text)
 
 
 def negative(prompt: str, word: str) -> float:

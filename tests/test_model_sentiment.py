@@ -13,7 +13,7 @@ import pytest
 
 from allinone.chat import ChatSession
 from allinone.classify import Classification
-from allinone.router import Router
+from allinone.service import TaskService
 from allinone.settings import Settings
 
 pytestmark = pytest.mark.model
@@ -65,16 +65,16 @@ ADVERSARIAL = [
 ]
 
 
-def test_sentiment_is_right_on_at_least_90_percent_of_clear_sentences(router: Router) -> None:
-    results = [(router.classify("sentiment", text).label, want, text) for text, want in CLEAR]
+def test_sentiment_is_right_on_at_least_90_percent_of_clear_sentences(service: TaskService) -> None:
+    results = [(service.classify("sentiment", text).label, want, text) for text, want in CLEAR]
     wrong = [(t, got) for got, want, t in results if got != want]
     accuracy = 1 - len(wrong) / len(CLEAR)
     assert accuracy >= 0.9, f"accuracy {accuracy:.2%}; wrong: {wrong}"
 
 
 @pytest.mark.parametrize("text", ADVERSARIAL)
-def test_adversarial_input_still_gets_a_declared_label(router: Router, text: str) -> None:
-    result = router.classify("sentiment", text)
+def test_adversarial_input_still_gets_a_declared_label(service: TaskService, text: str) -> None:
+    result = service.classify("sentiment", text)
     assert result.label in {"positive", "negative"}
     assert sum(result.probabilities.values()) == pytest.approx(1.0)
     assert result.display in {"😄 LLM 情感判断: 正面", "😡 LLM 情感判断: 负面"}
@@ -85,11 +85,11 @@ def cjk_share(text: str) -> float:
     return sum(bool(re.match(r"[\u4e00-\u9fff]", c)) for c in letters) / max(1, len(letters))
 
 
-def test_chat_answers_chinese_input_in_chinese(router: Router) -> None:
+def test_chat_answers_chinese_input_in_chinese(service: TaskService) -> None:
     session = ChatSession()
     reply = "".join(
         c.text
-        for c in router.stream(
+        for c in service.stream(
             "chat", "最近工作压力好大，晚上总是睡不着，怎么办？", session, {"seed": 1, "max_tokens": 80}
         )
     )
@@ -97,9 +97,9 @@ def test_chat_answers_chinese_input_in_chinese(router: Router) -> None:
     assert cjk_share(reply) > 0.6, reply
 
 
-def test_combined_flow_on_the_real_model(router: Router) -> None:
+def test_combined_flow_on_the_real_model(service: TaskService) -> None:
     session = ChatSession()
-    events = list(router.analyze_and_reply(session, "今天被老板骂了，心情很糟糕", {"seed": 3, "max_tokens": 60}))
+    events = list(service.analyze_and_reply(session, "今天被老板骂了，心情很糟糕", {"seed": 3, "max_tokens": 60}))
     first = events[0]
     assert isinstance(first, Classification) and first.display == "😡 LLM 情感判断: 负面"
     reply = "".join(getattr(e, "text", "") for e in events[1:])
@@ -126,7 +126,7 @@ def test_eval_command_on_other_domains_with_the_real_model(tmp_path: Path, setti
 
 
 def test_the_shipped_head_runs_on_the_probed_engine_and_stays_right_on_clear_sentences(settings: Settings) -> None:
-    heads = Router(settings.model_copy(update={"use_heads": True, "n_ctx": 2048}))
+    heads = TaskService(settings.model_copy(update={"use_heads": True, "n_ctx": 2048}))
     try:
         assert heads.engine.probe_layer == 15  # what sentiment.head.json was trained on
         results = [(heads.classify("sentiment", text), want, text) for text, want in CLEAR]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from allinone.errors import InvalidInput, TaskDefinitionError
-from allinone.router import Router
 from allinone.routing import route, routing_task
+from allinone.service import TaskService
 from allinone.settings import Settings
 from allinone.tasks import load_tasks
 from tests.fakes import FakeEngine
@@ -62,11 +62,11 @@ def test_route_returns_the_argmax_task_with_a_probability_over_all_candidates() 
 
 def test_router_routes_with_the_same_engine_and_auto_is_not_a_task(tmp_path: Path) -> None:
     engine = FakeEngine(prefers("translate"))
-    router = Router(Settings(home=tmp_path), engine)
-    assert router.route("翻译：你好").task == "translate"
+    service = TaskService(Settings(home=tmp_path), engine)
+    assert service.route("翻译：你好").task == "translate"
     assert "task router" in engine.prompts[-1].text
     with pytest.raises(Exception, match="unknown task 'auto'"):
-        router.task("auto")
+        service.task("auto")
 
 
 def test_a_user_task_named_auto_is_refused(tmp_path: Path) -> None:

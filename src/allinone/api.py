@@ -18,7 +18,7 @@ from typing import Any
 from .chat import ChatSession
 from .classify import Classification
 from .generate import Generated
-from .router import Router
+from .service import TaskService
 from .settings import Settings
 
 __all__ = ["AllInOne", "Chat"]
@@ -31,7 +31,7 @@ class AllInOne:
     def __init__(self, model: str | None = None, **settings: Any) -> None:
         if model is not None:
             settings["model"] = model
-        self.service = Router(Settings(**settings))
+        self.service = TaskService(Settings(**settings))
         self.service.engine  # noqa: B018 - load now, not on the first call
 
     @property
@@ -70,7 +70,7 @@ class AllInOne:
 class Chat:
     """A multi-turn conversation held in memory (the history as the model sees it, sentiment tags included)."""
 
-    def __init__(self, service: Router, sentiment: bool = True, task: str = "chat") -> None:
+    def __init__(self, service: TaskService, sentiment: bool = True, task: str = "chat") -> None:
         self.service, self.sentiment, self.task = service, sentiment, task
         self.session = ChatSession()
 

@@ -16,7 +16,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from ..logs import RequestLog
-from ..router import Router
+from ..service import TaskService
 from ..sessions import open_store
 from ..settings import Settings
 from . import completions, endpoints, errors, openai_compat
@@ -55,19 +55,19 @@ def open_paths() -> set[str]:
     return {"/", "/health", "/favicon.ico", *(f"/static/{p.name}" for p in STATIC.iterdir() if p.is_file())}
 
 
-def create_app(settings: Settings | None = None, router: Router | None = None) -> FastAPI:
-    """The app; the model is loaded at startup (or taken from an injected `router`)."""
+def create_app(settings: Settings | None = None, service: TaskService | None = None) -> FastAPI:
+    """The app; the model is loaded at startup (or taken from an injected `service`)."""
     settings = settings or Settings()
-    owns_engine = router is None or not router.loaded
-    router = router or Router(settings)
-    shared = Services(settings, router, open_store(settings), Metrics(), RequestLog(settings))
+    owns_engine = service is None or not service.loaded
+    service = service or TaskService(settings)
+    shared = Services(settings, service, open_store(settings), Metrics(), RequestLog(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         start = time.perf_counter()
         shared.warming = True
-        engine = await run_in_threadpool(lambda: shared.router.engine)  # load once, off the event loop
-        await run_in_threadpool(shared.router.warm)  # every task's prefix: the first requests are not slower
+        engine = await run_in_threadpool(lambda: shared.service.engine)  # load once, off the event loop
+        await run_in_threadpool(shared.service.warm)  # every task's prefix: the first requests are not slower
         shared.warming = False
         shared.metrics.model_loaded = 1
         log.info("model %s ready in %.1f s (tasks warm)", engine.info.model, time.perf_counter() - start)

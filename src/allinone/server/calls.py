@@ -44,7 +44,7 @@ def note(request: Request, task: str, text: str, prompt: str | None = None) -> R
     rec, svc = record(request), services(request)
     svc.admission.check_ready()  # before anything touches the model
     rec.task, rec.input = task, svc.log.keep(text)
-    rec.prompt = svc.router.prompt_head(task) if prompt is None else svc.log.keep(prompt)
+    rec.prompt = svc.service.prompt_head(task) if prompt is None else svc.log.keep(prompt)
     return rec
 
 
@@ -58,7 +58,7 @@ async def classify(request: Request, task: str, text: str, options: dict[str, An
     rec = note(request, task, text)
     svc = services(request)
     async with svc.admission.hold("score", svc.admission.deadline(rec), again=_routed(request)):
-        result = await run_in_threadpool(svc.router.classify, task, require_text(text), options)
+        result = await run_in_threadpool(svc.service.classify, task, require_text(text), options)
     rec.add_usage(result.usage)
     rec.output = result.label
     return result
@@ -68,7 +68,7 @@ async def route(request: Request, text: str) -> Route:
     """The task the model picks for `text` (task `auto`); its usage counts toward the request's."""
     svc = services(request)
     async with svc.admission.hold("score", svc.admission.deadline(record(request))):
-        found = await run_in_threadpool(svc.router.route, require_text(text))
+        found = await run_in_threadpool(svc.service.route, require_text(text))
     request.state.routed = True  # the task's own model call then counts as the same place in the queue
     record(request).add_usage(found.usage)
     return found

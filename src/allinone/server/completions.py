@@ -27,7 +27,7 @@ ANY_MODEL = "allinone"  # the loaded model itself, whatever it is
 
 def check_model(model: str, svc: Services) -> None:
     """Every model id names the one loaded model here: `allinone`, the engine's own name, or a task's id."""
-    if model in (ANY_MODEL, svc.router.engine.info.model):
+    if model in (ANY_MODEL, svc.service.engine.info.model):
         return
     try:
         task_for(model, svc)
@@ -74,13 +74,13 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     options |= {"stop": body.stop, "seed": body.seed, "logprobs": logprobs}
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
     if body.stream:
-        items = [svc.router.complete(p, options, body.echo) for p in prompts]
+        items = [svc.service.complete(p, options, body.echo) for p in prompts]
         first_stream, first = await start_stream(request, items[0])
         deadline = svc.admission.deadline(record(request))
         streams = [first_stream, *(ThreadedStream(it, svc.admission, deadline) for it in items[1:])]
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return EventStream(_chunks(request, streams, first, prompts, head, body, include_usage), streams)
-    replies = [await join(request, svc.router.complete(p, options, body.echo)) for p in prompts]
+    replies = [await join(request, svc.service.complete(p, options, body.echo)) for p in prompts]
     pairs = enumerate(zip(prompts, replies, strict=True))
     choices = [_choice(i, p, r, body.echo, body.logprobs is not None) for i, (p, r) in pairs]
     return Completion(**head, choices=choices, usage=completion_usage(record(request).usage))

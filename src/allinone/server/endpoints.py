@@ -75,7 +75,7 @@ _STREAMS: dict[int | str, dict[str, Any]] = {
 
 
 def sentiment_out(result: Classification, svc: Services) -> Sentiment:
-    label = svc.router.task(result.task).label(result.label)
+    label = svc.service.task(result.task).label(result.label)
     return Sentiment(
         sentiment=label.display,
         label=result.label,
@@ -143,7 +143,7 @@ async def health(request: Request) -> Any:
     svc = services(request)
     if not svc.ready():
         return JSONResponse(HealthOut(status="loading", ready=False).model_dump(), status_code=503)
-    info = svc.router.engine.info
+    info = svc.service.engine.info
     return HealthOut(status="ok", ready=True, model=info.model, backend=info.backend, tasks=task_infos(svc))
 
 
@@ -162,7 +162,7 @@ def task_infos(svc: Services) -> list[TaskInfo]:
             model_id=f"allinone-{t.name}",
             labels=[label.id for label in t.labels] if t.labels else None,
         )
-        for t in svc.router.tasks.values()
+        for t in svc.service.tasks.values()
     ]
 
 
@@ -187,7 +187,7 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
     text = split_messages(messages)[2] if messages else (body.text or "")
     found = await route(request, text) if name == AUTO else None
     name = found.task if found else name
-    task = svc.router.task(name)
+    task = svc.service.task(name)
     if task.kind == "classify":
         result = await classify(request, name, text, body.model_extra)  # generation overrides do not apply
         out = ClassifyResponse(
@@ -206,9 +206,9 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
     require_text(text)
     session = await open_session(request, body.session_id) if body.session_id and task.multi_turn else None
     if messages:
-        items = svc.router.stream_messages(name, messages, body.options())
+        items = svc.service.stream_messages(name, messages, body.options())
     else:
-        items = svc.router.stream(name, text, session, body.options())
+        items = svc.service.stream(name, text, session, body.options())
     session_id = session.id if session else None
     if body.stream:
         stream, first = await start_stream(request, items)
@@ -249,7 +249,7 @@ async def chat(body: ChatRequest, request: Request) -> ChatResponse:
     svc, rec = services(request), note(request, "chat", body.text)
     text = require_text(body.text)
     session = await open_session(request, body.session_id)
-    reply = await join(request, svc.router.stream("chat", text, session))
+    reply = await join(request, svc.service.stream("chat", text, session))
     return ChatResponse(
         reply=reply.text,
         session_id=session.id,
@@ -271,11 +271,11 @@ async def analyze_and_reply(body: AnalyzeAndReplyRequest, request: Request) -> A
     With `stream: true`: SSE `sentiment` (as soon as it is known), then `token` events, then `done`."""
     svc, rec = services(request), note(request, "chat", body.text)
     text = require_text(body.text)
-    task, params, _ = svc.router.prepare("chat", text, body.options())
+    task, params, _ = svc.service.prepare("chat", text, body.options())
     session = await open_session(request, body.session_id)
     result = await classify(request, "sentiment", text)  # its own lane: never behind other users' replies
     rec.task = "analyze_and_reply"
-    items = svc.router.reply(task, params, text, session, svc.router.sentiment_tag(result))
+    items = svc.service.reply(task, params, text, session, svc.service.sentiment_tag(result))
     if body.stream:  # the reply waits for a generation slot inside the stream, after the sentiment event
         admission = svc.admission
         stream = ThreadedStream(items, admission, admission.deadline(rec))

@@ -59,11 +59,11 @@ _SSE_EXAMPLE = (
 def task_for(model: str, svc: Services) -> str:
     """The task behind a model id: `allinone-<task>` or the bare task name."""
     name = model.removeprefix(PREFIX)
-    if name == AUTO or name in svc.router.tasks:
+    if name == AUTO or name in svc.service.tasks:
         return name
-    if model in svc.router.tasks:
+    if model in svc.service.tasks:
         return model
-    known = ", ".join(PREFIX + t for t in sorted(svc.router.tasks))
+    known = ", ".join(PREFIX + t for t in sorted(svc.service.tasks))
     raise TaskNotFound(f"unknown model '{model}'; known models: {known}")
 
 
@@ -99,7 +99,7 @@ def classification(result: ClassifyResult) -> Classification:
 @api.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
     """Every task as a model id, `allinone-<task>`, and `allinone-auto`, which lets the model pick the task."""
-    tasks = services(request).router.tasks.values()
+    tasks = services(request).service.tasks.values()
     cards = [
         ModelCard(
             id=PREFIX + t.name, created=_CREATED, task=t.name, kind=t.kind, description=" ".join(t.description.split())
@@ -133,14 +133,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     require_text(text)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    if svc.router.task(name).kind == "classify":
+    if svc.service.task(name).kind == "classify":
         return await _classification(request, body, name, text, found, head, include_usage)
     schema = response_schema(body.response_format)
-    slots = svc.admission.sizes.get("generate") or svc.router.engine.slots.generate
+    slots = svc.admission.sizes.get("generate") or svc.service.engine.slots.generate
     if body.n > slots:
         raise Unsupported(f"n may be at most {slots} here (the engine's reply slots)")
     options = body.options() | ({"logprobs": body.top_logprobs or 0} if body.logprobs else {})
-    items = [svc.router.stream_messages(name, messages, _choice_options(options, i), schema) for i in range(body.n)]
+    items = [svc.service.stream_messages(name, messages, _choice_options(options, i), schema) for i in range(body.n)]
     if body.stream:
         first_stream, first = await start_stream(request, items[0])
         deadline = svc.admission.deadline(record(request))
@@ -148,7 +148,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         return EventStream(_chunks(request, streams, first, head, include_usage), streams)
     replies = await _join_all(request, items)
     rec = record(request)
-    task = svc.router.task(name)
+    task = svc.service.task(name)
     data = [_structured(schema, task, r) for r in replies]
     choices = [
         Choice(

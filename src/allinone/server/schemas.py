@@ -48,7 +48,7 @@ class Options(BaseModel):
         return self
 
     def options(self) -> dict[str, Any]:
-        """The overrides that were given, as Router options."""
+        """The overrides that were given, as TaskService options."""
         keys = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 

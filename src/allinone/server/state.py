@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from ..logs import RequestLog, RequestRecord
-from ..router import Router
+from ..service import TaskService
 from ..sessions import ANONYMOUS, SessionStore
 from ..settings import Settings
 from .admission import Admission
@@ -17,7 +17,7 @@ from .metrics import Metrics
 @dataclass
 class Services:
     settings: Settings
-    router: Router
+    service: TaskService
     sessions: SessionStore
     metrics: Metrics
     log: RequestLog
@@ -27,12 +27,12 @@ class Services:
     def __post_init__(self) -> None:
         s = self.settings
         self.admission = Admission(
-            s.max_queue, s.request_timeout, self.metrics, self.ready, lambda: self.router.engine.slots
+            s.max_queue, s.request_timeout, self.metrics, self.ready, lambda: self.service.engine.slots
         )
 
     def ready(self) -> bool:
         """The model is loaded and its task prefixes are computed."""
-        return self.router.loaded and not self.warming
+        return self.service.loaded and not self.warming
 
 
 def services(request: Request) -> Services:

@@ -13,7 +13,7 @@ from ..engines.base import Message
 from ..errors import InputTooLong, InvalidInput
 from .options import TaskOption
 
-RESERVED_NAMES = {"auto"}  # `auto` asks the router to pick the task
+RESERVED_NAMES = {"auto"}  # `auto` asks the model to pick the task
 GEN_OPTIONS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed"}  # request options of every generate task
 _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
@@ -134,7 +134,8 @@ class Routing(_Strict):
 
     enabled: bool = Field(True, description="Whether `auto` may pick this task.")
     examples: list[str] = Field(
-        default_factory=list, description="Typical inputs for this task; the router sees them as few-shot examples."
+        default_factory=list,
+        description="Typical inputs for this task; auto routing shows them to the model as few-shot examples.",
     )
 
     @field_validator("examples")
@@ -181,7 +182,7 @@ class Task(_Strict):
     @classmethod
     def _not_reserved(cls, v: str) -> str:
         if v in RESERVED_NAMES:
-            raise ValueError(f"'{v}' is reserved (it asks the router to pick a task)")
+            raise ValueError(f"'{v}' is reserved (it asks the model to pick a task)")
         return v
 
     @field_validator("options")

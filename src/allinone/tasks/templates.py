@@ -44,7 +44,7 @@ truncation:
   head_ratio: 0.5
 routing:
   enabled: true  # may `auto` pick this task?
-  examples:  # typical inputs; the router sees them as few-shot examples
+  examples:  # typical inputs; auto routing shows them to the model as few-shot examples
     - Is this message urgent? "The payment page shows an error for every customer."
 """
 
@@ -88,7 +88,7 @@ truncation:
   head_ratio: 0.5
 routing:
   enabled: true  # may `auto` pick this task?
-  examples:  # typical inputs; the router sees them as few-shot examples
+  examples:  # typical inputs; auto routing shows them to the model as few-shot examples
     - A typical input for this task, written as a user would send it.
 """
 

@@ -1,4 +1,4 @@
-"""Task name -> task, and one model shared by every task; request options merged with task defaults."""
+"""The task service: task name -> task, one model shared by every task, request options merged with task defaults."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from .routing import AUTO, Route, route, routing_task
 from .settings import Settings
 from .tasks import Task, load_tasks
 
-__all__ = ["Router"]
+__all__ = ["TaskService"]
 
 _OPTION_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "logprobs"}  # of every generate task
 
 
-class Router:
+class TaskService:
     """The tasks and the single engine that serves all of them; the CLI and the server both use it."""
 
     def __init__(self, settings: Settings, engine: Engine | None = None, probe_layer: int | None = None) -> None:
