@@ -11,7 +11,7 @@ from ..errors import InvalidInput
 
 __all__ = ["ByScript", "Choice", "NumberValue", "TaskOption", "cjk_share"]
 
-AUTO = "auto"
+DETECT = "auto"  # an option value that asks for it to be detected from the text (e.g. target=auto)
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²".isdigit() is true and int("²") fails
 SHOWN_CHARS = 40  # characters of a refused value repeated in the error
@@ -80,7 +80,7 @@ class TaskOption(_Strict):
         if bad:
             raise ValueError(f"choice names must be words of letters, digits, _ or -: {bad}")
         if self.auto is not None:
-            if AUTO in self.choices:
+            if DETECT in self.choices:
                 raise ValueError("'auto' is resolved by `auto`; it cannot also be a choice")
             missing = [c for c in (self.auto.cjk, self.auto.other) if c not in self.choices]
             if missing:
@@ -93,14 +93,14 @@ class TaskOption(_Strict):
 
     def allowed(self) -> str:
         """The allowed values in words, for error messages."""
-        values = list(self.choices) + ([AUTO] if self.auto else [])
+        values = list(self.choices) + ([DETECT] if self.auto else [])
         number = f", or a number {self.number.min}-{self.number.max}" if self.number else ""
         return ", ".join(values) + number
 
     def resolve(self, value: Any, text: str) -> tuple[str, Choice]:
         """The concrete value name and its Choice; `auto` is decided by the text, a number builds a Choice."""
         value = str(value).strip()
-        if value == AUTO and self.auto is not None:
+        if value == DETECT and self.auto is not None:
             value = self.auto.cjk if cjk_share(text) > 0.5 else self.auto.other
         if value in self.choices:
             return value, self.choices[value]
