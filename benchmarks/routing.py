@@ -34,7 +34,7 @@ def main() -> None:
     preds, times = [], []
     for row in rows:
         start = time.perf_counter()
-        chosen = service.route(row["text"])
+        chosen = service.pick_task(row["text"])
         times.append(time.perf_counter() - start)
         preds.append({**row, "predicted": chosen.task, "probability": round(chosen.probability, 4)})
     tasks = sorted({r["task"] for r in rows})

@@ -90,7 +90,7 @@ def run_one(service: TaskService, task: str, text: str) -> dict[str, Any]:
     """One request; its wall time and token counts."""
     start = time.perf_counter()
     if task == "auto":
-        usage = service.route(text).usage
+        usage = service.pick_task(text).usage
     elif service.task(task).kind == "classify":
         usage = service.classify(task, text).usage
     else:

@@ -36,7 +36,7 @@ def test_a_100_kb_text_on_a_generate_task_is_cut_and_the_last_chunk_says_so(serv
 
 
 def test_a_100_kb_text_on_auto_is_routed(service: Any) -> None:
-    found = service.route(BIG)
+    found = service.pick_task(BIG)
     assert found.task in service.tasks
 
 

@@ -173,7 +173,7 @@ def test_auto_routing_reaches_the_target_accuracy_on_the_routing_set(service: Ta
     rows = [json.loads(line) for line in ROUTING.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert len(rows) >= 60 and {r["task"] for r in rows} == set(service.tasks)
     assert {cjk_share(r["text"]) > 0.5 for r in rows} == {True, False}
-    picked = [(service.route(r["text"]), r) for r in rows]
+    picked = [(service.pick_task(r["text"]), r) for r in rows]
     accuracy = sum(p.task == r["task"] for p, r in picked) / len(rows)
     assert all(0 < p.probability <= 1 for p, _ in picked)
     assert accuracy >= 0.85, [(r["text"][:30], r["task"], p.task) for p, r in picked if p.task != r["task"]]
@@ -195,7 +195,7 @@ def test_other_tasks_between_chat_turns_leave_the_reply_identical(service: TaskS
     service.generate("summary", NEWS_ZH, options={"length": "short"})
     service.generate("keywords", "今天去颐和园划船")
     service.generate("translate", "Good morning")
-    service.route("帮我翻译一下这句话")
+    service.pick_task("帮我翻译一下这句话")
     other = ChatSession()
     chat_reply(service, other, "Tell me a joke.", 5)  # another conversation in between too
     assert chat_reply(service, mixed, "你还记得我叫什么吗？有什么简单的菜推荐？", 12) == second

@@ -134,20 +134,20 @@ def run(
     tasks_dir: Path | None,
 ) -> None:
     """Run TASK on TEXT ('-' reads stdin); TASK `auto` lets the model pick the task first."""
-    from .routing import AUTO
+    from .auto import AUTO
 
     service = _service(model, tasks_dir)
     text = _read_text(text)
     options = _pairs(task_options, "--option")
     service.engine  # noqa: B018 - load first, so timing_ms is the request alone
     start = time.perf_counter()
-    route = None
+    picked = None
     if task == AUTO:
-        route = service.route(text)
-        task = route.task
+        picked = service.pick_task(text)
+        task = picked.task
         if not as_json:
-            click.echo(f"auto → {task} ({route.probability:.2f})")
-    extra = {"route": asdict(route)} if route else {}
+            click.echo(f"auto → {task} ({picked.probability:.2f})")
+    extra = {"route": asdict(picked)} if picked else {}
     t = service.task(task)
     unknown = sorted(set(options) - set(t.options))  # generation settings have their own flags
     if unknown:

@@ -7,12 +7,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from .auto import AUTO, Pick, pick, picker_task
 from .chat import ChatSession, Turn, model_messages, split_messages, stream_reply
 from .classify import Classification, classify, classify_many, load_head
 from .engines import Chunk, Conversation, Engine, GenParams, Message, load_engine
 from .errors import InvalidInput, TaskDefinitionError, TaskNotFound
 from .generate import Generated, join_reply, limit_stream, token_budget
-from .routing import AUTO, Route, route, routing_task
 from .settings import Settings
 from .tasks import Task, load_tasks
 
@@ -31,7 +31,7 @@ class TaskService:
         self._engine = engine
         self._load_lock = threading.Lock()
         self._heads: dict[str, str] = {}
-        self._routing: Task | None = None
+        self._picker: Task | None = None
 
     def _limited(self, task: Task) -> Task:
         """The task with the input limits it leaves unset taken from the settings; no input gets more than
@@ -74,11 +74,11 @@ class TaskService:
             hint = f" (or '{AUTO}' to let the model pick)" if name != AUTO else ""
             raise TaskNotFound(f"unknown task '{name}'; known tasks: {known}{hint}") from None
 
-    def route(self, text: str) -> Route:
+    def pick_task(self, text: str) -> Pick:
         """The task the model picks for `text` by scoring the routable tasks' descriptions."""
-        if self._routing is None:
-            self._routing = self._limited(routing_task(self.tasks.values()))
-        return route(self.engine, self._routing, text)
+        if self._picker is None:
+            self._picker = self._limited(picker_task(self.tasks.values()))
+        return pick(self.engine, self._picker, text)
 
     def prepare(
         self, name: str, text: str, options: Mapping[str, Any] | None = None
@@ -196,7 +196,7 @@ class TaskService:
                     messages, n_fixed = model_messages(task, [Turn("user", text)])
                     self.engine.warm(Conversation.of(messages, n_fixed))
         if sum(t.routing.enabled for t in self.tasks.values()) >= 2:
-            self.route(texts[0])
+            self.pick_task(texts[0])
 
     def prompt_head(self, name: str, n: int = 50) -> str:
         """The first characters of the task's rendered prompt (its fixed prefix), for request logs."""

@@ -10,16 +10,16 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from ..auto import Pick
 from ..chat import ChatSession
 from ..classify import Classification
 from ..engines.base import Chunk, TokenLogprob, Usage
 from ..errors import EmptyText
 from ..logs import RequestRecord
-from ..routing import Route
 from ..structured import parse_output
 from ..tasks import Task
 from .admission import RequestTimeout
-from .schemas import RouteOut, Timing, UsageOut
+from .schemas import PickOut, Timing, UsageOut
 from .state import owner, record, services
 from .streaming import END, ThreadedStream, follow
 
@@ -64,11 +64,11 @@ async def classify(request: Request, task: str, text: str, options: dict[str, An
     return result
 
 
-async def route(request: Request, text: str) -> Route:
+async def pick_task(request: Request, text: str) -> Pick:
     """The task the model picks for `text` (task `auto`); its usage counts toward the request's."""
     svc = services(request)
     async with svc.admission.hold("score", svc.admission.deadline(record(request))):
-        found = await run_in_threadpool(svc.service.route, require_text(text))
+        found = await run_in_threadpool(svc.service.pick_task, require_text(text))
     request.state.routed = True  # the task's own model call then counts as the same place in the queue
     record(request).add_usage(found.usage)
     return found
@@ -78,10 +78,10 @@ def _routed(request: Request) -> bool:
     return bool(getattr(request.state, "routed", False))
 
 
-def route_out(found: Route | None) -> RouteOut | None:
+def pick_out(found: Pick | None) -> PickOut | None:
     if found is None:
         return None
-    return RouteOut(task=found.task, probability=found.probability, probabilities=found.probabilities)
+    return PickOut(task=found.task, probability=found.probability, probabilities=found.probabilities)
 
 
 def parsed(task: Task, text: str, finish_reason: str | None) -> Any:

@@ -11,10 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ..auto import AUTO
 from ..chat import ChatSession, split_messages
 from ..classify import Classification
 from ..errors import AllInOneError, SessionNotFound
-from ..routing import AUTO
 from ..tasks import Task
 from . import metrics as metrics_module
 from .calls import (
@@ -25,9 +25,9 @@ from .calls import (
     note,
     open_session,
     parsed,
+    pick_out,
+    pick_task,
     require_text,
-    route,
-    route_out,
     start_stream,
     timing,
     usage_out,
@@ -185,7 +185,7 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
     svc, rec = services(request), record(request)
     messages = [m.message() for m in body.messages] if body.messages else None
     text = split_messages(messages)[2] if messages else (body.text or "")
-    found = await route(request, text) if name == AUTO else None
+    found = await pick_task(request, text) if name == AUTO else None
     name = found.task if found else name
     task = svc.service.task(name)
     if task.kind == "classify":
@@ -197,7 +197,7 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
             probabilities=result.probabilities,
             truncated=result.truncated,
             scoring=result.scoring,
-            route=route_out(found),
+            route=pick_out(found),
             usage=usage_out(rec.usage),
             timing=timing(rec),
         )
@@ -212,7 +212,7 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
     session_id = session.id if session else None
     if body.stream:
         stream, first = await start_stream(request, items)
-        routed = route_out(found)
+        routed = pick_out(found)
         done = {"task": name, "session_id": session_id, "route": routed.model_dump() if routed else None}
         return event_stream(request, stream, first, done, task)
     reply = await join(request, items)
@@ -222,7 +222,7 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
         finish_reason=reply.finish_reason,
         session_id=session_id,
         data=parsed(task, reply.text, reply.finish_reason),
-        route=route_out(found),
+        route=pick_out(found),
         truncated=reply.truncated,
         trimmed_turns=reply.trimmed_turns,
         usage=usage_out(rec.usage),

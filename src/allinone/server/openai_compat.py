@@ -12,13 +12,25 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 
+from ..auto import AUTO
 from ..chat import split_messages
 from ..classify import Classification as ClassifyResult
 from ..engines.base import Chunk, Message, TokenLogprob, Usage
 from ..errors import AllInOneError, InvalidInput, TaskNotFound, Unsupported
-from ..routing import AUTO
 from ..structured import JSON_OBJECT, UnsupportedSchema, check_request_schema, parse_output
-from .calls import Reply, classify, items_of, join, note, parsed, require_text, route, route_out, start_stream, timing
+from .calls import (
+    Reply,
+    classify,
+    items_of,
+    join,
+    note,
+    parsed,
+    pick_out,
+    pick_task,
+    require_text,
+    start_stream,
+    timing,
+)
 from .errors import domain_error
 from .schemas import (
     ChatCompletion,
@@ -127,7 +139,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     name = task_for(body.model, svc)
     messages = to_messages(body.messages)
     text = split_messages(messages)[2]
-    found = await route(request, text) if name == AUTO else None
+    found = await pick_task(request, text) if name == AUTO else None
     name = found.task if found else name
     note(request, name, text)
     require_text(text)
@@ -164,7 +176,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         choices=choices,
         usage=completion_usage(rec.usage),
         data=data[0],
-        route=route_out(found),
+        route=pick_out(found),
         truncated=replies[0].truncated,
         trimmed_turns=replies[0].trimmed_turns,
         timing=timing(rec),
@@ -272,7 +284,7 @@ async def _classification(
         choices=[Choice(message=CompletionMessage(content=result.display), finish_reason="stop", logprobs=logprobs)],
         usage=completion_usage(result.usage),
         classification=classification(result),
-        route=route_out(found),
+        route=pick_out(found),
         truncated=result.truncated,
         timing=timing(record(request)),
     )
