@@ -14,7 +14,7 @@ import anyio
 from ..engines.base import Slots
 from ..errors import AllInOneError
 from ..logs import RequestRecord
-from .metrics import Metrics
+from .metrics import ServiceMetrics
 
 
 class QueueFull(AllInOneError):
@@ -49,7 +49,7 @@ class Admission:
         self,
         max_queue: int,
         timeout: float,
-        metrics: Metrics,
+        metrics: ServiceMetrics,
         ready: Callable[[], bool],
         slots: Callable[[], Slots] = Slots,
     ) -> None:

@@ -20,7 +20,7 @@ from ..service import TaskService
 from ..sessions import open_store
 from ..settings import Settings
 from . import completions, endpoints, errors, openai_compat
-from .metrics import Metrics
+from .metrics import ServiceMetrics
 from .middleware import ApiKeys, BodyLimit, HostCheck, Observe, allowed_hosts
 from .schemas import ErrorOut
 from .state import Services
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, service: TaskService | None = N
     settings = settings or Settings()
     owns_engine = service is None or not service.loaded
     service = service or TaskService(settings)
-    shared = Services(settings, service, open_store(settings), Metrics(), RequestLog(settings))
+    shared = Services(settings, service, open_store(settings), ServiceMetrics(), RequestLog(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -11,7 +11,7 @@ from ..service import TaskService
 from ..sessions import ANONYMOUS, SessionStore
 from ..settings import Settings
 from .admission import Admission
-from .metrics import Metrics
+from .metrics import ServiceMetrics
 
 
 @dataclass
@@ -19,7 +19,7 @@ class Services:
     settings: Settings
     service: TaskService
     sessions: SessionStore
-    metrics: Metrics
+    metrics: ServiceMetrics
     log: RequestLog
     warming: bool = False  # serve computes the tasks' prefixes before it says it is ready
     admission: Admission = field(init=False)  # the model's slots, as many as the engine runs at once; a bounded queue
