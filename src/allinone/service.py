@@ -198,7 +198,7 @@ class TaskService:
         if sum(t.routing.enabled for t in self.tasks.values()) >= 2:
             self.pick_task(texts[0])
 
-    def prompt_head(self, name: str, n: int = 50) -> str:
+    def prompt_preview(self, name: str, n: int = 50) -> str:
         """The first characters of the task's rendered prompt (its fixed prefix), for request logs."""
         head = self._heads.get(name)
         if head is None:

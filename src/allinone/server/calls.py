@@ -44,7 +44,7 @@ def note(request: Request, task: str, text: str, prompt: str | None = None) -> R
     rec, svc = record(request), services(request)
     svc.admission.check_ready()  # before anything touches the model
     rec.task, rec.input = task, svc.log.keep(text)
-    rec.prompt = svc.service.prompt_head(task) if prompt is None else svc.log.keep(prompt)
+    rec.prompt = svc.service.prompt_preview(task) if prompt is None else svc.log.keep(prompt)
     return rec
 
 

@@ -72,23 +72,23 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     logprobs = 0 if body.echo and body.logprobs is None else body.logprobs  # echo: the prompt tokens' logprobs
     options: dict[str, Any] = {"max_tokens": body.max_tokens, "temperature": body.temperature, "top_p": body.top_p}
     options |= {"stop": body.stop, "seed": body.seed, "logprobs": logprobs}
-    head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
+    envelope = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
     if body.stream:
         items = [svc.service.complete(p, options, body.echo) for p in prompts]
         first_stream, first = await start_stream(request, items[0])
         deadline = svc.admission.deadline(record(request))
         streams = [first_stream, *(ThreadedStream(it, svc.admission, deadline) for it in items[1:])]
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStream(_chunks(request, streams, first, prompts, head, body, include_usage), streams)
+        return EventStream(_chunks(request, streams, first, prompts, envelope, body, include_usage), streams)
     replies = [await join(request, svc.service.complete(p, options, body.echo)) for p in prompts]
     pairs = enumerate(zip(prompts, replies, strict=True))
     choices = [_choice(i, p, r, body.echo, body.logprobs is not None) for i, (p, r) in pairs]
-    return Completion(**head, choices=choices, usage=completion_usage(record(request).usage))
+    return Completion(**envelope, choices=choices, usage=completion_usage(record(request).usage))
 
 
-def _chunk(head: dict[str, Any], i: int, text: str, finish: str | None = None, logprobs: Any = None) -> str:
+def _chunk(envelope: dict[str, Any], i: int, text: str, finish: str | None = None, logprobs: Any = None) -> str:
     choice = {"index": i, "text": text, "finish_reason": finish, "logprobs": logprobs}
-    return sse({**head, "object": "text_completion", "choices": [choice]})
+    return sse({**envelope, "object": "text_completion", "choices": [choice]})
 
 
 async def _chunks(
@@ -96,7 +96,7 @@ async def _chunks(
     streams: list[ThreadedStream[Chunk]],
     first: Any,
     prompts: list[str],
-    head: dict[str, Any],
+    envelope: dict[str, Any],
     body: CompletionRequest,
     include_usage: bool,
 ) -> AsyncGenerator[str, None]:
@@ -107,14 +107,14 @@ async def _chunks(
     try:
         for i, stream in enumerate(streams):
             if body.echo:
-                yield _chunk(head, i, prompts[i])
+                yield _chunk(envelope, i, prompts[i])
             async with aclosing(items_of(request, stream, first if i == 0 else None)) as items:
                 async for item in items:
                     replies[i].add(item)
                     entries = (item.prompt_logprobs or []) + (item.logprobs or [])
                     logprobs = legacy_logprobs(entries).model_dump() if want and entries else None
                     if item.text or logprobs or item.finish_reason:
-                        yield _chunk(head, i, item.text, item.finish_reason, logprobs)
+                        yield _chunk(envelope, i, item.text, item.finish_reason, logprobs)
             if rec.client_gone:
                 return
     except AllInOneError as e:  # the response has started: the error goes in the stream
@@ -129,5 +129,5 @@ async def _chunks(
             reply.close()
     if include_usage:
         usage = completion_usage(rec.usage).model_dump()
-        yield sse({**head, "object": "text_completion", "choices": [], "usage": usage})
+        yield sse({**envelope, "object": "text_completion", "choices": [], "usage": usage})
     yield sse("[DONE]")

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 
 from ..auto import AUTO
 from ..chat import split_messages
-from ..classify import Classification as ClassifyResult
+from ..classify import Classification
 from ..engines.base import Chunk, Message, TokenLogprob, Usage
 from ..errors import AllInOneError, InvalidInput, TaskNotFound, Unsupported
 from ..structured import JSON_OBJECT, UnsupportedSchema, check_request_schema, parse_output
@@ -37,7 +37,7 @@ from .schemas import (
     ChatCompletionRequest,
     Choice,
     ChoiceLogprobs,
-    Classification,
+    ClassificationOut,
     CompletionMessage,
     CompletionUsage,
     ErrorOut,
@@ -102,8 +102,8 @@ def completion_usage(usage: Usage) -> CompletionUsage:
     )
 
 
-def classification(result: ClassifyResult) -> Classification:
-    return Classification(
+def classification_out(result: Classification) -> ClassificationOut:
+    return ClassificationOut(
         label=result.label, display=result.display, probabilities=result.probabilities, scoring=result.scoring
     )
 
@@ -143,10 +143,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     name = found.task if found else name
     note(request, name, text)
     require_text(text)
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
+    envelope = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if svc.service.task(name).kind == "classify":
-        return await _classification(request, body, name, text, found, head, include_usage)
+        return await _classification(request, body, name, text, found, envelope, include_usage)
     schema = response_schema(body.response_format)
     slots = svc.admission.sizes.get("generate") or svc.service.engine.slots.generate
     if body.n > slots:
@@ -157,7 +157,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         first_stream, first = await start_stream(request, items[0])
         deadline = svc.admission.deadline(record(request))
         streams = [first_stream, *(ThreadedStream(it, svc.admission, deadline) for it in items[1:])]
-        return EventStream(_chunks(request, streams, first, head, include_usage), streams)
+        return EventStream(_chunks(request, streams, first, envelope, include_usage), streams)
     replies = await _join_all(request, items)
     rec = record(request)
     task = svc.service.task(name)
@@ -172,7 +172,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         for i, r in enumerate(replies)
     ]
     return ChatCompletion(
-        **head,
+        **envelope,
         choices=choices,
         usage=completion_usage(rec.usage),
         data=data[0],
@@ -255,7 +255,7 @@ def logprobs_out(entries: list[TokenLogprob]) -> ChoiceLogprobs:
     )
 
 
-def label_logprobs(result: ClassifyResult, top: int | None) -> ChoiceLogprobs:
+def label_logprobs(result: Classification, top: int | None) -> ChoiceLogprobs:
     """A classification as OpenAI logprobs: the label as the one token, every label (or `top` of them) as its
     alternatives, with the label probabilities."""
     ranked = sorted(result.probabilities.items(), key=lambda kv: -kv[1])[: top if top is not None else None]
@@ -270,7 +270,7 @@ async def _classification(
     name: str,
     text: str,
     found: Any,
-    head: dict[str, Any],
+    envelope: dict[str, Any],
     include_usage: bool,
 ) -> Any:
     if body.response_format is not None and body.response_format.type != "text":
@@ -280,10 +280,10 @@ async def _classification(
     result = await classify(request, name, text)
     logprobs = label_logprobs(result, body.top_logprobs) if body.logprobs else None
     out = ChatCompletion(
-        **head,
+        **envelope,
         choices=[Choice(message=CompletionMessage(content=result.display), finish_reason="stop", logprobs=logprobs)],
         usage=completion_usage(result.usage),
-        classification=classification(result),
+        classification=classification_out(result),
         route=pick_out(found),
         truncated=result.truncated,
         timing=timing(record(request)),
@@ -292,7 +292,7 @@ async def _classification(
 
 
 def _chunk(
-    head: dict[str, Any],
+    envelope: dict[str, Any],
     delta: dict[str, Any],
     finish_reason: str | None = None,
     index: int = 0,
@@ -302,32 +302,32 @@ def _chunk(
     choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish_reason}
     if logprobs is not None:
         choice["logprobs"] = logprobs.model_dump()
-    return sse({**head, "object": "chat.completion.chunk", "choices": [choice], **extra})
+    return sse({**envelope, "object": "chat.completion.chunk", "choices": [choice], **extra})
 
 
-def _usage_chunk(head: dict[str, Any], usage: CompletionUsage) -> str:
-    return sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage.model_dump()})
+def _usage_chunk(envelope: dict[str, Any], usage: CompletionUsage) -> str:
+    return sse({**envelope, "object": "chat.completion.chunk", "choices": [], "usage": usage.model_dump()})
 
 
 async def _classify_chunks(out: ChatCompletion, include_usage: bool) -> AsyncGenerator[str, None]:
-    head = {"id": out.id, "created": out.created, "model": out.model}
+    envelope = {"id": out.id, "created": out.created, "model": out.model}
     classified = out.classification.model_dump() if out.classification else None
     delta = {"role": "assistant", "content": out.choices[0].message.content}
-    yield _chunk(head, delta, "stop", logprobs=out.choices[0].logprobs, classification=classified)
+    yield _chunk(envelope, delta, "stop", logprobs=out.choices[0].logprobs, classification=classified)
     if include_usage:
-        yield _usage_chunk(head, out.usage)
+        yield _usage_chunk(envelope, out.usage)
     yield sse("[DONE]")
 
 
 async def _chunks(
-    request: Request, streams: list[ThreadedStream[Any]], first: Any, head: dict[str, Any], include_usage: bool
+    request: Request, streams: list[ThreadedStream[Any]], first: Any, envelope: dict[str, Any], include_usage: bool
 ) -> AsyncGenerator[str, None]:
     """The choices' chunks, taking turns (the engine decodes them side by side), then the usage and [DONE]."""
     rec = record(request)
     replies = [Reply(rec) for _ in streams]
     try:
         for i in range(len(streams)):
-            yield _chunk(head, {"role": "assistant", "content": ""}, index=i)
+            yield _chunk(envelope, {"role": "assistant", "content": ""}, index=i)
         sources = [aclosing(items_of(request, s, first if i == 0 else None)) for i, s in enumerate(streams)]
         iters = [await src.__aenter__() for src in sources]
         try:
@@ -341,7 +341,7 @@ async def _chunks(
                     replies[i].add(item)
                     logprobs = logprobs_out(item.logprobs) if item.logprobs else None
                     if item.text or logprobs:
-                        yield _chunk(head, {"content": item.text}, index=i, logprobs=logprobs)
+                        yield _chunk(envelope, {"content": item.text}, index=i, logprobs=logprobs)
         finally:
             for src in sources:
                 await src.__aexit__(None, None, None)
@@ -358,7 +358,7 @@ async def _chunks(
     if rec.client_gone:
         return
     for i, r in enumerate(replies):
-        yield _chunk(head, {}, r.finish_reason, index=i, truncated=r.truncated, trimmed_turns=r.trimmed_turns)
+        yield _chunk(envelope, {}, r.finish_reason, index=i, truncated=r.truncated, trimmed_turns=r.trimmed_turns)
     if include_usage:
-        yield _usage_chunk(head, completion_usage(rec.usage))
+        yield _usage_chunk(envelope, completion_usage(rec.usage))
     yield sse("[DONE]")

@@ -473,7 +473,7 @@ class CompletionRequest(BaseModel):
         return self
 
 
-class Classification(BaseModel):
+class ClassificationOut(BaseModel):
     label: str
     display: str
     probabilities: dict[str, float]
@@ -554,7 +554,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: CompletionUsage
-    classification: Classification | None = Field(None, description="Classify tasks: label and probabilities.")
+    classification: ClassificationOut | None = Field(None, description="Classify tasks: label and probabilities.")
     data: Any = Field(None, description="Tasks with an output_schema: the reply parsed as JSON.")
     route: PickOut | None = Field(None, description="Model `allinone-auto`: the task the model picked.")
     truncated: bool = Field(False, description=TRUNCATED)
