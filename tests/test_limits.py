@@ -44,7 +44,7 @@ def user_texts(engine: FakeEngine) -> list[str]:
 
 
 def test_a_text_over_max_chars_keeps_its_head_and_tail() -> None:
-    text, cut = Truncation(max_chars=100, head_ratio=0.3).apply("a" * 50 + "b" * 500 + "c" * 100)
+    text, cut = Truncation(max_chars=100, start_share=0.3).apply("a" * 50 + "b" * 500 + "c" * 100)
     assert cut and text == "a" * 30 + "……" + "c" * 70
 
 

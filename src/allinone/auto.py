@@ -50,7 +50,7 @@ def picker_task(tasks: Iterable[Task]) -> Task:
         labels=[Label(id=t.name, display=t.name, words=[t.name]) for t in candidates],
         # contextual calibration: divide out the prompt's own preference among the names
         calibration=Calibration(content_free=["N/A", "...", "?"]),
-        truncation=Truncation(max_chars=600, head_ratio=0.7),
+        truncation=Truncation(max_chars=600, start_share=0.7),
     )
 
 

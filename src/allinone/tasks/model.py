@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..engines.base import Message
 from ..errors import InputTooLong, InvalidInput
@@ -78,7 +78,7 @@ class Calibration(_Strict):
 
 
 class Truncation(_Strict):
-    """How long an input may be, and what happens to a longer one: cut (head + tail kept) or refused."""
+    """How long an input may be, and what happens to a longer one: cut (its start and end kept) or refused."""
 
     max_chars: int | None = Field(
         None, ge=16, description="Longest input, in characters; unset: the server's ALLINONE_MAX_INPUT_CHARS."
@@ -86,9 +86,15 @@ class Truncation(_Strict):
     max_tokens: int | None = Field(
         None, ge=16, description="Longest input, in tokens; unset: ALLINONE_MAX_INPUT_TOKENS (at most n_ctx / 2)."
     )
-    head_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Share of a cut input kept from the start.")
+    start_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        validation_alias=AliasChoices("start_share", "head_ratio"),  # head_ratio: the name before 0.2
+        description="Share of a cut input kept from the start (the rest comes from the end).",
+    )
     policy: Literal["cut", "reject"] = Field(
-        "cut", description="cut: keep the head and tail, and say so in the result; reject: refuse it (HTTP 413)."
+        "cut", description="cut: keep the start and the end, and say so in the result; reject: refuse it (HTTP 413)."
     )
 
     def with_defaults(self, max_chars: int, max_tokens: int) -> Truncation:
@@ -98,9 +104,9 @@ class Truncation(_Strict):
         )
 
     def _cut(self, text: str, n: int) -> str:
-        head = int(n * self.head_ratio)
-        tail = n - head
-        return text[:head] + "……" + (text[-tail:] if tail else "")
+        start = int(n * self.start_share)
+        end = n - start
+        return text[:start] + "……" + (text[-end:] if end else "")
 
     def _tokens(self, text: str, count_tokens: Callable[[str], int] | None) -> int:
         """The text's tokens; 0 when no limit or counter applies, or when it surely fits (a token holds

@@ -41,7 +41,7 @@ examples:
 #   content_free: ["N/A", "..."]
 truncation:
   max_chars: 1000  # longer texts keep their head and tail
-  head_ratio: 0.5
+  start_share: 0.5
 routing:
   enabled: true  # may `auto` pick this task?
   examples:  # typical inputs; auto routing shows them to the model as few-shot examples
@@ -85,7 +85,7 @@ generation:  # defaults; requests may override max_tokens, temperature, top_p, s
 #   required: [answer, confidence]
 truncation:
   max_chars: 2000
-  head_ratio: 0.5
+  start_share: 0.5
 routing:
   enabled: true  # may `auto` pick this task?
   examples:  # typical inputs; auto routing shows them to the model as few-shot examples
