@@ -84,21 +84,21 @@ def sentiment(service: object) -> dict[str, float]:
 
 def chat(service: object) -> dict[str, float]:
     from allinone.chat import ChatSession
+    from allinone.events import TaskCall
 
     rates, firsts = [], []
     for i, prompt in enumerate(CHAT_PROMPTS):
-        stream = service.stream(  # type: ignore[attr-defined]
-            "chat", prompt, ChatSession(), {"max_tokens": CHAT_MAX_TOKENS, "seed": i, "stop": []}
-        )
+        call = TaskCall("chat", prompt, options={"max_tokens": CHAT_MAX_TOKENS, "seed": i}, session=ChatSession())
+        stream = service.run(call)  # type: ignore[attr-defined]
         start = time.perf_counter()
         first_at = None
         last = None
-        for chunk in stream:
-            if first_at is None and chunk.text:
+        for event in stream:
+            if first_at is None and getattr(event, "text", ""):
                 first_at = time.perf_counter()
-            last = chunk
+            last = event
         end = time.perf_counter()
-        n = last.usage.completion_tokens if last and last.usage else 0
+        n = last.result.usage.completion_tokens if last is not None else 0
         if first_at is not None and n > 1:
             rates.append((n - 1) / (end - first_at))
             firsts.append(first_at - start)

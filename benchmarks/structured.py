@@ -69,7 +69,7 @@ def main() -> None:
     keywords = service.task("keywords")
     cases = []
     for text in KEYWORD_TEXTS:
-        _, params, _ = service.prepare("keywords", text)
+        params = GenParams(max_tokens=MAX_TOKENS)
         msgs, n_fixed = [*keywords.fixed_messages(), keywords.user_message(text)], len(keywords.fixed_messages())
         cases.append(
             ("keywords", Conversation.of(msgs, n_fixed), replace(params, temperature=0), keywords.output_schema)

@@ -11,6 +11,7 @@ from allinone.classify import conversation
 from allinone.engines import Conversation, GenParams, Message, Prompt
 from allinone.engines.llamacpp import LlamaCppEngine
 from allinone.errors import TaskDefinitionError
+from allinone.events import TaskCall
 from allinone.service import TaskService
 from allinone.settings import Settings
 
@@ -73,9 +74,9 @@ def test_task_prefix_is_served_from_cache(service: TaskService) -> None:
 def test_chat_history_is_reused_across_turns(service: TaskService) -> None:
     session = ChatSession()
     options = {"seed": 5, "max_tokens": 24}
-    first = list(service.stream("chat", "你好，我叫小明。", session, options))[-1].usage
+    first = service.generate("chat", "你好，我叫小明。", session, options).usage
     service.classify("sentiment", "插进来的另一个任务")  # other tasks in between must not evict it
-    second = list(service.stream("chat", "我叫什么名字？", session, options))[-1].usage
+    second = service.generate("chat", "我叫什么名字？", session, options).usage
     assert first is not None and second is not None
     assert second.cached_tokens >= first.prompt_tokens
     assert second.completion_tokens > 0
@@ -111,7 +112,7 @@ def test_concurrent_callers_get_the_same_answers_as_sequential_ones(service: Tas
 
 
 def test_abandoned_stream_frees_the_engine(service: TaskService) -> None:
-    stream = service.stream("chat", "讲一个很长的故事", None, {"max_tokens": 200, "seed": 1})
+    stream = service.run(TaskCall("chat", "讲一个很长的故事", options={"max_tokens": 200, "seed": 1}))
     next(stream)
     stream.close()
     done = threading.Event()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from allinone.chat import ChatSession
-from allinone.classify import Classification
+from allinone.chat import ChatSession, Turn, model_messages
+from allinone.engines import Conversation
+from allinone.events import Classified, TaskCall, Token
 from allinone.service import TaskService
 from allinone.settings import Settings
 
@@ -87,24 +88,31 @@ def cjk_share(text: str) -> float:
 
 def test_chat_answers_chinese_input_in_chinese(service: TaskService) -> None:
     session = ChatSession()
-    reply = "".join(
-        c.text
-        for c in service.stream(
-            "chat", "最近工作压力好大，晚上总是睡不着，怎么办？", session, {"seed": 1, "max_tokens": 80}
-        )
-    )
+    reply = service.generate(
+        "chat", "最近工作压力好大，晚上总是睡不着，怎么办？", session, {"seed": 1, "max_tokens": 80}
+    ).text
     assert len(reply.strip()) > 5
     assert cjk_share(reply) > 0.6, reply
 
 
-def test_combined_flow_on_the_real_model(service: TaskService) -> None:
+def test_combined_flow_on_the_real_model_tags_only_what_the_model_sees(
+    service: TaskService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Conversation] = []
+    stream = service.engine.stream
+    monkeypatch.setattr(service.engine, "stream", lambda conv, params: (seen.append(conv), stream(conv, params))[1])
     session = ChatSession()
-    events = list(service.analyze_and_reply(session, "今天被老板骂了，心情很糟糕", {"seed": 3, "max_tokens": 60}))
+    text = "今天被老板骂了，心情很糟糕"
+    call = TaskCall("chat", text, options={"seed": 3, "max_tokens": 60}, session=session, sentiment="sentiment")
+    events = list(service.run(call))
     first = events[0]
-    assert isinstance(first, Classification) and first.display == "😡 LLM 情感判断: 负面"
-    reply = "".join(getattr(e, "text", "") for e in events[1:])
+    assert isinstance(first, Classified) and first.result.display == "😡 LLM 情感判断: 负面"
+    reply = "".join(e.text for e in events if isinstance(e, Token))
     assert reply.strip() and cjk_share(reply) > 0.6
-    assert session.history[0] == {"role": "user", "content": "今天被老板骂了，心情很糟糕"}
+    tagged = model_messages(service.task("chat"), [Turn("user", text, "负面")])[0][-1].content
+    assert "负面" in tagged and tagged != text
+    assert seen[-1].messages[-1].content == tagged  # the model saw the tag
+    assert session.history[0] == {"role": "user", "content": text}  # the visible history did not
     assert "情感标签" not in reply
 
 

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from allinone import cli as cli_module
 from allinone.chat import ChatSession, Turn
+from allinone.events import TaskCall
 from allinone.server import create_app
 from allinone.service import TaskService
 from allinone.sessions import ANONYMOUS, Limits, MemorySessions, SqliteSessions, owner_of
@@ -177,7 +178,7 @@ def test_only_the_turns_that_can_fit_the_context_are_loaded(tmp_path: Path) -> N
     engine, prompts = FakeEngine(), []  # the fake engine's context is 4096 tokens, a token a character
     service = TaskService(Settings(home=tmp_path), engine)
     for session in (loaded, ChatSession("all", list(whole.turns))):
-        list(service.stream("chat", "next", session))
+        list(service.run(TaskCall("chat", "next", session=session)))
         prompts.append(engine.prompts[-1].text)
     assert prompts[0] == prompts[1]  # the same prompt as with every turn loaded
 

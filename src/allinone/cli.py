@@ -134,48 +134,51 @@ def run(
     tasks_dir: Path | None,
 ) -> None:
     """Run TASK on TEXT ('-' reads stdin); TASK `auto` lets the model pick the task first."""
-    from .auto import AUTO
+    from .engines.base import GENERATION_OPTIONS
+    from .events import Classified, Done, Picked, TaskCall, Token
 
+    own = _pairs(task_options, "--option")
+    flags = sorted(set(own) & set(GENERATION_OPTIONS))
+    if flags:
+        raise UserError(f"{flags} are generation settings: use --max-tokens, --temperature, --seed")
     service = _service(model, tasks_dir)
-    text = _read_text(text)
-    options = _pairs(task_options, "--option")
+    options = {**own, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+    call = TaskCall(task, _read_text(text), options=options)
     service.engine  # noqa: B018 - load first, so timing_ms is the request alone
     start = time.perf_counter()
-    picked = None
-    if task == AUTO:
-        picked = service.pick_task(text)
-        task = picked.task
-        if not as_json:
-            click.echo(f"auto → {task} ({picked.probability:.2f})")
-    extra = {"route": asdict(picked)} if picked else {}
-    t = service.task(task)
-    unknown = sorted(set(options) - set(t.options))  # generation settings have their own flags
-    if unknown:
-        own = ", ".join(t.options) or "none"
-        raise UserError(
-            f"task '{task}' has no option(s) {unknown} (its options: {own}; use --max-tokens etc. for generation)"
-        )
-    if t.kind == "classify":
-        result = service.classify(task, text, options)
-        ms = (time.perf_counter() - start) * 1000
-        if as_json:
-            click.echo(json.dumps({**extra, **asdict(result), "timing_ms": round(ms, 1)}, ensure_ascii=False))
-        else:
-            note = "  [the server has no logprobs: the model's choice]" if result.scoring == "choice" else ""
-            click.echo(f"{result.display}   ({_probs_line(result.probabilities)}){note}")
-        return
-    gen_options = {**options, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
-    if t.output_schema is not None or as_json:  # structured results are shown whole, once parsed
-        reply = service.generate(task, text, options=gen_options)
-        ms = (time.perf_counter() - start) * 1000
-        if as_json:
-            click.echo(json.dumps({**extra, **asdict(reply), "timing_ms": round(ms, 1)}, ensure_ascii=False))
-        else:
-            click.echo(json.dumps(reply.data, ensure_ascii=False))
-        return
-    for chunk in service.stream(task, text, options=gen_options):
-        click.echo(chunk.text, nl=False)
-    click.echo()
+    picked, streamed = None, False
+    for event in service.run(call):
+        if isinstance(event, Picked):
+            picked = event.pick
+            if not as_json:
+                click.echo(f"auto → {picked.task} ({picked.probability:.2f})")
+        elif isinstance(event, Token) and not as_json and service.task(call_task(picked, task)).output_schema is None:
+            click.echo(event.text, nl=False)  # a structured reply is shown whole, once parsed
+            streamed = True
+        elif isinstance(event, Done):
+            _print_result(event.result, picked, as_json, streamed, (time.perf_counter() - start) * 1000)
+        elif isinstance(event, Classified):
+            pass  # the same result comes with Done
+
+
+def call_task(picked: Any, task: str) -> str:
+    """The task that runs: the one auto picked, else the one named."""
+    return picked.task if picked is not None else task
+
+
+def _print_result(result: Any, picked: Any, as_json: bool, streamed: bool, ms: float) -> None:
+    from .classify import Classification
+
+    if as_json:
+        extra = {"route": asdict(picked)} if picked else {}
+        click.echo(json.dumps({**extra, **asdict(result), "timing_ms": round(ms, 1)}, ensure_ascii=False))
+    elif isinstance(result, Classification):
+        note = "  [the server has no logprobs: the model's choice]" if result.scoring == "choice" else ""
+        click.echo(f"{result.display}   ({_probs_line(result.probabilities)}){note}")
+    elif streamed:
+        click.echo()
+    else:
+        click.echo(json.dumps(result.data, ensure_ascii=False))
 
 
 @cli.command()
@@ -185,7 +188,7 @@ def run(
 def chat(no_sentiment: bool, seed: int | None, model: str | None, tasks_dir: Path | None) -> None:
     """Interactive chat: each message gets its sentiment line, then the streamed reply."""
     from .chat import ChatSession
-    from .classify import Classification
+    from .events import Classified, TaskCall, Token
 
     service = _service(model, tasks_dir)
     service.engine  # load now, not on the first message  # noqa: B018
@@ -206,18 +209,13 @@ def chat(no_sentiment: bool, seed: int | None, model: str | None, tasks_dir: Pat
             session.reset()
             click.echo("（对话已清空 / history cleared）")
             continue
-        options = {"seed": seed}
-        events = (
-            service.stream("chat", line, session, options)
-            if no_sentiment
-            else service.analyze_and_reply(session, line, options)
-        )
+        call = TaskCall("chat", line, None, {"seed": seed}, session, None if no_sentiment else "sentiment")
         try:
-            for event in events:
-                if isinstance(event, Classification):
-                    click.echo(event.display)
+            for event in service.run(call):
+                if isinstance(event, Classified):
+                    click.echo(event.result.display)
                     click.echo("助手> ", nl=False)
-                else:
+                elif isinstance(event, Token):
                     click.echo(event.text, nl=False)
         except AllInOneError as e:
             click.echo(f"error: {e}", err=True)

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from .auto import AUTO, Pick, pick, picker_task
 from .chat import ChatSession, Turn, model_messages, split_messages, stream_reply
-from .classify import Classification, classify, classify_many, load_head
-from .engines import Chunk, Conversation, Engine, GenParams, Message, load_engine
-from .errors import InvalidInput, TaskDefinitionError, TaskNotFound
-from .generate import Generated, join_reply, limit_stream, token_budget
+from .classify import Classification, classify, classify_many, load_head, require_text
+from .engines import Chunk, Conversation, Engine, GenParams, load_engine
+from .engines.base import GENERATION_OPTIONS, TokenLogprob, Usage
+from .errors import EngineError, InvalidInput, TaskDefinitionError, TaskNotFound, Unsupported
+from .events import Classified, Done, Echoed, Event, Lane, Picked, TaskCall, Token
+from .generate import Generated, limit_stream, token_budget
 from .settings import Settings
+from .structured import parse_output
 from .tasks import Task, load_tasks
 
-__all__ = ["TaskService"]
-
-_OPTION_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "logprobs"}  # of every generate task
+__all__ = ["TaskCall", "TaskService", "result_of"]
 
 
 class TaskService:
@@ -30,7 +31,7 @@ class TaskService:
         self.tasks: dict[str, Task] = {name: self._limited(t) for name, t in load_tasks(settings.tasks_dir).items()}
         self._engine = engine
         self._load_lock = threading.Lock()
-        self._heads: dict[str, str] = {}
+        self._previews: dict[str, str] = {}  # the start of each task's prompt, for request logs
         self._picker: Task | None = None
 
     def _limited(self, task: Task) -> Task:
@@ -76,66 +77,139 @@ class TaskService:
 
     def pick_task(self, text: str) -> Pick:
         """The task the model picks for `text` by scoring the routable tasks' descriptions."""
+        return pick(self.engine, self._picker_task(), text)
+
+    def _picker_task(self) -> Task:
         if self._picker is None:
             self._picker = self._limited(picker_task(self.tasks.values()))
-        return pick(self.engine, self._picker, text)
+        return self._picker
 
-    def prepare(
-        self, name: str, text: str, options: Mapping[str, Any] | None = None
-    ) -> tuple[Task, GenParams, dict[str, str]]:
-        """A generate task with its options filled in, its generation parameters (grammar, length budget
-        included) and the option values used."""
-        task = self._kind(name, "generate")
-        options = {k: v for k, v in (options or {}).items() if v is not None}
-        task, chosen = task.with_options({k: options.pop(k) for k in list(options) if k in task.options}, text)
-        params = self.params(task, options)
-        if task.output_schema is not None:
-            params = replace(params, schema=task.output_schema)
+    # --- one call, one stream of events ----------------------------------------------------------------
+
+    def first_lane(self, call: TaskCall) -> Lane:
+        """What the call's first work needs: a forward pass (auto, classifications, the combined flow's
+        sentiment) or a reply being generated. Each Picked or Classified event says what comes next."""
+        if call.task == AUTO or call.sentiment or self.task(call.task).kind == "classify":
+            return "score"
+        return "generate"
+
+    def run(self, call: TaskCall) -> Iterator[Event]:
+        """Run a call: the events it produces, the whole result last (Done). Everything is checked here, once:
+        the text, the task, its options; a bad option fails before any model work on the task."""
+        system, turns, text = split_messages(call.messages) if call.messages else (None, [], call.text)
+        require_text(text)
+        options = {k: v for k, v in call.options.items() if v is not None}
+        name = call.task
+        if name == AUTO:
+            picked = self.pick_task(text)
+            name = picked.task
+            yield Picked(picked, "score" if self.task(name).kind == "classify" else "generate")
+        task = self.task(name)
+        if task.kind == "classify":
+            if call.schema is not None or call.sentiment:
+                raise Unsupported(f"task '{name}' is a classify task: it answers a label, not a reply")
+            own = {k: v for k, v in options.items() if k not in GENERATION_OPTIONS}  # sampling changes no label
+            task, _ = task.with_options(own, text)
+            result = classify(self.engine, task, text, self.settings.use_heads)
+            yield Classified(result)
+            yield Done(result)
+            return
+        task, params, chosen = self._prepare(task, text, options, call.schema)
+        if system is not None:  # the caller's own system prompt replaces the task's, and its examples
+            task = task.model_copy(update={"system": system, "examples": []})
+        tag = None
+        if call.sentiment:
+            sentiment = classify(self.engine, self._kind(call.sentiment, "classify"), text, self.settings.use_heads)
+            yield Classified(sentiment, next_lane="generate")
+            tag = self.task(call.sentiment).label(sentiment.label).display
+        session = call.session if call.session is not None else ChatSession(turns=turns)
+        chunks = stream_reply(self.engine, task, session, text, params, tag)
         max_chars = task.generation.max_chars if task.generation else None
-        if max_chars is not None:
-            params = replace(params, max_tokens=min(params.max_tokens, token_budget(self.engine, text, max_chars)))
-        return task, params, chosen
+        chunks = limit_stream(chunks, max_chars) if max_chars is not None else chunks
+        yield from self._reply(task, chunks, chosen, call.schema)
 
-    def params(self, task: Task, options: Mapping[str, Any] | None = None) -> GenParams:
-        """The task's generation defaults with request overrides applied."""
+    def complete(self, prompt: str, options: Mapping[str, Any] | None = None, echo: bool = False) -> Iterator[Event]:
+        """Continue raw text on the loaded model: no task, no chat template (OpenAI's /v1/completions)."""
+        require_text(prompt)
+        seed = None if self.settings.seed < 0 else self.settings.seed
+        params = self._override(GenParams(seed=seed), options or {}, "completions")
+        for chunk in self.engine.complete(prompt, params, echo):
+            if chunk.prompt_logprobs is not None:
+                yield Echoed(chunk.prompt_logprobs)
+                continue
+            yield from self._reply_chunk(chunk)
+            if chunk.finish_reason is not None:
+                usage = chunk.usage or Usage()
+                yield Done(Generated("completions", "", chunk.finish_reason, usage))
+
+    def _reply(self, task: Task, chunks: Iterable[Chunk], chosen: dict[str, str], schema: Any) -> Iterator[Event]:
+        """Token events, then Done with the whole reply (and, with a schema, its parsed JSON)."""
+        parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        last = Chunk("")
+        for last in chunks:
+            parts.append(last.text)
+            logprobs += last.logprobs or []
+            yield from self._reply_chunk(last)
+        text = "".join(parts)
+        data = None
+        if schema is not None:  # a request's: a reply cut by max_tokens comes back as it is, as OpenAI does
+            data = parse_output(schema, text, last.finish_reason) if last.finish_reason == "stop" else None
+        elif task.output_schema is not None:
+            data = parse_output(task.output_schema, text, last.finish_reason)
+        usage = last.usage or Usage()
+        result = Generated(
+            task.name, text, last.finish_reason, usage, data, chosen, last.truncated, last.trimmed_turns, logprobs
+        )
+        yield Done(result)
+
+    @staticmethod
+    def _reply_chunk(chunk: Chunk) -> Iterator[Event]:
+        if chunk.text or chunk.logprobs:
+            yield Token(chunk.text, chunk.logprobs)
+
+    def _prepare(
+        self, task: Task, text: str, options: Mapping[str, Any], schema: Mapping[str, Any] | None
+    ) -> tuple[Task, GenParams, dict[str, str]]:
+        """A generate task with its own options filled in, its generation parameters (schema and length budget
+        included) and the option values used."""
+        options = {k: v for k, v in options.items() if v is not None}
+        task, chosen = task.with_options({k: options.pop(k) for k in list(options) if k in task.options}, text)
         g = task.generation
         assert g is not None
-        base = GenParams(
-            g.max_tokens,
-            g.temperature,
-            g.top_p,
-            stop=tuple(g.stop),
-            seed=g.seed if g.seed is not None else (None if self.settings.seed < 0 else self.settings.seed),
-        )
-        options = {k: v for k, v in (options or {}).items() if v is not None}
-        unknown = set(options) - _OPTION_KEYS
+        seed = g.seed if g.seed is not None else (None if self.settings.seed < 0 else self.settings.seed)
+        base = GenParams(g.max_tokens, g.temperature, g.top_p, stop=tuple(g.stop), seed=seed)
+        params = self._override(base, options, task.name, task.options)
+        if schema is not None or task.output_schema is not None:
+            params = replace(params, schema=schema if schema is not None else task.output_schema)
+        if g.max_chars is not None:
+            params = replace(params, max_tokens=min(params.max_tokens, token_budget(self.engine, text, g.max_chars)))
+        return task, params, chosen
+
+    @staticmethod
+    def _override(base: GenParams, options: Mapping[str, Any], name: str, own: Iterable[str] = ()) -> GenParams:
+        """`base` with the request's generation options; an unknown option is an error naming the known ones."""
+        options = {k: v for k, v in options.items() if v is not None}
+        unknown = set(options) - set(GENERATION_OPTIONS)
         if unknown:
-            own = f"; task '{task.name}' options: {', '.join(task.options)}" if task.options else ""
-            raise InvalidInput(f"unknown option(s): {', '.join(sorted(unknown))}{own}")
+            mine = f"; task '{name}' options: {', '.join(own)}" if own else ""
+            raise InvalidInput(
+                f"unknown option(s): {', '.join(sorted(unknown))}{mine}; generation options: "
+                f"{', '.join(GENERATION_OPTIONS)}"
+            )
         if "stop" in options:
             options["stop"] = (options["stop"],) if isinstance(options["stop"], str) else tuple(options["stop"])
         return replace(base, **options)
 
+    # --- the same, for callers that want one result --------------------------------------------------
+
     def classify(self, name: str, text: str, options: Mapping[str, Any] | None = None) -> Classification:
         task, _ = self._kind(name, "classify").with_options(options or {}, text)
-        return classify(self.engine, task, text, self.settings.use_heads)
+        return classify(self.engine, task, require_text(text), self.settings.use_heads)
 
     def classify_many(self, name: str, texts: Sequence[str]) -> list[Classification]:
-        """Classify several texts with one task, scored as multi-sequence batches where the engine can."""
+        """Classify several texts with one task, scored side by side where the engine can."""
         return classify_many(self.engine, self._kind(name, "classify"), texts, self.settings.use_heads)
-
-    def stream(
-        self,
-        name: str,
-        text: str,
-        session: ChatSession | None = None,
-        options: Mapping[str, Any] | None = None,
-        sentiment: str | None = None,
-    ) -> Iterator[Chunk]:
-        """Stream a generate task's reply; task options (e.g. `length`) may sit beside generation options.
-        `sentiment`: the detected sentiment, shown to the model as a tag before the message (combined flow)."""
-        task, params, _ = self.prepare(name, text, options)
-        return self.reply(task, params, text, session, sentiment)
 
     def generate(
         self,
@@ -145,45 +219,10 @@ class TaskService:
         options: Mapping[str, Any] | None = None,
     ) -> Generated:
         """A generate task's whole reply; `data` holds the parsed JSON of a task with output_schema."""
-        task, params, chosen = self.prepare(name, text, options)
-        return join_reply(task, self.reply(task, params, text, session), chosen)
-
-    def reply(
-        self, task: Task, params: GenParams, text: str, session: ChatSession | None, sentiment: str | None = None
-    ) -> Iterator[Chunk]:
-        """Stream the reply of a prepared generate task (see `prepare`)."""
-        chunks = stream_reply(self.engine, task, session or ChatSession(), text, params, sentiment)
-        max_chars = task.generation.max_chars if task.generation else None
-        return limit_stream(chunks, max_chars) if max_chars is not None else chunks
-
-    def stream_messages(
-        self,
-        name: str,
-        messages: Sequence[Message],
-        options: Mapping[str, Any] | None = None,
-        schema: Mapping[str, Any] | None = None,
-    ) -> Iterator[Chunk]:
-        """Reply to a conversation the caller holds (OpenAI style), with the task's options, grammar and
-        length limit as in `stream`; a system message replaces the task's system prompt and examples; a
-        `schema` (a request's response_format) constrains the reply instead of the task's own."""
-        system, turns, text = split_messages(messages)
-        task, params, _ = self.prepare(name, text, options)
-        if schema is not None:
-            params = replace(params, schema=schema)
-        if system is not None:
-            task = task.model_copy(update={"system": system, "examples": []})
-        return self.reply(task, params, text, ChatSession(turns=turns))
-
-    def complete(self, prompt: str, options: Mapping[str, Any] | None = None, echo: bool = False) -> Iterator[Chunk]:
-        """Continue raw text on the loaded model: no task, no chat template (OpenAI's /v1/completions)."""
-        options = {k: v for k, v in (options or {}).items() if v is not None}
-        unknown = set(options) - _OPTION_KEYS
-        if unknown:
-            raise InvalidInput(f"unknown option(s): {', '.join(sorted(unknown))}")
-        if "stop" in options:
-            options["stop"] = (options["stop"],) if isinstance(options["stop"], str) else tuple(options["stop"])
-        seed = None if self.settings.seed < 0 else self.settings.seed
-        return self.engine.complete(prompt, replace(GenParams(seed=seed), **options), echo)
+        result: Generated = result_of(
+            self.run(TaskCall(self._kind(name, "generate").name, text, None, options or {}, session))
+        )
+        return result
 
     def warm(self, texts: Sequence[str] = ("你好", "hello")) -> None:
         """Compute every task's cached prefix now (and the classify tasks' calibration), for a message in each
@@ -199,33 +238,24 @@ class TaskService:
             self.pick_task(texts[0])
 
     def prompt_preview(self, name: str, n: int = 50) -> str:
-        """The first characters of the task's rendered prompt (its fixed prefix), for request logs."""
-        head = self._heads.get(name)
-        if head is None:
-            fixed = self.task(name).fixed_messages()
-            head = self._heads[name] = self.engine.preview(Conversation.of(fixed, len(fixed)))[:n]
-        return head[:n]
-
-    def analyze_and_reply(
-        self,
-        session: ChatSession,
-        text: str,
-        options: Mapping[str, Any] | None = None,
-        sentiment_task: str = "sentiment",
-        chat_task: str = "chat",
-    ) -> Iterator[Classification | Chunk]:
-        """The combined flow: the sentiment result first, then the reply that knows it."""
-        task, params, _ = self.prepare(chat_task, text, options)  # a bad option fails before any model work
-        result = self.classify(sentiment_task, text)
-        yield result
-        yield from self.reply(task, params, text, session, self.sentiment_tag(result))
-
-    def sentiment_tag(self, result: Classification) -> str:
-        """What the combined flow tells the chat model about a message: the label's display name (e.g. 负面)."""
-        return self.task(result.task).label(result.label).display
+        """The first characters of the task's rendered prompt (its fixed prefix), for request logs; `auto`: the
+        picker's."""
+        preview = self._previews.get(name)
+        if preview is None:
+            fixed = (self._picker_task() if name == AUTO else self.task(name)).fixed_messages()
+            preview = self._previews[name] = self.engine.preview(Conversation.of(fixed, len(fixed)))[:n]
+        return preview[:n]
 
     def _kind(self, name: str, kind: str) -> Task:
         task = self.task(name)
         if task.kind != kind:
             raise InvalidInput(f"task '{name}' is a {task.kind} task, not {kind}")
         return task
+
+
+def result_of(events: Iterable[Event]) -> Any:
+    """The result a call's events end with."""
+    for event in events:
+        if isinstance(event, Done):
+            return event.result
+    raise EngineError("the call ended without a result")

@@ -31,6 +31,10 @@ class ModelLoading(AllInOneError):
     retry_after = 5
 
 
+class ClientGone(AllInOneError):
+    """The client closed the connection before its result was ready (logged as status 499)."""
+
+
 class RequestTimeout(AllInOneError):
     """The request waited for and ran on the model longer than `request_timeout`."""
 

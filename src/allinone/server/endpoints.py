@@ -12,26 +12,12 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from starlette.concurrency import run_in_threadpool
 
 from ..auto import AUTO
-from ..chat import ChatSession, split_messages
+from ..chat import ChatSession
 from ..classify import Classification
 from ..errors import AllInOneError, SessionNotFound
-from ..tasks import Task
+from ..events import Classified, Event, TaskCall, Token
 from . import metrics as metrics_module
-from .calls import (
-    Reply,
-    classify,
-    items_of,
-    join,
-    note,
-    open_session,
-    parsed,
-    pick_out,
-    pick_task,
-    require_text,
-    start_stream,
-    timing,
-    usage_out,
-)
+from .calls import Outcome, collect, events_of, note, open_session, pick_out, run_call, start, timing, usage_out
 from .errors import domain_error
 from .schemas import (
     AnalyzeAndReplyRequest,
@@ -87,34 +73,24 @@ def sentiment_out(result: Classification, svc: Services) -> Sentiment:
 
 
 def event_stream(
-    request: Request,
-    stream: ThreadedStream[Any],
-    first: Any,
-    done: dict[str, Any],
-    task: Task | None = None,
-    sentiment: Classification | None = None,
+    request: Request, stream: ThreadedStream[Event], first: Event | None, done: dict[str, Any]
 ) -> EventStream:
-    """SSE: `sentiment` (the combined flow's, sent at once), `token`s, then `done` with the totals (and a
-    structured task's `data`), or `error`."""
+    """SSE from a call's events: a classify task's one `result`; else the combined flow's `sentiment` (as soon
+    as it is known), `token`s, then `done` with the totals (and a structured task's `data`); or `error`."""
     svc, rec = services(request), record(request)
-    reply = Reply(rec)
+    outcome = Outcome(rec)
 
     async def body() -> AsyncGenerator[str, None]:
         try:
-            if sentiment is not None:
-                reply.classified(sentiment)
-                yield sse(sentiment_out(sentiment, svc).model_dump(), "sentiment")
-            async with aclosing(items_of(request, stream, first)) as all_items:
-                async for item in all_items:
-                    reply.add(item)
-                    if item.text:
-                        yield sse({"text": item.text}, "token")
-            if rec.client_gone:
+            async with aclosing(events_of(request, stream, first)) as events:
+                async for event in events:
+                    outcome.add(event)
+                    if isinstance(event, Classified) and event.next_lane is not None:
+                        yield sse(sentiment_out(event.result, svc).model_dump(), "sentiment")
+                    elif isinstance(event, Token) and event.text:
+                        yield sse({"text": event.text}, "token")
+            if rec.client_gone or outcome.result is None:
                 return
-            end = {"reply": reply.text, "finish_reason": reply.finish_reason, **done}
-            end |= {"truncated": reply.truncated, "trimmed_turns": reply.trimmed_turns}
-            if task is not None and task.output_schema is not None:
-                end["data"] = parsed(task, reply.text, reply.finish_reason)
         except AllInOneError as e:  # the response has started: the error becomes an event
             rec.status, payload = domain_error(e)
             rec.error = payload["error"]["type"]
@@ -122,11 +98,37 @@ def event_stream(
             return
         finally:
             await stream.aclose()
-            reply.close()
-        end |= {"usage": usage_out(rec.usage).model_dump(), "timing": timing(rec, reply.sentiment_ms).model_dump()}
+            outcome.close()
+        if isinstance(outcome.result, Classification):
+            yield sse(classify_response(outcome).model_dump(), "result")
+            return
+        g = outcome.generated
+        end = {"reply": g.text, "finish_reason": g.finish_reason, **done, "data": g.data}
+        end |= {"truncated": g.truncated, "trimmed_turns": g.trimmed_turns, "route": _route(outcome)}
+        end |= {"usage": usage_out(rec.usage).model_dump(), "timing": timing(rec, outcome.sentiment_ms).model_dump()}
         yield sse(end, "done")
 
     return EventStream(body(), stream)
+
+
+def _route(outcome: Outcome) -> dict[str, Any] | None:
+    picked = pick_out(outcome.pick)
+    return picked.model_dump() if picked else None
+
+
+def classify_response(outcome: Outcome) -> ClassifyResponse:
+    result, rec = outcome.classification, outcome.rec
+    return ClassifyResponse(
+        task=result.task,
+        label=result.label,
+        display=result.display,
+        probabilities=result.probabilities,
+        truncated=result.truncated,
+        scoring=result.scoring,
+        route=pick_out(outcome.pick),
+        usage=usage_out(rec.usage),
+        timing=timing(rec),
+    )
 
 
 # --- endpoints -------------------------------------------------------------------------------------
@@ -182,79 +184,57 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
     """Run any task, or `auto` to let the model pick it. Classify tasks return the label, display line and
     probabilities; generate tasks return text (and `data` when they declare an output_schema), with
     `stream: true` as server-sent events. Options override the task's defaults."""
-    svc, rec = services(request), record(request)
+    svc = services(request)
     messages = [m.message() for m in body.messages] if body.messages else None
-    text = split_messages(messages)[2] if messages else (body.text or "")
-    found = await pick_task(request, text) if name == AUTO else None
-    name = found.task if found else name
-    task = svc.service.task(name)
-    if task.kind == "classify":
-        result = await classify(request, name, text, body.model_extra)  # generation overrides do not apply
-        out = ClassifyResponse(
-            task=name,
-            label=result.label,
-            display=result.display,
-            probabilities=result.probabilities,
-            truncated=result.truncated,
-            scoring=result.scoring,
-            route=pick_out(found),
-            usage=usage_out(rec.usage),
-            timing=timing(rec),
-        )
-        return EventStream(_one_event(out.model_dump(), "result")) if body.stream else out
+    text = messages[-1].content if messages else (body.text or "")
     note(request, name, text)
-    require_text(text)
-    session = await open_session(request, body.session_id) if body.session_id and task.multi_turn else None
-    if messages:
-        items = svc.service.stream_messages(name, messages, body.options())
-    else:
-        items = svc.service.stream(name, text, session, body.options())
+    multi_turn = name == AUTO or svc.service.task(name).multi_turn
+    session = await open_session(request, body.session_id) if body.session_id and multi_turn else None
+    call = TaskCall(name, text, messages, {**body.options(), **(body.model_extra or {})}, session)
+    events, lane = run_call(request, call)
     session_id = session.id if session else None
     if body.stream:
-        stream, first = await start_stream(request, items)
-        routed = pick_out(found)
-        done = {"task": name, "session_id": session_id, "route": routed.model_dump() if routed else None}
-        return event_stream(request, stream, first, done, task)
-    reply = await join(request, items)
+        stream, first = await start(request, events, lane)
+        return event_stream(request, stream, first, {"task": name, "session_id": session_id})
+    outcome = await collect(request, events, lane)
+    if isinstance(outcome.result, Classification):
+        return classify_response(outcome)
+    g, rec = outcome.generated, outcome.rec
     return GenerateResponse(
-        task=name,
-        text=reply.text,
-        finish_reason=reply.finish_reason,
-        session_id=session_id,
-        data=parsed(task, reply.text, reply.finish_reason),
-        route=pick_out(found),
-        truncated=reply.truncated,
-        trimmed_turns=reply.trimmed_turns,
+        task=g.task,
+        text=g.text,
+        finish_reason=g.finish_reason,
+        session_id=session_id if session_id and svc.service.task(g.task).multi_turn else None,
+        data=g.data,
+        route=pick_out(outcome.pick),
+        truncated=g.truncated,
+        trimmed_turns=g.trimmed_turns,
         usage=usage_out(rec.usage),
         timing=timing(rec),
     )
 
 
-async def _one_event(data: dict[str, Any], event: str) -> AsyncGenerator[str, None]:
-    yield sse(data, event)
-
-
 @api.post("/analyze", response_model=AnalyzeResponse, responses=_ERRORS, tags=["original service"])
 async def analyze(body: AnalyzeRequest, request: Request) -> AnalyzeResponse:
     """The original service's sentiment route: `{"text"}` -> `{"sentiment": "正面" | "负面", ...}`."""
-    svc = services(request)
-    result = await classify(request, "sentiment", body.text)
-    s = sentiment_out(result, svc)
-    return AnalyzeResponse(**s.model_dump(), timing=timing(record(request)))
+    note(request, "sentiment", body.text)
+    outcome = await collect(request, *run_call(request, TaskCall("sentiment", body.text)))
+    s = sentiment_out(outcome.classification, services(request))
+    return AnalyzeResponse(**s.model_dump(), timing=timing(outcome.rec))
 
 
 @api.post("/chat", response_model=ChatResponse, responses=_ERRORS, tags=["original service"])
 async def chat(body: ChatRequest, request: Request) -> ChatResponse:
     """The original service's chat route: `{"text", "session_id"?}` -> `{"reply", "session_id", ...}`."""
-    svc, rec = services(request), note(request, "chat", body.text)
-    text = require_text(body.text)
+    rec = note(request, "chat", body.text)
     session = await open_session(request, body.session_id)
-    reply = await join(request, svc.service.stream("chat", text, session))
+    outcome = await collect(request, *run_call(request, TaskCall("chat", body.text, session=session)))
+    g = outcome.generated
     return ChatResponse(
-        reply=reply.text,
+        reply=g.text,
         session_id=session.id,
-        truncated=reply.truncated,
-        trimmed_turns=reply.trimmed_turns,
+        truncated=g.truncated,
+        trimmed_turns=g.trimmed_turns,
         usage=usage_out(rec.usage),
         timing=timing(rec),
     )
@@ -268,29 +248,27 @@ async def chat(body: ChatRequest, request: Request) -> ChatResponse:
 )
 async def analyze_and_reply(body: AnalyzeAndReplyRequest, request: Request) -> Any:
     """The sentiment line first, then the assistant's reply that knows it, in the same session.
-    With `stream: true`: SSE `sentiment` (as soon as it is known), then `token` events, then `done`."""
-    svc, rec = services(request), note(request, "chat", body.text)
-    text = require_text(body.text)
-    task, params, _ = svc.service.prepare("chat", text, body.options())
-    session = await open_session(request, body.session_id)
-    result = await classify(request, "sentiment", text)  # its own lane: never behind other users' replies
+    With `stream: true`: SSE `sentiment` (as soon as it is known), then `token` events, then `done`.
+    The sentiment runs on the classification lane: it never waits behind other users' replies."""
+    rec = note(request, "chat", body.text)
     rec.task = "analyze_and_reply"
-    items = svc.service.reply(task, params, text, session, svc.service.sentiment_tag(result))
-    if body.stream:  # the reply waits for a generation slot inside the stream, after the sentiment event
-        admission = svc.admission
-        stream = ThreadedStream(items, admission, admission.deadline(rec))
-        return event_stream(request, stream, None, {"session_id": session.id}, sentiment=result)
-    first = Reply(rec)
-    first.classified(result)
-    reply = await join(request, items, first)
+    session = await open_session(request, body.session_id)
+    call = TaskCall("chat", body.text, options=body.options(), session=session, sentiment="sentiment")
+    events, lane = run_call(request, call)
+    if body.stream:
+        stream, first = await start(request, events, lane)
+        return event_stream(request, stream, first, {"session_id": session.id})
+    outcome = await collect(request, events, lane)
+    g = outcome.generated
+    assert outcome.sentiment is not None
     return AnalyzeAndReplyResponse(
-        sentiment=sentiment_out(result, svc),
-        reply=reply.text,
-        finish_reason=reply.finish_reason,
+        sentiment=sentiment_out(outcome.sentiment, services(request)),
+        reply=g.text,
+        finish_reason=g.finish_reason,
         session_id=session.id,
-        trimmed_turns=reply.trimmed_turns,
+        trimmed_turns=g.trimmed_turns,
         usage=usage_out(rec.usage),
-        timing=timing(rec, reply.sentiment_ms),
+        timing=timing(rec, outcome.sentiment_ms),
     )
 
 
