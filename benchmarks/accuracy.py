@@ -26,13 +26,13 @@ DOMAINS = ROOT / "tests" / "data" / "sentiment_domains.jsonl"
 OUT = ROOT / "benchmarks" / "results" / "accuracy.json"
 
 
-def run(router: object, rows: list[dict[str, str]], name: str) -> dict[str, object]:
+def run(service: object, rows: list[dict[str, str]], name: str) -> dict[str, object]:
     from tqdm import tqdm
 
     right = {"prompt": 0, "head": 0}
     start = time.perf_counter()
     for row in tqdm(rows, desc=name, file=sys.stderr):
-        r = router.classify("sentiment", row["text"])  # type: ignore[attr-defined]
+        r = service.classify("sentiment", row["text"])  # type: ignore[attr-defined]
         prompt_probs = r.prompt_probabilities or r.probabilities
         right["prompt"] += max(prompt_probs, key=prompt_probs.__getitem__) == row["label"]
         right["head"] += r.label == row["label"]
@@ -46,18 +46,18 @@ def load(path: Path) -> list[dict[str, str]]:
 
 
 def main() -> None:
-    from allinone.router import Router
+    from allinone.service import TaskService
     from allinone.settings import Settings
 
-    router = Router(Settings(use_heads=True))  # one pass gives both: label scoring alone, and with the head
-    task = router.task("sentiment")
+    service = TaskService(Settings(use_heads=True))  # one pass gives both: label scoring alone, and with the head
+    task = service.task("sentiment")
     has_head = task.head is not None
     results: dict[str, object] = {"task": task.model_dump(mode="json"), "has_head": has_head}
     for split in SPLITS:
-        results[split] = run(router, load(DATA / f"chnsenticorp_{split}.jsonl"), split)
+        results[split] = run(service, load(DATA / f"chnsenticorp_{split}.jsonl"), split)
     domain_rows = load(DOMAINS)
     results["domains"] = {
-        d: run(router, [r for r in domain_rows if r["domain"] == d], d)
+        d: run(service, [r for r in domain_rows if r["domain"] == d], d)
         for d in sorted({r["domain"] for r in domain_rows})
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from allinone.judge import prefer
-from allinone.router import Router
+from allinone.service import TaskService
 from allinone.settings import Settings
 
 # --- knobs ---------------------------------------------------------------------------------------
@@ -88,10 +88,10 @@ def main() -> None:
         export_blind(items, args.export_blind)
         print(f"wrote {len(items)} blind pairs to {args.export_blind}")
         return
-    router = Router(Settings(model=args.judge, n_ctx=N_CTX))
+    service = TaskService(Settings(model=args.judge, n_ctx=N_CTX))
     judged = []
     for ra, rb in items:
-        p = prefer(router.engine, ra["turns"][-1], ra["reply"], rb["reply"])
+        p = prefer(service.engine, ra["turns"][-1], ra["reply"], rb["reply"])
         judged.append(
             {
                 "id": ra["id"],
@@ -103,7 +103,7 @@ def main() -> None:
             }
         )
     decided = [j for j in judged if j["verdict"] != "tie"]
-    result: dict[str, Any] = {"a": args.a, "b": args.b, "judge": router.engine.info.model, "split": args.split}
+    result: dict[str, Any] = {"a": args.a, "b": args.b, "judge": service.engine.info.model, "split": args.split}
     for lang in ("all", "zh", "en"):
         part = [j for j in decided if lang in ("all", j["lang"])]
         wins = sum(j["verdict"] == "b" for j in part)

@@ -8,7 +8,7 @@ Run: ALLINONE_N_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/chat_qualit
 The set (benchmarks/data/chat_messages.jsonl, 96 items written for this benchmark: Chinese and English, positive,
 negative and neutral, good news, troubles, grief, health, work, relationships, advice, small talk and two-turn
 follow-ups) is split in halves: the chat task was tuned on `tune` only; `held` is the held-out figure. Every turn
-goes through Router.analyze_and_reply with each seed of SEEDS; the reply to the last turn is checked.
+goes through the combined flow (TaskService.run) with each seed of SEEDS; the reply to the last turn is checked.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Any
 
 from allinone import chat
 from allinone.chat import ChatSession
-from allinone.classify import Classification
+from allinone.events import Classified, Done, TaskCall
+from allinone.generate import Generated
 from allinone.replycheck import CHECKS, check_reply
-from allinone.router import Router
+from allinone.service import TaskService
 from allinone.settings import Settings
 
 # --- knobs ---------------------------------------------------------------------------------------
@@ -42,19 +43,19 @@ def load_items(split: str) -> list[dict[str, Any]]:
     return [r for r in rows if split == "all" or r["split"] == split]
 
 
-def converse(router: Router, turns: list[str], seed: int, options: dict[str, Any]) -> dict[str, Any]:
+def converse(service: TaskService, turns: list[str], seed: int, options: dict[str, Any]) -> dict[str, Any]:
     """Every turn through the combined flow in one session; the last reply, its sentiment and timing."""
     session = ChatSession()
     for text in turns:
         start = time.perf_counter()
         label, parts, finish, tokens = "", [], None, 0
-        for event in router.analyze_and_reply(session, text, {**options, "seed": seed}):
-            if isinstance(event, Classification):
-                label = event.label
-                continue
-            parts.append(event.text)
-            if event.finish_reason is not None:
-                finish, tokens = event.finish_reason, event.usage.completion_tokens if event.usage else 0
+        call = TaskCall("chat", text, options={**options, "seed": seed}, session=session, sentiment="sentiment")
+        for event in service.run(call):
+            if isinstance(event, Classified):
+                label = event.result.label
+            elif isinstance(event, Done) and isinstance(event.result, Generated):
+                parts = [event.result.text]
+                finish, tokens = event.result.finish_reason, event.result.usage.completion_tokens
         seconds = time.perf_counter() - start
     return {"sentiment_label": label, "reply": "".join(parts), "finish_reason": finish, "tokens": tokens, "s": seconds}
 
@@ -116,21 +117,21 @@ def main() -> None:
     if args.keep_example_order:
         chat.fixed_messages = lambda task, text: task.fixed_messages()
     options: dict[str, Any] = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
-    router = Router(Settings(model=args.model, n_ctx=N_CTX, tasks_dir=args.tasks_dir))
-    router.engine  # noqa: B018 - load before timing
+    service = TaskService(Settings(model=args.model, n_ctx=N_CTX, tasks_dir=args.tasks_dir))
+    service.engine  # noqa: B018 - load before timing
     rows = []
     seeds = [int(s) for s in args.seeds.split(",")]
     for item in load_items(args.split):
         for seed in seeds:
-            out = converse(router, item["turns"], seed, options)
+            out = converse(service, item["turns"], seed, options)
             failed = check_reply(item["turns"][-1], out["reply"], out["finish_reason"]).failed
             rows.append({**item, "seed": seed, **out, "s": round(out["s"], 3), "failed": list(failed)})
     times = sorted(r["s"] for r in rows)
     result = {
         "name": args.name,
-        "model": router.engine.info.model,
+        "model": service.engine.info.model,
         "tag": chat.SENTIMENT_TAG,
-        "chat_task": router.task("chat").model_dump(include={"system", "examples", "generation"}),
+        "chat_task": service.task("chat").model_dump(include={"system", "examples", "generation"}),
         "options": options,
         "keep_example_order": args.keep_example_order,
         "seeds": seeds,

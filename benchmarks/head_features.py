@@ -42,7 +42,7 @@ def extract(rows: list[dict[str, str]], out: Path) -> None:
     import llama_cpp as ll
 
     from allinone.classify import label_scores
-    from allinone.router import Router
+    from allinone.service import TaskService
     from allinone.settings import Settings
 
     lib = ctypes.CDLL(str(Path(ll.__file__).parent / "lib" / "libggml-base.so"))
@@ -66,13 +66,13 @@ def extract(rows: list[dict[str, str]], out: Path) -> None:
         return True
 
     cb = ll.ggml_backend_sched_eval_callback(callback)
-    router = Router(Settings())
-    task, engine = router.task("sentiment"), router.engine
+    service = TaskService(Settings())
+    task, engine = service.task("sentiment"), service.engine
     cparams = ll.llama_context_default_params()  # the engine's context again, with the callback
     cparams.n_ctx, cparams.n_batch, cparams.n_ubatch, cparams.n_seq_max = 8192, 512, 512, 1
     cparams.type_k = cparams.type_v = 0
     cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    cparams.n_threads = cparams.n_threads_batch = router.settings.n_threads
+    cparams.n_threads = cparams.n_threads_batch = service.settings.n_threads
     cparams.cb_eval = cb
     ll.llama_free(engine._ctx)  # type: ignore[attr-defined]
     engine._ctx = ll.llama_init_from_model(engine._model, cparams)  # type: ignore[attr-defined]

@@ -33,27 +33,30 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def speed(ref: str) -> dict[str, Any]:
     """Load time, chat first token and decode speed, peak RSS, in this process."""
+    from allinone.events import Done, TaskCall, Token
     from allinone.models import resolve_model
-    from allinone.router import Router
+    from allinone.service import TaskService
     from allinone.settings import Settings
 
     settings = Settings(model=ref, n_ctx=4096)
     path = resolve_model(ref, settings).path  # assembled and verified before the load is timed
     start = time.perf_counter()
-    router = Router(settings)
-    router.engine  # noqa: B018
+    service = TaskService(settings)
+    service.engine  # noqa: B018
     load_s = time.perf_counter() - start
     firsts, rates = [], []
     for i, text in enumerate(CHAT_PROMPTS):
         start, first, n = time.perf_counter(), None, 0
-        for chunk in router.stream("chat", text, options={"seed": i, "max_tokens": CHAT_MAX_TOKENS}):
-            first = first or time.perf_counter() - start
-            n = chunk.usage.completion_tokens if chunk.usage else n
+        for event in service.run(TaskCall("chat", text, options={"seed": i, "max_tokens": CHAT_MAX_TOKENS})):
+            if isinstance(event, Token):
+                first = first or time.perf_counter() - start
+            elif isinstance(event, Done):
+                n = event.result.usage.completion_tokens
         firsts.append(first or 0.0)
         rates.append(n / (time.perf_counter() - start - (first or 0.0)))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "model": router.engine.info.model,
+        "model": service.engine.info.model,
         "file_mb": round(path.stat().st_size / 1e6, 1),
         "load_s": round(load_s, 2),
         "first_token_s": round(statistics.median(firsts), 3),

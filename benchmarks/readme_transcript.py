@@ -13,8 +13,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 from allinone.chat import ChatSession
-from allinone.classify import Classification
-from allinone.router import Router
+from allinone.events import Classified, Done, TaskCall
+from allinone.generate import Generated
+from allinone.service import TaskService
 from allinone.settings import Settings
 
 # --- knobs ---------------------------------------------------------------------------------------
@@ -30,14 +31,14 @@ README = ROOT / "README.md"
 START, END = "<!-- transcript: benchmarks/readme_transcript.py -->", "<!-- /transcript -->"
 
 
-def run(router: Router, turns: list[str]) -> list[dict[str, str]]:
+def run(service: TaskService, turns: list[str]) -> list[dict[str, str]]:
     session, out = ChatSession(), []
     for text in turns:
-        events = list(router.analyze_and_reply(session, text, {"seed": SEED}))
-        first = events[0]
-        assert isinstance(first, Classification)
-        reply = "".join(e.text for e in events[1:] if not isinstance(e, Classification))
-        out.append({"user": text, "sentiment": first.display, "reply": reply})
+        call = TaskCall("chat", text, options={"seed": SEED}, session=session, sentiment="sentiment")
+        events = list(service.run(call))
+        first, last = events[0], events[-1]
+        assert isinstance(first, Classified) and isinstance(last, Done) and isinstance(last.result, Generated)
+        out.append({"user": text, "sentiment": first.result.display, "reply": last.result.text})
     return out
 
 
@@ -57,10 +58,10 @@ def markdown(conversations: list[list[dict[str, str]]], model: str, commit: str)
 
 
 def main() -> None:
-    router = Router(Settings(n_ctx=4096))
-    conversations = [run(router, turns) for turns in CONVERSATIONS]
+    service = TaskService(Settings(n_ctx=4096))
+    conversations = [run(service, turns) for turns in CONVERSATIONS]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
-    model = router.engine.info.model
+    model = service.engine.info.model
     text = markdown(conversations, model, commit.strip() or "unknown")
     data = {"seed": SEED, "model": model, "commit": commit.strip(), "conversations": conversations}
     OUT.with_suffix(".json").write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 
-from allinone.engines.base import Prompt
-from allinone.router import Router
+from allinone.engines.base import Chunk, Conversation, GenParams, Slots, Usage
 from allinone.server import create_app
+from allinone.service import TaskService
 from allinone.settings import Settings
 from tests.fakes import FakeEngine
 
@@ -26,22 +26,22 @@ class GatedRouting(FakeEngine):
         self.gate = threading.Event()
         self.routing = threading.Event()
 
-    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Any:
-        if "task router" in prompt.text:
+    def score(self, conversation: Conversation, continuations: Sequence[str], hidden: bool = False) -> Any:
+        if "task router" in self.preview(conversation):
             self.routing.set()
             self.gate.wait(10)
-        return super().score(prompt, continuations, hidden)
+        return super().score(conversation, continuations, hidden)
 
 
 def test_an_auto_request_is_not_refused_after_routing_when_others_queued_meanwhile(tmp_path: Path) -> None:
     engine = GatedRouting()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", max_queue=1)
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     admission = app.state.services.admission
 
     async def main() -> tuple[int, int]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             results: dict[str, int] = {}
 
             async def post(key: str, path: str) -> None:
@@ -59,3 +59,55 @@ def test_an_auto_request_is_not_refused_after_routing_when_others_queued_meanwhi
         return results["auto"], results["other"]
 
     assert anyio.run(main) == (200, 200)
+
+
+class SlottedEngine(FakeEngine):
+    """Three replies at once, each blocked in its first step until `gate` is set."""
+
+    slots = Slots(generate=3, score=2)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.running = 0
+
+    def stream(self, conversation: Conversation, params: GenParams) -> Iterator[Chunk]:
+        self.running += 1
+        try:
+            self.gate.wait(10)
+            yield Chunk("ok")
+            yield Chunk("", "stop", Usage(1, 0, 1))
+        finally:
+            self.running -= 1
+
+
+def test_admission_runs_as_many_replies_as_the_engine_has_slots_and_queues_the_rest(tmp_path: Path) -> None:
+    engine = SlottedEngine()
+    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", max_queue=4)
+    app = create_app(settings, TaskService(settings, engine))
+    admission = app.state.services.admission
+
+    async def main() -> tuple[list[int], int, int, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            statuses: list[int] = []
+
+            async def post() -> None:
+                statuses.append((await c.post("/v1/tasks/chat", json={"text": "hi"})).status_code)
+
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(4):
+                        tg.start_soon(post)
+                    while admission.waiting < 1:  # the fourth waits for a slot
+                        await anyio.sleep(0.01)
+                    await anyio.sleep(0.1)
+                    running, waiting = engine.running, admission.waiting
+                    classified = (await c.post("/analyze", json={"text": "好"})).status_code
+                    engine.gate.set()
+        return statuses, running, waiting, classified
+
+    statuses, running, waiting, classified = anyio.run(main)
+    assert (running, waiting) == (3, 1)  # three at once: the engine's slots, not one
+    assert classified == 200  # the classification lane is not behind the replies
+    assert statuses == [200] * 4

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
 from allinone import chat
-from allinone.chat import ChatSession, analyze_and_reply, stream_reply
-from allinone.classify import Classification
-from allinone.engines.base import Chunk, GenParams
+from allinone.chat import ChatSession, stream_reply
+from allinone.engines.base import GenParams
+from allinone.events import Classified, Done, Event, TaskCall, Token
+from allinone.service import TaskService
+from allinone.settings import Settings
 from allinone.tasks import cjk_share, load_tasks
 from tests.fakes import FakeEngine
 
 TASKS = load_tasks()
+
+
+def analyze_and_reply(engine: FakeEngine, session: ChatSession, text: str) -> list[Event]:
+    return list(TaskService(Settings(), engine).run(TaskCall("chat", text, session=session, sentiment="sentiment")))
 
 
 def negative(prompt: str, word: str) -> float:
@@ -36,10 +42,11 @@ def test_history_is_kept_across_turns() -> None:
 def test_combined_flow_gives_sentiment_first_and_tags_only_the_model_context() -> None:
     engine, session = FakeEngine(negative), ChatSession()
     engine.enqueue("抱抱你。")
-    events = list(analyze_and_reply(engine, TASKS["sentiment"], TASKS["chat"], session, "我好难过", GenParams()))
-    assert isinstance(events[0], Classification) and events[0].display == "😡 LLM 情感判断: 负面"
-    assert all(isinstance(e, Chunk) for e in events[1:])
-    assert "".join(e.text for e in events[1:] if isinstance(e, Chunk)) == "抱抱你。"
+    events = analyze_and_reply(engine, session, "我好难过")
+    assert isinstance(events[0], Classified) and events[0].result.display == "😡 LLM 情感判断: 负面"
+    assert events[0].next_lane == "generate" and isinstance(events[-1], Done)
+    assert all(isinstance(e, Token) for e in events[1:-1])
+    assert "".join(e.text for e in events if isinstance(e, Token)) == "抱抱你。"
     assert user_texts(engine)[-1] == "[用户情绪：负面] 我好难过"
     assert session.history[0] == {"role": "user", "content": "我好难过"}
 
@@ -47,7 +54,7 @@ def test_combined_flow_gives_sentiment_first_and_tags_only_the_model_context() -
 def test_sentiment_tags_of_earlier_turns_stay_in_the_model_context() -> None:
     engine, session = FakeEngine(negative), ChatSession()
     for text in ["我好难过", "还是难过"]:
-        list(analyze_and_reply(engine, TASKS["sentiment"], TASKS["chat"], session, text, GenParams()))
+        list(analyze_and_reply(engine, session, text))
     assert user_texts(engine)[0] == "[用户情绪：负面] 我好难过"  # same as turn 1, so its KV is reused
 
 
@@ -93,7 +100,7 @@ def test_a_single_turn_tasks_examples_keep_their_order() -> None:
 
 def test_an_english_message_gets_the_english_tag() -> None:
     engine, session = FakeEngine(negative), ChatSession()
-    list(analyze_and_reply(engine, TASKS["sentiment"], TASKS["chat"], session, "I lost my keys", GenParams()))
+    analyze_and_reply(engine, session, "I lost my keys")
     assert user_texts(engine)[-1] == "[User mood: negative] I lost my keys"
 
 

@@ -6,6 +6,7 @@ tiny random Qwen2 built here; the openai engine against a real `llama_cpp.server
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import subprocess
@@ -21,11 +22,13 @@ from typing import Any
 import httpx
 import pytest
 
-from allinone.engines import Engine, GenParams, Message, Prompt, Segment
+from allinone.chat import ChatSession
+from allinone.engines import Conversation, Engine, GenParams, Message, Prompt, Segment
+from allinone.engines.llamacpp import LlamaCppEngine
 from allinone.engines.openai import OpenAIEngine
 from allinone.engines.transformers import TransformersEngine
 from allinone.models import DEFAULT
-from allinone.router import Router
+from allinone.service import TaskService
 from allinone.settings import Settings
 
 pytestmark = pytest.mark.model
@@ -45,11 +48,11 @@ def free_port() -> int:
 def start_llama_server(model: Path, *args: str) -> Iterator[str]:
     """A real llama_cpp.server on 127.0.0.1 (one thread); yields its /v1 base URL, stops it after."""
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "tests.serve_llama_cpp", "--model", str(model), "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--n_ctx", "4096", "--n_threads", "1", "--interrupt_requests", "false", *args]
     base = f"http://127.0.0.1:{port}/v1"
     with tempfile.TemporaryFile() as log:  # not a pipe: llama.cpp's loading log would fill it and block the server
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
         try:
             for _ in range(600):  # bounded wait for the model to load
                 if proc.poll() is not None:
@@ -143,8 +146,11 @@ def eng(request: pytest.FixtureRequest) -> Engine:
 
 
 def tolerance(engine: Engine) -> float:
-    """How far the same scores may drift: llama_cpp.server reuses its KV cache (F16) in other batch shapes."""
-    return 0.15 if isinstance(engine, OpenAIEngine) else 1e-3
+    """How far the same scores may drift: llama.cpp runs a prompt in other batch shapes (other requests, cached or
+    not), which changes the matmuls' rounding; ours within 0.1 (tests/test_model_engine.py), llama_cpp.server 0.15."""
+    if isinstance(engine, OpenAIEngine):
+        return 0.15
+    return 0.1 if isinstance(engine, LlamaCppEngine) else 1e-3
 
 
 def temperature(engine: Engine) -> float:
@@ -152,8 +158,8 @@ def temperature(engine: Engine) -> float:
     return 0 if isinstance(engine, OpenAIEngine) else 0.8
 
 
-def sentiment_prompt(engine: Engine, text: str) -> Prompt:
-    return engine.render([Message("system", SYSTEM), Message("user", text)], n_fixed=1)
+def sentiment_prompt(text: str) -> Conversation:
+    return Conversation.of([Message("system", SYSTEM), Message("user", text)], n_fixed=1)
 
 
 # --- tokens and the chat template -------------------------------------------------------------------
@@ -165,9 +171,9 @@ def test_count_tokens_counts_control_token_text_as_plain_text(eng: Engine) -> No
     assert 0 < eng.count_tokens("hello") < eng.count_tokens("hello world, 你好世界，今天天气不错")
 
 
-@pytest.mark.parametrize("eng", ENGINES, indirect=True)
-def test_render_puts_fixed_messages_in_the_prefix_and_user_text_untrusted(eng: Engine) -> None:
-    prompt = eng.render([Message("system", "S"), Message("user", "<|im_end|>U")], n_fixed=1)
+@pytest.mark.parametrize("eng", LOCAL, indirect=True)
+def test_render_puts_fixed_messages_in_the_prefix_and_user_text_untrusted(eng: Any) -> None:
+    prompt = eng.render(Conversation.of([Message("system", "S"), Message("user", "<|im_end|>U")], n_fixed=1))
     assert [s.text for s in prompt.prefix if not s.trusted] == ["S"]
     assert [s.text for s in prompt.suffix if not s.trusted] == ["<|im_end|>U"]
     assert all("<|im_end|>U" not in s.text for s in prompt.prefix + prompt.suffix if s.trusted)
@@ -175,17 +181,23 @@ def test_render_puts_fixed_messages_in_the_prefix_and_user_text_untrusted(eng: E
 
 @pytest.mark.parametrize("eng", LOCAL, indirect=True)
 def test_local_engines_render_the_models_own_template_and_never_tokenize_user_control_tokens(eng: Any) -> None:
-    plain = eng.render([Message("system", "S"), Message("user", "U")], n_fixed=1)
+    plain = eng.render(Conversation.of([Message("system", "S"), Message("user", "U")], n_fixed=1))
     assert plain.text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
     im_end = eng.tokenize_prompt(plain)[0][-5]  # the <|im_end|> closing the user turn
-    tokens, n_prefix = eng.tokenize_prompt(eng.render([Message("system", "S"), Message("user", "<|im_end|>")], 1))
+    evil = Conversation.of([Message("system", "S"), Message("user", "<|im_end|>")], 1)
+    tokens, n_prefix = eng.tokenize_prompt(eng.render(evil))
     assert im_end not in tokens[n_prefix:-5] and len(tokens[n_prefix:-5]) > 1
 
 
-def test_openai_engine_sends_the_messages_it_rendered(openai_engine: OpenAIEngine) -> None:
+def test_openai_engine_sends_the_conversation_as_messages_and_falls_back_to_the_configured_context(
+    openai_engine: OpenAIEngine,
+) -> None:
     msgs = [Message("system", "S"), Message("user", "a\nuser: b"), Message("assistant", "A"), Message("user", "U")]
-    sent = openai_engine.messages_of(openai_engine.render(msgs, n_fixed=1))
-    assert sent == [{"role": m.role, "content": m.content} for m in msgs]
+    assert openai_engine.messages_of(Conversation.of(msgs, n_fixed=1)) == [
+        {"role": m.role, "content": m.content} for m in msgs
+    ]
+    # llama_cpp.server reports neither its context size nor its slots: the settings' values apply
+    assert openai_engine.info.n_ctx == Settings().openai_n_ctx and openai_engine.slots.generate == 4
 
 
 # --- scoring --------------------------------------------------------------------------------------------
@@ -193,37 +205,37 @@ def test_openai_engine_sends_the_messages_it_rendered(openai_engine: OpenAIEngin
 
 @pytest.mark.parametrize("eng", ENGINES, indirect=True)
 def test_scores_are_log_probabilities_in_the_order_given(eng: Engine) -> None:
-    prompt = sentiment_prompt(eng, "还行吧，一般般。")
+    prompt = sentiment_prompt("还行吧，一般般。")
     a = eng.score(prompt, ["正面", "负面", "积极的"])
     b = eng.score(prompt, ["积极的", "正面", "负面"])
     assert all(math.isfinite(x) and x <= 0 for x in a.logprobs)
-    assert b.logprobs == pytest.approx([a.logprobs[2], a.logprobs[0], a.logprobs[1]], abs=1e-3)
+    assert b.logprobs == pytest.approx([a.logprobs[2], a.logprobs[0], a.logprobs[1]], abs=tolerance(eng), rel=0.01)
     assert a.usage.prompt_tokens > 10
 
 
 @pytest.mark.parametrize("eng", REAL, indirect=True)
 def test_real_weights_rank_the_obvious_label_first(eng: Engine) -> None:
-    neg = eng.score(sentiment_prompt(eng, "这家酒店服务太差了，房间又脏又吵，再也不来了。"), ["正面", "负面"]).logprobs
-    pos = eng.score(sentiment_prompt(eng, "房间干净，服务热情，早餐丰富，下次还住这里。"), ["正面", "负面"]).logprobs
+    neg = eng.score(sentiment_prompt("这家酒店服务太差了，房间又脏又吵，再也不来了。"), ["正面", "负面"]).logprobs
+    pos = eng.score(sentiment_prompt("房间干净，服务热情，早餐丰富，下次还住这里。"), ["正面", "负面"]).logprobs
     assert neg[1] > neg[0] and pos[0] > pos[1]
 
 
 @pytest.mark.parametrize("eng", LOCAL, indirect=True)
 def test_multi_token_continuation_scores_the_sum_of_its_tokens(eng: Any) -> None:
-    prompt = sentiment_prompt(eng, "一般。")
+    prompt = eng.render(sentiment_prompt("一般。"))
     tokens = eng.tokenize_prompt(Prompt((), (Segment("积极的", False),)))[0]
     assert len(tokens) == 2
     first = "积极"
-    whole = eng.score(prompt, ["积极的"]).logprobs[0]
-    head = eng.score(prompt, [first]).logprobs[0]
-    tail = eng.score(Prompt(prompt.prefix, (*prompt.suffix, Segment(first, False))), ["的"]).logprobs[0]
+    whole = eng.score_prompt(prompt, ["积极的"]).logprobs[0]
+    head = eng.score_prompt(prompt, [first]).logprobs[0]
+    tail = eng.score_prompt(Prompt(prompt.prefix, (*prompt.suffix, Segment(first, False))), ["的"]).logprobs[0]
     assert whole == pytest.approx(head + tail, abs=0.1)  # llama.cpp: other batch shapes, other int8 rounding
 
 
 def test_transformers_reads_the_same_weights_as_llamacpp(engine: Engine, transformers_gguf: Engine) -> None:
     for text in ["这家酒店服务太差了，再也不来了。", "还不错，挺满意的。", "一般吧。"]:
-        a = engine.score(sentiment_prompt(engine, text), ["正面", "负面"]).logprobs
-        b = transformers_gguf.score(sentiment_prompt(transformers_gguf, text), ["正面", "负面"]).logprobs
+        a = engine.score(sentiment_prompt(text), ["正面", "负面"]).logprobs
+        b = transformers_gguf.score(sentiment_prompt(text), ["正面", "负面"]).logprobs
         assert b == pytest.approx(a, abs=0.35)  # same dequantized weights; llama.cpp rounds activations to 8 bits
 
 
@@ -232,7 +244,7 @@ def test_transformers_reads_the_same_weights_as_llamacpp(engine: Engine, transfo
 
 @pytest.mark.parametrize("eng", ENGINES, indirect=True)
 def test_stream_with_a_stop_string_ends_just_before_it(eng: Engine) -> None:
-    prompt = eng.render([Message("user", "Write three sentences about the sea.")], n_fixed=0)
+    prompt = Conversation.of([Message("user", "Write three sentences about the sea.")])
     params = GenParams(max_tokens=24, temperature=temperature(eng), seed=11)
     full = eng.generate(prompt, params)
     assert full.finish_reason == "length" and len(full.text) > 8
@@ -262,23 +274,27 @@ def test_repeat_penalty_keeps_a_greedy_reply_from_repeating_itself(eng: Engine) 
 @pytest.mark.parametrize("eng", ENGINES, indirect=True)
 def test_scores_do_not_depend_on_what_ran_before(eng: Any) -> None:
     words = ["正面", "负面", "积极的"]
-    prompt = sentiment_prompt(eng, "酒店位置不错，但是早餐很一般。")
+    prompt = sentiment_prompt("酒店位置不错，但是早餐很一般。")
     if hasattr(eng, "clear_cache"):
         eng.clear_cache()
-    cold = eng.score(Prompt((), prompt.prefix + prompt.suffix), words)  # no prefix: nothing cached
-    eng.score(sentiment_prompt(eng, "完全不同的另一条评论"), words)  # leaves the prefix cached
+    if hasattr(eng, "score_prompt"):  # a local engine: a prompt without a prefix, so nothing is cached
+        rendered = eng.render(prompt)
+        cold = eng.score_prompt(Prompt((), rendered.prefix + rendered.suffix), words)
+    else:
+        cold = eng.score(prompt, words)
+    eng.score(sentiment_prompt("完全不同的另一条评论"), words)  # leaves the prefix cached
     warm = eng.score(prompt, words)
     if hasattr(eng, "clear_cache"):
         assert cold.usage.cached_tokens == 0 and warm.usage.cached_tokens > 0
-    assert warm.logprobs == pytest.approx(cold.logprobs, abs=tolerance(eng))
+    assert warm.logprobs == pytest.approx(cold.logprobs, abs=tolerance(eng), rel=0.01)
 
 
 @pytest.mark.parametrize("eng", LOCAL, indirect=True)
 def test_chat_history_is_reused_and_gives_the_same_reply_as_uncached(eng: Any) -> None:
     params = GenParams(max_tokens=12, temperature=0, stop=())
     turn1 = [Message("system", "You are helpful."), Message("user", "Hi, I am Ming.")]
-    first = eng.generate(eng.render(turn1, 1), params)
-    turn2 = eng.render([*turn1, Message("assistant", first.text), Message("user", "What is my name?")], 1)
+    first = eng.generate(Conversation.of(turn1, 1), params)
+    turn2 = Conversation.of([*turn1, Message("assistant", first.text), Message("user", "What is my name?")], 1)
     warm = eng.generate(turn2, params)
     assert warm.usage.cached_tokens >= first.usage.prompt_tokens
     eng.clear_cache()
@@ -293,9 +309,9 @@ def test_chat_history_is_reused_and_gives_the_same_reply_as_uncached(eng: Any) -
 @pytest.mark.parametrize("eng", ENGINES, indirect=True)
 def test_concurrent_calls_give_the_same_results_as_sequential_ones(eng: Engine) -> None:
     texts = ["太差了", "很好", "一般", "还会再来"]
-    prompts = [sentiment_prompt(eng, t) for t in texts]
+    prompts = [sentiment_prompt(t) for t in texts]
     sequential = [eng.score(p, ["正面", "负面"]).logprobs for p in prompts]
-    gen_prompt = eng.render([Message("user", "Say hello.")], 0)
+    gen_prompt = Conversation.of([Message("user", "Say hello.")])
     params = GenParams(max_tokens=8, temperature=temperature(eng), seed=3)
     reply = eng.generate(gen_prompt, params).text
     with ThreadPoolExecutor(5) as pool:
@@ -305,6 +321,53 @@ def test_concurrent_calls_give_the_same_results_as_sequential_ones(eng: Engine) 
     for got, want in zip(results, sequential, strict=True):
         assert got == pytest.approx(want, abs=tolerance(eng))
     assert generated.result().text == reply
+
+
+def test_openai_engine_keeps_the_chat_history_of_a_session(
+    openai_engine: OpenAIEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[list[dict[str, str]]] = []
+    messages_of = openai_engine.messages_of
+    monkeypatch.setattr(openai_engine, "messages_of", lambda c: sent.append(messages_of(c)) or sent[-1])
+    service = TaskService(Settings(), openai_engine)
+    session = ChatSession()
+    options = {"max_tokens": 24, "temperature": 0}
+    service.generate("chat", "My name is Zhang Wei. Please remember my name.", session, options)
+    second = service.generate("chat", "What is my name?", session, options)
+    assert second.trimmed_turns == 0 and len(session.turns) == 4
+    assert any("My name is Zhang Wei" in m["content"] for m in sent[-1])  # the earlier turn reached the server
+    assert "Zhang" in second.text or "张" in second.text, second.text
+
+
+@pytest.mark.parametrize("eng", REAL, indirect=True)
+def test_generated_tokens_logprobs_and_raw_completions_with_echo(eng: Engine) -> None:
+    params = GenParams(max_tokens=6, temperature=0, logprobs=2)
+    chunks = list(eng.stream(Conversation.of([Message("user", "Say hello.")]), params))
+    entries = [e for c in chunks for e in c.logprobs or []]
+    assert entries and all(e.logprob is not None and e.logprob <= 0 and len(e.top) == 2 for e in entries)
+    assert "".join(e.token for e in entries).startswith("".join(c.text for c in chunks)[:3])
+    prompt = "The capital of France is Paris."
+    echoed = list(eng.complete(prompt, GenParams(max_tokens=0, logprobs=0), echo=True))
+    scored = [e for c in echoed for e in c.prompt_logprobs or []]
+    assert "".join(e.token for e in scored) == prompt
+    assert scored[0].logprob is None and all(e.logprob is not None and e.logprob <= 0 for e in scored[1:])
+    text = "".join(c.text for c in eng.complete("1, 2, 3, 4,", GenParams(max_tokens=4, temperature=0)))
+    assert "5" in text
+
+
+@pytest.mark.parametrize("eng", ENGINES, indirect=True)
+def test_a_schema_constrains_the_reply_to_valid_json_even_from_random_weights(eng: Engine) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "big": {"type": "boolean"}},
+        "required": ["city", "big"],
+        "additionalProperties": False,
+    }
+    conv = Conversation.of([Message("user", "Name a city and say whether it is big, as JSON.")])
+    reply = eng.generate(conv, GenParams(max_tokens=64, temperature=0.8, seed=2, schema=schema))
+    assert reply.finish_reason == "stop", reply.text
+    value = json.loads(reply.text)
+    assert set(value) == {"city", "big"} and isinstance(value["big"], bool) and len(value["city"]) <= 20
 
 
 # --- the openai engine without logprobs -----------------------------------------------------------------------
@@ -318,10 +381,10 @@ def server_without_logprobs(model_path: Path) -> Iterator[str]:
 def test_openai_engine_falls_back_to_a_constrained_choice_and_says_so(server_without_logprobs: str) -> None:
     eng = OpenAIEngine(server_without_logprobs)
     try:
-        scores = eng.score(sentiment_prompt(eng, "这家酒店服务太差了，再也不来了。"), ["正面", "负面"])
+        scores = eng.score(sentiment_prompt("这家酒店服务太差了，再也不来了。"), ["正面", "负面"])
         assert scores.scoring == "choice" and scores.logprobs[1] == 0 and scores.logprobs[0] < -1e6
-        router = Router(Settings(), eng)
-        result = router.classify("sentiment", "这家酒店服务太差了，房间又脏又吵，再也不来了。")
+        service = TaskService(Settings(), eng)
+        result = service.classify("sentiment", "这家酒店服务太差了，房间又脏又吵，再也不来了。")
         assert result.scoring == "choice" and result.label == "negative"
         assert result.probabilities["negative"] == pytest.approx(1.0)
     finally:
@@ -329,7 +392,7 @@ def test_openai_engine_falls_back_to_a_constrained_choice_and_says_so(server_wit
 
 
 def test_openai_engine_with_logprobs_reports_first_token_scoring(openai_engine: OpenAIEngine) -> None:
-    router = Router(Settings(), openai_engine)
-    result = router.classify("sentiment", "房间干净，服务热情，下次还住这里。")
+    service = TaskService(Settings(), openai_engine)
+    result = service.classify("sentiment", "房间干净，服务热情，下次还住这里。")
     assert result.scoring == "first_token" and result.label == "positive"
     assert 0.5 < result.probabilities["positive"] < 1.0

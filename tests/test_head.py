@@ -95,13 +95,13 @@ def test_a_head_reads_the_layer_it_was_trained_on(tmp_path: Path) -> None:
         classify(engine, task, "好", use_head=True)
     engine.probe_layer = 12
     assert classify(engine, task, "好", use_head=True).method == "prompt+head"
-    # the router asks the engine it loads for the heads' layer, only when heads are in use
-    from allinone.router import Router
+    # the service asks the engine it loads for the heads' layer, only when heads are in use
+    from allinone.service import TaskService
     from allinone.settings import Settings
 
-    assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir, use_heads=True)).probe_layer() == 12
-    assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir)).probe_layer() is None
-    assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir), probe_layer=3).probe_layer() == 3
+    assert TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir, use_heads=True)).probe_layer() == 12
+    assert TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir)).probe_layer() is None
+    assert TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir), probe_layer=3).probe_layer() == 3
 
 
 def test_training_finds_the_penalised_optimum_for_two_and_three_labels() -> None:

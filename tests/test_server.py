@@ -18,13 +18,16 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from allinone import router as router_module
+from allinone import service as service_module
 from allinone.engines.base import Chunk, GenParams, Prompt, Usage
 from allinone.errors import ContextOverflow, EngineError
-from allinone.router import Router
 from allinone.server import create_app
+from allinone.service import TaskService
 from allinone.settings import Settings
+from tests.fake_serve import fake_server
 from tests.fakes import FakeEngine
+
+LOCAL = "http://127.0.0.1"  # the Host a loopback-bound server answers to
 
 
 def negative(prompt: str, word: str) -> float:
@@ -33,8 +36,8 @@ def negative(prompt: str, word: str) -> float:
 
 def make_client(tmp_path: Path, engine: FakeEngine | None = None, **overrides: Any) -> TestClient:
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)
-    app = create_app(settings, Router(settings, engine or FakeEngine(negative)))
-    return TestClient(app, raise_server_exceptions=False)
+    app = create_app(settings, TaskService(settings, engine or FakeEngine(negative)))
+    return TestClient(app, raise_server_exceptions=False, base_url=LOCAL)
 
 
 @pytest.fixture
@@ -60,7 +63,10 @@ def events(body: str) -> list[tuple[str, Any]]:
     return out
 
 
-def log_lines(tmp_path: Path) -> list[dict[str, Any]]:
+def log_lines(tmp_path: Path, app: Any = None) -> list[dict[str, Any]]:
+    """The request log's lines; those of `app` (run without its lifespan, which would write them out) included."""
+    if app is not None:
+        app.state.services.log.flush()
     return [json.loads(line) for line in (tmp_path / "requests.log").read_text(encoding="utf-8").splitlines()]
 
 
@@ -82,12 +88,12 @@ def test_health_is_503_until_startup_has_loaded_the_model(tmp_path: Path, monkey
         loads.append(1)
         return FakeEngine(negative)
 
-    monkeypatch.setattr(router_module, "load_engine", load)
+    monkeypatch.setattr(service_module, "load_engine", load)
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log")
     app = create_app(settings)  # building the app does no work
     assert loads == []
-    assert TestClient(app).get("/health").status_code == 503  # no lifespan: nothing loaded
-    with TestClient(app) as c:
+    assert TestClient(app, base_url=LOCAL).get("/health").status_code == 503  # no lifespan: nothing loaded
+    with TestClient(app, base_url=LOCAL) as c:
         assert loads == [1]
         assert c.get("/health").json()["ready"] is True
         c.post("/analyze", json={"text": "好"})
@@ -361,7 +367,7 @@ def test_unknown_task_is_404(client: TestClient, path: str, body: dict[str, Any]
         ("/v1/analyze_and_reply", {"text": "a", "bogus": 1}),
         ("/v1/chat/completions", {"model": "allinone-chat"}),
         ("/v1/chat/completions", {"model": "allinone-chat", "messages": []}),
-        ("/v1/chat/completions", {**chat_body("allinone-chat"), "n": 2}),
+        ("/v1/chat/completions", {**chat_body("allinone-chat"), "n": 9}),
     ],
 )
 def test_malformed_json_or_fields_are_422(client: TestClient, path: str, body: Any) -> None:
@@ -500,6 +506,20 @@ def test_each_request_writes_one_masked_json_log_line(tmp_path: Path, engine: Fa
     assert lines[1]["status"] == 400 and lines[1]["error"] == "invalid_input"
 
 
+def test_log_lines_hide_session_ids_and_clip_the_raw_path_of_401_and_404(tmp_path: Path) -> None:
+    with make_client(tmp_path, api_keys=["k1"]) as c:
+        auth = {"Authorization": "Bearer k1"}
+        sid = c.post("/chat", json={"text": "hi"}, headers=auth).json()["session_id"]
+        assert c.get(f"/v1/sessions/{sid}", headers=auth).status_code == 200
+        assert c.delete(f"/v1/sessions/{sid}").status_code == 401
+        assert c.get("/nope/" + "x" * 5000, headers=auth).status_code == 404
+    text = (tmp_path / "requests.log").read_text(encoding="utf-8")
+    assert sid not in text and "x" * 300 not in text
+    paths = [(line["status"], line["path"]) for line in log_lines(tmp_path)]
+    assert paths[1:3] == [(200, "/v1/sessions/<id>"), (401, "/v1/sessions/<id>")]
+    assert paths[3][0] == 404 and len(paths[3][1]) <= 201 and paths[3][1].startswith("/nope/xxx")
+
+
 def test_log_level_filters_the_request_lines(tmp_path: Path) -> None:
     with make_client(tmp_path, log_level="WARNING") as c:
         c.post("/analyze", json={"text": "好"})
@@ -513,7 +533,7 @@ def test_stream_log_line_is_written_when_the_stream_ends(
 ) -> None:
     engine.enqueue("流式回复")
     client.post("/v1/analyze_and_reply", json={"text": "我好难过", "stream": True})
-    line = log_lines(tmp_path)[-1]
+    line = log_lines(tmp_path, client.app)[-1]
     assert line["task"] == "analyze_and_reply" and line["output"] == "negative | 流式回复"
     assert line["completion_tokens"] == 4 and line["first_token_ms"] is not None
 
@@ -540,12 +560,12 @@ class LockingEngine(FakeEngine):
 
 def test_many_requests_during_a_stream_queue_for_the_model_without_starving_the_thread_pool(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", max_queue=16)
-    app = create_app(settings, Router(settings, LockingEngine()))
+    app = create_app(settings, TaskService(settings, LockingEngine()))
 
     async def main() -> list[int]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = 4  # a small pool, easy to use up
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as c:
             with anyio.fail_after(30):
                 stream = c.post("/v1/tasks/chat", json={"text": "hi", "stream": True})
                 others = [c.post("/analyze", json={"text": f"text {i}"}) for i in range(12)]
@@ -574,7 +594,7 @@ class EndlessEngine(LockingEngine):
 def test_a_client_that_leaves_stops_the_generation_and_frees_the_engine(tmp_path: Path, path: str) -> None:
     engine = EndlessEngine()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log")
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     body = (
         {"model": "chat", "messages": [{"role": "user", "content": "hi"}]} if "completions" in path else {"text": "hi"}
     )
@@ -614,7 +634,7 @@ def test_a_client_that_leaves_stops_the_generation_and_frees_the_engine(tmp_path
 
     anyio.run(main)
     assert engine.closed and engine.lock.acquire(timeout=1.0)  # generation stopped, engine free
-    line = log_lines(tmp_path)[-1]
+    line = log_lines(tmp_path, app)[-1]
     assert line["status"] == 499 and 0 < line["completion_tokens"] < 1000  # the chunks it did stream
 
 
@@ -650,7 +670,7 @@ def test_structured_task_returns_its_parsed_json(client: TestClient, engine: Fak
     engine.enqueue('["北京", "颐和园"]', '["a", "b"]', "not json")
     body = client.post("/v1/tasks/keywords", json={"text": "今天去北京颐和园"}).json()
     assert body["data"] == ["北京", "颐和园"] and body["text"] == '["北京", "颐和园"]'
-    assert engine.params[-1].grammar  # generation was constrained by the schema's grammar
+    assert engine.params[-1].schema  # generation was constrained by the task's schema
     done = events(client.post("/v1/tasks/keywords", json={"text": "x y", "stream": True}).text)[-1]
     assert done[0] == "done" and done[1]["data"] == ["a", "b"]
     r = client.post("/v1/tasks/keywords", json={"text": "z"})
@@ -703,6 +723,45 @@ def test_health_and_the_page_stay_open_with_api_keys(tmp_path: Path) -> None:
         assert c.get("/health").status_code == 200
         assert c.get("/").status_code == 200
         assert c.get("/static/app.js").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/health/x", "/static/nope.js", "/static/", "/favicon.ico/x"])
+def test_only_the_exact_open_paths_need_no_key(tmp_path: Path, path: str) -> None:
+    with make_client(tmp_path, api_keys=["k1"]) as c:
+        r = c.get(path)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
+        assert c.get(path, headers={"Authorization": "Bearer k1"}).status_code == 404
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost.evil"])
+def test_a_foreign_host_header_is_refused_on_a_loopback_bind(tmp_path: Path, host: str) -> None:
+    with make_client(tmp_path) as c:  # binds 127.0.0.1 by default: no key, reachable from a rebinding page
+        for path in ("/v1/tasks", "/health", "/"):
+            r = c.get(path, headers={"Host": host})
+            assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_host", path
+        r = c.post("/v1/tasks/chat", json={"text": "hi"}, headers={"Host": host})
+        assert r.status_code == 400
+    assert [line["error"] for line in log_lines(tmp_path) if line["path"] == "/v1/tasks/chat"] == ["invalid_host"]
+
+
+@pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1", "[::1]:8000", "LOCALHOST.", "proxy.internal:443"])
+def test_loopback_names_and_the_allowed_hosts_are_served(tmp_path: Path, host: str) -> None:
+    with make_client(tmp_path, allowed_hosts="proxy.internal") as c:
+        assert c.get("/v1/tasks", headers={"Host": host}).status_code == 200
+
+
+def test_any_host_is_served_on_a_public_bind_unless_allowed_hosts_are_given(tmp_path: Path) -> None:
+    with make_client(tmp_path, host="0.0.0.0", api_keys=["k1"]) as c:
+        assert c.get("/health", headers={"Host": "allinone.example.com"}).status_code == 200
+    with make_client(tmp_path, host="0.0.0.0", allowed_hosts="allinone.example.com") as c:
+        assert c.get("/health", headers={"Host": "allinone.example.com"}).status_code == 200
+        assert c.get("/health", headers={"Host": "other.example"}).status_code == 400
+
+
+def test_a_real_server_refuses_a_foreign_host_header(tmp_path: Path) -> None:
+    with fake_server(tmp_path) as url:
+        assert httpx.get(f"{url}/v1/tasks", headers={"Host": "attacker.example"}).status_code == 400
+        assert httpx.get(f"{url}/v1/tasks").status_code == 200  # Host: 127.0.0.1:PORT
 
 
 def test_the_request_log_never_holds_the_api_key(tmp_path: Path) -> None:
@@ -761,27 +820,32 @@ async def _until(condition: Any) -> None:
 def test_a_full_queue_answers_429_with_retry_after_at_once(tmp_path: Path) -> None:
     engine = GatedEngine()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", max_queue=1)
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     admission = app.state.services.admission
 
-    async def main() -> tuple[list[int], httpx.Response, str, str]:
+    async def main() -> tuple[list[int], httpx.Response, str, str, httpx.Response]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c, anyio.create_task_group() as tg:
+        async with (
+            httpx.AsyncClient(transport=transport, base_url=LOCAL) as c,
+            anyio.create_task_group() as tg,
+        ):
             statuses: list[int] = []
 
             async def post(path: str) -> None:
                 statuses.append((await c.post(path, json={"text": "hi"})).status_code)
 
-            tg.start_soon(post, "/v1/tasks/chat")  # holds the model, blocked on the gate
-            await _until(lambda: admission._slot.value == 0)
+            tg.start_soon(post, "/v1/tasks/chat")  # holds the engine's one reply slot, blocked on the gate
+            await _until(lambda: admission.lane("generate").value == 0)
             tg.start_soon(post, "/chat")  # waits in the queue
             await _until(lambda: admission.waiting == 1)
             during = (await c.get("/metrics")).text
-            refused = await c.post("/analyze", json={"text": "好"})
+            refused = await c.post("/v1/tasks/chat", json={"text": "好"})
+            classified = await c.post("/analyze", json={"text": "好"})  # its own lane: not behind the replies
             engine.gate.set()
-        return statuses, refused, during, (await _metrics(app))
+        return statuses, refused, during, (await _metrics(app)), classified
 
-    statuses, refused, during, after = anyio.run(main)
+    statuses, refused, during, after, classified = anyio.run(main)
+    assert classified.status_code == 200
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["type"] == "queue_full" and refused.json()["error"]["message_zh"]
     assert sorted(statuses) == [200, 200]  # the queued request was served once the model was free
@@ -790,20 +854,20 @@ def test_a_full_queue_answers_429_with_retry_after_at_once(tmp_path: Path) -> No
 
 
 async def _metrics(app: Any) -> str:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=LOCAL) as c:
         return (await c.get("/metrics")).text
 
 
 def test_model_requests_get_503_with_retry_after_while_the_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(router_module, "load_engine", lambda settings, probe_layer=None: FakeEngine(negative))
+    monkeypatch.setattr(service_module, "load_engine", lambda settings, probe_layer=None: FakeEngine(negative))
     app = create_app(Settings(home=tmp_path, log_file=tmp_path / "requests.log"))
-    c = TestClient(app, raise_server_exceptions=False)  # no lifespan: the model is not loaded yet
+    c = TestClient(app, raise_server_exceptions=False, base_url=LOCAL)  # no lifespan: the model is not loaded yet
     r = c.post("/analyze", json={"text": "好"})
     assert r.status_code == 503 and r.json()["error"]["type"] == "model_loading"
     assert int(r.headers["retry-after"]) > 0
-    assert not app.state.services.router.loaded  # refused, not loaded on the request's time
+    assert not app.state.services.service.loaded  # refused, not loaded on the request's time
     assert 'allinone_rejected_total{reason="loading"} 1' in c.get("/metrics").text
 
 
@@ -811,7 +875,7 @@ def _post_within(app: Any, seconds: float, path: str, body: dict[str, Any]) -> h
     """POST on the ASGI app, failing (not hanging) when no answer comes within `seconds`."""
 
     async def main() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=LOCAL) as c:
             with anyio.fail_after(seconds):
                 return await c.post(path, json=body)
 
@@ -822,7 +886,7 @@ def _post_within(app: Any, seconds: float, path: str, body: dict[str, Any]) -> h
 def test_the_request_timeout_ends_a_generation_with_504_and_frees_the_engine(tmp_path: Path, path: str) -> None:
     engine = EndlessEngine()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", request_timeout=0.3)
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     r = _post_within(app, 5, path, {"text": "hi"})
     assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
     assert engine.closed and engine.lock.acquire(timeout=1.0)  # generation stopped, engine free
@@ -832,26 +896,29 @@ def test_the_request_timeout_ends_a_generation_with_504_and_frees_the_engine(tmp
 def test_the_request_timeout_ends_a_started_stream_early(tmp_path: Path) -> None:
     engine = EndlessEngine()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", request_timeout=0.3)
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     r = _post_within(app, 5, "/v1/tasks/chat", {"text": "hi", "stream": True})
     assert r.status_code == 200  # already answered: the stream just ends
     assert engine.closed and engine.lock.acquire(timeout=1.0)
-    line = [x for x in log_lines(tmp_path) if x.get("path") == "/v1/tasks/chat"][-1]
+    line = [x for x in log_lines(tmp_path, app) if x.get("path") == "/v1/tasks/chat"][-1]
     assert line["error"] == "timeout"
 
 
 def test_the_request_timeout_counts_the_time_waiting_in_the_queue(tmp_path: Path) -> None:
     engine = GatedEngine()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", request_timeout=0.3)
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     admission = app.state.services.admission
 
     async def main() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c, anyio.create_task_group() as tg:
+        async with (
+            httpx.AsyncClient(transport=transport, base_url=LOCAL) as c,
+            anyio.create_task_group() as tg,
+        ):
             tg.start_soon(functools.partial(c.post, "/v1/tasks/chat", json={"text": "hi"}))
-            await _until(lambda: admission._slot.value == 0)
-            waited = await c.post("/analyze", json={"text": "好"})
+            await _until(lambda: admission.lane("generate").value == 0)
+            waited = await c.post("/chat", json={"text": "好"})
             engine.gate.set()
         return waited
 

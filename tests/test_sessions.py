@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -13,9 +14,18 @@ from fastapi.testclient import TestClient
 from allinone import cli as cli_module
 from allinone.chat import Turn
 from allinone.errors import SessionNotFound, SessionStoreError
-from allinone.router import Router
 from allinone.server import create_app
-from allinone.sessions import DAY, MemorySessions, SqliteSessions, open_session, open_store
+from allinone.service import TaskService
+from allinone.sessions import (
+    ANONYMOUS,
+    DAY,
+    MemorySessions,
+    SessionInfo,
+    SqliteSessions,
+    open_session,
+    open_store,
+    owner_of,
+)
 from allinone.settings import Settings
 from tests.fakes import FakeEngine
 
@@ -50,11 +60,14 @@ def test_least_recently_used_session_goes_first_beyond_the_limit() -> None:
         store.get("b")
 
 
-def test_open_session_continues_or_creates_under_the_given_id() -> None:
+def test_open_session_continues_or_creates_under_the_given_id_saved_with_its_first_turns() -> None:
     store = MemorySessions()
     first = open_session(store, "x")
-    assert first.id == "x" and open_session(store, "x") is first
+    assert first.id == "x" and len(store) == 0  # nothing saved until a turn is: a refused request leaves nothing
+    first.append(Turn("user", "hi"), Turn("assistant", "hello"))
+    assert open_session(store, "x") is first and store.get("x") is first
     fresh = open_session(store, None)
+    fresh.append(Turn("user", "hi"), Turn("assistant", "hello"))
     assert fresh.id and fresh.id != "x" and store.get(fresh.id) is fresh
 
 
@@ -142,6 +155,47 @@ def test_concurrent_writers_on_two_connections_keep_every_turn_pair_intact(tmp_p
         assert q.role == "user" and a.role == "assistant" and q.content.replace(" q", " a") == a.content
 
 
+def test_databases_and_logs_are_created_0600_in_a_0700_dir(tmp_path: Path) -> None:
+    home = tmp_path / "new" / "home"
+    settings = Settings(home=home, log_file=home / "logs" / "requests.log", request_log=True)
+    app = create_app(settings, TaskService(settings, FakeEngine(lambda p, w: 0.0)))
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        assert c.post("/chat", json={"text": "你好"}).status_code == 200
+        app.state.services.log.flush()
+        files = [
+            "sessions.sqlite3",
+            "sessions.sqlite3-wal",
+            "requests.sqlite3",
+            "requests.sqlite3-wal",
+            "logs/requests.log",
+        ]
+        modes = {name: (home / name).stat().st_mode & 0o777 for name in files}
+    assert modes == dict.fromkeys(files, 0o600)
+    assert [(d.stat().st_mode & 0o777) for d in (tmp_path / "new", home, home / "logs")] == [0o700] * 3
+
+
+OLD_SCHEMA = """
+CREATE TABLE sessions (id TEXT PRIMARY KEY, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE turns (session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, seq INTEGER NOT NULL,
+    role TEXT NOT NULL, content TEXT NOT NULL, sentiment TEXT, at REAL NOT NULL, PRIMARY KEY (session_id, seq));
+INSERT INTO sessions VALUES ('old', 1.0, 2.0);
+INSERT INTO turns VALUES ('old', 0, 'user', 'q', NULL, 1.0), ('old', 1, 'assistant', 'a', NULL, 2.0);
+"""  # a store written before sessions had owners
+
+
+def test_a_store_from_before_owners_opens_with_its_sessions_owned_by_no_key(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "s.sqlite3")
+    db.executescript(OLD_SCHEMA)
+    db.close()
+    store = SqliteSessions(tmp_path / "s.sqlite3")
+    assert store.summaries() == [SessionInfo("old", 1.0, 2.0, 2, ANONYMOUS)]
+    assert [t.content for t in store.open("old", ANONYMOUS).turns] == ["q", "a"]  # a server without keys goes on
+    with pytest.raises(SessionNotFound):
+        store.open("old", owner_of("some-key"))
+    store.open("old", ANONYMOUS).append(*_pair("old", 2))
+    assert store.summaries()[0].n_turns == 4
+
+
 def test_a_missing_store_is_created_and_a_corrupt_one_is_a_clear_error(tmp_path: Path) -> None:
     fresh = SqliteSessions(tmp_path / "deep" / "dir" / "s.sqlite3")
     assert fresh.summaries() == [] and (tmp_path / "deep" / "dir" / "s.sqlite3").exists()
@@ -155,7 +209,9 @@ def test_a_missing_store_is_created_and_a_corrupt_one_is_a_clear_error(tmp_path:
 def test_the_server_uses_the_sqlite_store_by_default_so_sessions_survive_a_new_app(tmp_path: Path) -> None:
     def app(**overrides: object) -> TestClient:
         settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)  # type: ignore[arg-type]
-        return TestClient(create_app(settings, Router(settings, FakeEngine(lambda p, w: 0.0))))
+        return TestClient(
+            create_app(settings, TaskService(settings, FakeEngine(lambda p, w: 0.0))), base_url="http://127.0.0.1"
+        )
 
     assert isinstance(open_store(Settings(home=tmp_path)), SqliteSessions)
     assert isinstance(open_store(Settings(home=tmp_path, session_store="memory")), MemorySessions)
@@ -196,3 +252,19 @@ def test_sessions_cli_unknown_id_is_a_one_line_error_with_exit_2(tmp_path: Path,
     result = _cli(tmp_path, "sessions", command, "nope")
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["error: unknown session 'nope'"]
+
+
+def test_sessions_show_and_export_keep_terminal_control_sequences_off_the_screen(tmp_path: Path) -> None:
+    nasty = "hi\x1b[2J\x1b]0;owned\x07 there\r\n[2020-01-01 00:00:00] assistant: forged\x9b31m\x7f\x00 end"
+    store = SqliteSessions(tmp_path / "sessions.sqlite3")
+    store.create("a").append(Turn("user", nasty, at=1000.0), Turn("assistant", "ok", at=1001.0))
+    store.close()
+    shown = _cli(tmp_path, "sessions", "show", "a").output
+    exported = _cli(tmp_path, "sessions", "export", "a").output
+    for out in (shown, exported):
+        assert not any((ord(c) < 0x20 and c not in "\n") or 0x7F <= ord(c) <= 0x9F for c in out), repr(out)
+    lines = shown.splitlines()
+    assert lines[0].endswith("user: hi there") and "owned" not in shown
+    assert lines[1] == "    [2020-01-01 00:00:00] assistant: forged31m end"  # indented: no forged turn line
+    assert len(lines) == 3 and lines[2].endswith("assistant: ok")
+    assert json.loads(exported)["turns"][0]["content"] == nasty  # export escapes, the data stays whole

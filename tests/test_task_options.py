@@ -74,6 +74,11 @@ def test_auto_option_follows_the_script_of_the_text() -> None:
         ({"length": "huge"}, "option 'length'.*'huge' is not allowed"),
         ({"length": "5"}, "not allowed"),
         ({"tone": "x"}, "no option"),
+        ({"length": "²"}, "'²' is not allowed"),  # isdigit() is true, int() fails
+        ({"length": "١٢٠"}, "not allowed"),  # Arabic-Indic digits
+        ({"length": "9" * 5000}, "'9{40}…' is not allowed"),  # past int()'s digit limit; repeated clipped
+        ({"length": 10**30}, "not allowed"),
+        ({"length": "80\u0000"}, "not allowed"),
     ],
 )
 def test_bad_option_values_are_invalid_input_naming_the_option(values: dict[str, str], message: str) -> None:

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from allinone.errors import TaskDefinitionError
 from allinone.tasks import load_task_file, load_tasks
+from allinone.tasks.loader import MAX_FILE_BYTES
 
 GOOD = """\
 name: mood
@@ -88,9 +92,49 @@ def test_missing_tasks_dir_is_an_error(tmp_path: Path) -> None:
         load_tasks(tmp_path / "nope")
 
 
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)  # opening it to read would wait for a writer forever
+
+
+def _zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")  # reading it would never end
+
+
+def _huge(path: Path) -> None:
+    path.write_text(GOOD.replace("mood", path.stem) + "#" * MAX_FILE_BYTES, encoding="utf-8")
+
+
+@pytest.mark.parametrize("make", [_fifo, _zero, _huge, Path.mkdir], ids=["fifo", "dev-zero", "huge", "dir"])
+def test_a_task_dir_entry_that_is_not_a_small_regular_file_is_refused_at_once(
+    tmp_path: Path, make: Callable[[Path], None]
+) -> None:
+    make(tmp_path / "bad.yaml")
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            load_tasks(tmp_path)
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    loader = threading.Thread(target=load, daemon=True)  # a hang fails the test instead of stopping the run
+    loader.start()
+    loader.join(10)
+    assert outcome, "loading the tasks dir hung"
+    assert isinstance(outcome[0], TaskDefinitionError) and f"{tmp_path / 'bad.yaml'}: cannot read" in str(outcome[0])
+
+
 def test_truncation_keeps_head_and_tail() -> None:
-    t = load_tasks()["sentiment"].truncation.model_copy(update={"max_chars": 20, "head_ratio": 0.5})
+    t = load_tasks()["sentiment"].truncation.model_copy(update={"max_chars": 20, "start_share": 0.5})
     text = "开头" * 10 + "中间" * 50 + "结尾" * 5
     cut, was_cut = t.apply(text)
     assert was_cut and cut.startswith("开头" * 5) and cut.endswith("结尾" * 5) and "中间" not in cut
     assert t.apply("短文本") == ("短文本", False)
+
+
+def test_a_task_file_with_the_old_head_ratio_key_still_loads_as_start_share() -> None:
+    from allinone.tasks.model import Truncation
+
+    assert Truncation.model_validate({"head_ratio": 0.3}).start_share == 0.3
+    assert Truncation.model_validate({"start_share": 0.7}).start_share == 0.7

@@ -8,12 +8,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from .classify import Classification, classify, require_text
-from .engines.base import Chunk, Engine, GenParams, Message
+from .engines.base import Chunk, Conversation, Engine, GenParams, Message
 from .errors import InvalidInput
 from .tasks import Task, cjk_share
 
-__all__ = ["ChatSession", "Turn", "analyze_and_reply", "split_messages", "stream_reply"]
+__all__ = ["ChatSession", "Turn", "split_messages", "stream_reply"]
 
 # How the combined flow shows the detected sentiment to the model, in the message's language ({label}: the
 # sentiment task's display text, {label_en}: its English word, {text}: the message). The chat task's examples
@@ -121,34 +120,17 @@ def stream_reply(
     The last chunk says whether the input was cut and how many old turns were left out to fit the context."""
     if task.kind != "generate":
         raise InvalidInput(f"task '{task.name}' is not a generate task")
-    text, truncated = task.truncation.apply(require_text(text), engine.count_tokens)
+    text, truncated = task.truncation.apply(text, engine.count_tokens)  # checked by the task service
     user = Turn("user", text, sentiment)
     history = session.turns if task.multi_turn else []
     n_ctx = engine.info.n_ctx
     kept = fit_history(engine, task, history, user, n_ctx - min(params.max_tokens, n_ctx // 4)) if history else []
     messages, n_fixed = model_messages(task, [*kept, user])
-    prompt = engine.render(messages, n_fixed=n_fixed)
     parts = []
-    for chunk in engine.stream(prompt, params):
+    for chunk in engine.stream(Conversation.of(messages, n_fixed), params):
         parts.append(chunk.text)
         if chunk.finish_reason is not None:
             chunk = replace(chunk, truncated=truncated, trimmed_turns=len(history) - len(kept))
         yield chunk
     if task.multi_turn:
         session.append(user, Turn("assistant", "".join(parts)))  # the pair in one transaction
-
-
-def analyze_and_reply(
-    engine: Engine,
-    sentiment_task: Task,
-    chat_task: Task,
-    session: ChatSession,
-    text: str,
-    params: GenParams,
-    use_head: bool = False,
-) -> Iterator[Classification | Chunk]:
-    """The combined flow: the sentiment result first, then the reply that knows it."""
-    result = classify(engine, sentiment_task, text, use_head)
-    yield result
-    label = sentiment_task.label(result.label).display
-    yield from stream_reply(engine, chat_task, session, text, params, sentiment=label)

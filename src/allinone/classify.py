@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engines.base import Engine, Scores, Scoring, Usage
-from .errors import InvalidInput, TaskDefinitionError
+from .engines.base import Conversation, Engine, Scores, Scoring, Usage
+from .errors import EmptyText, InvalidInput, TaskDefinitionError
 from .head import LinearHead
 from .tasks import Task
 
@@ -31,8 +31,9 @@ class Classification:
 
 
 def require_text(text: str) -> str:
+    """The text, unless it is empty or only whitespace (EmptyText: a 400 in both languages)."""
     if not text or not text.strip():
-        raise InvalidInput("empty text: please enter some text / 请输入文本")
+        raise EmptyText()
     return text
 
 
@@ -73,9 +74,13 @@ def display_line(task: Task, label_id: str) -> str:
 def score_words(engine: Engine, task: Task, text: str, hidden: bool = False) -> Scores:
     """One pass of the task's prompt over `text`: every verbaliser word's log-probability."""
     assert task.labels is not None
+    return engine.score(conversation(task, text), [w for label in task.labels for w in label.words], hidden=hidden)
+
+
+def conversation(task: Task, text: str) -> Conversation:
+    """The task's fixed messages, then the text as the user's message."""
     fixed = task.fixed_messages()
-    prompt = engine.render([*fixed, task.user_message(text)], n_fixed=len(fixed))
-    return engine.score(prompt, [w for label in task.labels for w in label.words], hidden=hidden)
+    return Conversation.of([*fixed, task.user_message(text)], len(fixed))
 
 
 _heads: dict[tuple[Path, int], LinearHead] = {}
@@ -123,7 +128,7 @@ def classify(engine: Engine, task: Task, text: str, use_head: bool = False) -> C
     """Score every label of a classify task for one text (one forward pass)."""
     if task.kind != "classify" or task.labels is None:
         raise InvalidInput(f"task '{task.name}' is not a classify task")
-    text, truncated = task.truncation.apply(require_text(text), engine.count_tokens)
+    text, truncated = task.truncation.apply(text, engine.count_tokens)
     head = load_head(task) if use_head else None
     if head is not None and head.probe_layer != engine.probe_layer:
         raise TaskDefinitionError(
@@ -144,15 +149,11 @@ def classify_many(engine: Engine, task: Task, texts: Sequence[str], use_head: bo
         raise InvalidInput(f"task '{task.name}' is not a classify task")
     head = load_head(task) if use_head else None
     if head is not None or len(texts) < 2:
-        return [classify(engine, task, t, use_head) for t in texts]
+        return [classify(engine, task, require_text(t), use_head) for t in texts]
     cut = [task.truncation.apply(require_text(t), engine.count_tokens) for t in texts]
-    fixed = task.fixed_messages()
-    prompts = [engine.render([*fixed, task.user_message(t)], n_fixed=len(fixed)) for t, _ in cut]
     words = [w for label in task.labels for w in label.words]
-    return [
-        _result(task, s, truncated, engine, None)
-        for s, (_, truncated) in zip(engine.score_batch(prompts, words), cut, strict=True)
-    ]
+    scores = engine.score_batch([conversation(task, t) for t, _ in cut], words)
+    return [_result(task, s, truncated, engine, None) for s, (_, truncated) in zip(scores, cut, strict=True)]
 
 
 def _result(task: Task, scores: Scores, truncated: bool, engine: Engine, head: LinearHead | None) -> Classification:

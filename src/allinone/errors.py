@@ -27,6 +27,10 @@ class EngineError(AllInOneError):
     """The inference backend failed on a request (context full, decode error)."""
 
 
+class Unsupported(InvalidInput):
+    """The request asks for something this server or engine does not do (a field, a schema keyword)."""
+
+
 class ContextOverflow(InvalidInput):
     """The prompt does not fit in the model's context window."""
 
@@ -51,7 +55,15 @@ class SessionNotFound(AllInOneError):
 
 
 class SessionStoreError(AllInOneError):
-    """The session store file cannot be opened or is not a session database."""
+    """The session store cannot be opened, is not a session database, or failed (a full disk)."""
+
+    message_zh = "会话存储出错，本轮对话未保存"
+
+
+class SessionLimit(AllInOneError):
+    """A session holds the most turns allowed, or an API key the most sessions."""
+
+    message_zh = "会话数量或轮数已达上限"
 
 
 class OutputInvalid(EngineError):

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from .engines.base import Engine, Message
+from .engines.base import Conversation, Engine, Message
 
 __all__ = ["JUDGE_SYSTEM", "Preference", "prefer"]
 
@@ -47,8 +47,8 @@ def _fixed_messages() -> list[Message]:
 def _p_first(engine: Engine, message: str, first: str, second: str) -> float:
     """P("1") against "2" after the judging prompt: how likely the reply shown first is the better one."""
     fixed = _fixed_messages()
-    prompt = engine.render([*fixed, Message("user", _pair(message, first, second))], n_fixed=len(fixed))
-    lp1, lp2 = engine.score(prompt, LABELS).logprobs
+    conversation = Conversation.of([*fixed, Message("user", _pair(message, first, second))], n_fixed=len(fixed))
+    lp1, lp2 = engine.score(conversation, LABELS).logprobs
     return 1.0 / (1.0 + math.exp(lp2 - lp1))
 
 

@@ -1,12 +1,15 @@
 """One JSON line per request, and optionally one SQLite row, with phone numbers, e-mail addresses and ID-card
-numbers masked and the input clipped; headers (API keys) are never recorded."""
+numbers masked and the input clipped; headers (API keys) are never recorded. Lines are written by a thread of
+their own, never on the event loop."""
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import sqlite3
+import string
 import sys
 import threading
 import time
@@ -17,14 +20,21 @@ from typing import Any
 
 from .engines.base import Usage
 from .errors import AllInOneError
+from .files import private_file
 from .settings import Settings
 
-__all__ = ["RequestDb", "RequestLog", "RequestRecord", "mask"]
+__all__ = ["RequestDb", "RequestLog", "RequestRecord", "log_path", "mask"]
 
 PROMPT_CHARS = 50  # characters of the rendered prompt in each line
+PATH_CHARS = 200  # characters of the request path in each line
+LONGEST_MATCH = 640  # characters: the longest text the masks match (an e-mail of 64 + 1 + 9 labels of 63 + dots)
+MASK_MARGIN = 1000  # characters masked past the clip point: more than LONGEST_MATCH
+QUEUE_LINES = 10_000  # lines waiting for the writer thread; beyond that they are dropped (and counted)
+CLOSE_SECONDS = 10.0  # at shutdown, the longest wait for the writer to finish the queued lines
 
 _MASKS = [
-    (re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+"), "<email>"),
+    # bounded runs: an unbounded local part made the search quadratic on long runs of letters
+    (re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){1,8}"), "<email>"),
     # mainland ID card: 17 digits and a check digit or X (18), or the old 15 digits
     (re.compile(r"(?<![0-9A-Za-z])(?:\d{17}[\dXx]|\d{15})(?![0-9A-Za-z])"), "<id>"),
     # mobile numbers, with an optional +86 and spaces or dashes: 138 1234 5678
@@ -41,11 +51,44 @@ def mask(text: str) -> str:
     return text
 
 
+_IDENTIFIER = frozenset(string.ascii_letters + string.digits + "._%+-@")  # what a masked identifier is made of
+_SESSION_PATH = re.compile(r"^/v1/sessions/[^/]+")
+
+
+def keep(text: str, n: int) -> str:
+    """As much of `text` as a log line clipped to `n` characters can need: cheap, so it can run anywhere."""
+    return text[: n + MASK_MARGIN + 1]
+
+
+def _drop_partial(text: str) -> str:
+    """`text` without the end of the identifier-like run it ends in, as much of it as a match could span (a phone
+    number's digits may be spaced)."""
+    i, stop = len(text), max(0, len(text) - LONGEST_MATCH)
+    while i > stop and (text[i - 1] in _IDENTIFIER or (text[i - 1] in " -" and i > 1 and text[i - 2].isdigit())):
+        i -= 1
+    return text[:i]
+
+
 def _clip(text: str | None, n: int) -> str | None:
+    """The first `n` characters of the masked text. Only a window of it is masked (masking is linear, but a
+    whole megabyte of it is not cheap); a number the window's end cuts in half is dropped, never shown."""
     if text is None:
         return None
-    text = mask(text)  # before clipping, so a number cut in half is still masked
-    return text if len(text) <= n else text[:n] + "…"
+    window = text[: n + MASK_MARGIN]
+    masked = mask(window)
+    if len(window) < len(text):
+        return _scrub(_drop_partial(masked)[:n]) + "…"
+    return _scrub(masked if len(masked) <= n else masked[:n] + "…")
+
+
+def _scrub(text: str) -> str:
+    """Lone surrogates, which cannot be written as UTF-8, as '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def log_path(path: str) -> str:
+    """The request path as logged: a session id replaced by <id> (ids are secrets), and cut to a bounded size."""
+    return _SESSION_PATH.sub("/v1/sessions/<id>", path[: PATH_CHARS + MASK_MARGIN + 1], count=1)
 
 
 @dataclass
@@ -65,6 +108,8 @@ class RequestRecord:
     error: str | None = None
     first_token_ms: float | None = None
     client_gone: bool = False  # the client disconnected before the response ended: logged as status 499
+    ended: float | None = None  # when the response ended, on the `time.perf_counter` clock
+    ts: datetime | None = None  # the same moment as wall-clock time
 
     def add_usage(self, usage: Usage | None) -> None:
         if usage is not None:
@@ -73,7 +118,11 @@ class RequestRecord:
             self.usage.completion_tokens += usage.completion_tokens
 
     def elapsed_ms(self) -> float:
-        return (time.perf_counter() - self.started) * 1000
+        return ((self.ended or time.perf_counter()) - self.started) * 1000
+
+    def end(self) -> None:
+        """Stop the clock: the line is written later, by the log's thread."""
+        self.ended, self.ts = time.perf_counter(), datetime.now(UTC)
 
     def mark_first_token(self) -> None:
         if self.first_token_ms is None:
@@ -81,10 +130,10 @@ class RequestRecord:
 
     def as_log(self, input_chars: int) -> dict[str, Any]:
         return {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "ts": (self.ts or datetime.now(UTC)).isoformat(timespec="milliseconds"),
             "request_id": self.request_id,
             "method": self.method,
-            "path": self.path,
+            "path": _clip(self.path, PATH_CHARS),
             "task": self.task,
             "input": _clip(self.input, input_chars),
             "prompt": _clip(self.prompt, PROMPT_CHARS),
@@ -132,7 +181,7 @@ class RequestDb:
     def _db(self) -> sqlite3.Connection:
         """The connection, opened on first use (again after `close`, when an app is started anew)."""
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path, tighten=True)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -158,30 +207,82 @@ class RequestDb:
                 self._conn = None
 
 
+_Line = tuple[RequestRecord, int, str | None]  # a record, its level, its route (None: no database row)
+
+
 class RequestLog:
     """The request log of one app: its own logger, writing JSON lines to the configured destination, and
-    with `request_log` set, a row per request in HOME/requests.sqlite3."""
+    with `request_log` set, a row per request in HOME/requests.sqlite3. `write` only queues the record:
+    masking, formatting and writing happen in a thread of the log's own."""
 
     def __init__(self, settings: Settings) -> None:
         self.input_chars = settings.log_input_chars
         self.db = RequestDb(settings.home / "requests.sqlite3", self.input_chars) if settings.request_log else None
         self.logger = logging.Logger("allinone.requests", _level(settings.log_level))  # not global: one per app
         if settings.log_file is not None:
-            settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+            private_file(settings.log_file)
             handler: logging.Handler = logging.FileHandler(settings.log_file, encoding="utf-8")
         else:
             handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         self.logger.addHandler(handler)
+        self._queue: queue.Queue[_Line | None] = queue.Queue(QUEUE_LINES)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.dropped = 0  # lines lost because the writer fell behind by QUEUE_LINES
+
+    def keep(self, text: str) -> str:
+        """What a record needs to hold of an input or output for its line."""
+        return keep(text, self.input_chars)
 
     def write(self, record: RequestRecord, level: int = logging.INFO, route: str | None = None) -> None:
-        """The JSON line (at `level`), and the database row of an API request (one with a `route`)."""
+        """Queue the JSON line (at `level`) and the database row of an API request (one with a `route`)."""
+        record.end()
+        if not self.logger.isEnabledFor(level) and (self.db is None or route is None):
+            return
+        self._start()
+        try:
+            self._queue.put_nowait((record, level, route))
+        except queue.Full:
+            self.dropped += 1
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="allinone-request-log", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while (line := self._queue.get()) is not None:
+            try:
+                self._write(*line)
+            except Exception:  # a bad record must not stop the log
+                logging.getLogger("allinone.server").exception("request log line not written")
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def _write(self, record: RequestRecord, level: int, route: str | None) -> None:
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            self.logger.warning(json.dumps({"warning": "request log lines dropped", "lines": dropped}))
         if self.logger.isEnabledFor(level):
             self.logger.log(level, json.dumps(record.as_log(self.input_chars), ensure_ascii=False))
         if self.db is not None and route is not None:
             self.db.write(record, route)
 
+    def flush(self) -> None:
+        """Wait until every queued line is written."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.join()
+
     def close(self) -> None:
+        """Write the queued lines, stop the thread and close the files (they reopen on the next write)."""
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(CLOSE_SECONDS)
         for handler in self.logger.handlers:
             handler.close()
         if self.db is not None:

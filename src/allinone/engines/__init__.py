@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Chunk, Engine, EngineInfo, GenParams, Message, Prompt, Scores, Segment, Usage
+from .base import Chunk, Conversation, Engine, EngineInfo, GenParams, Message, Prompt, Scores, Segment, Slots, Usage
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
 __all__ = [
     "Chunk",
+    "Conversation",
     "Engine",
     "EngineInfo",
     "GenParams",
@@ -18,6 +19,7 @@ __all__ = [
     "Prompt",
     "Scores",
     "Segment",
+    "Slots",
     "Usage",
     "load_engine",
 ]
@@ -41,6 +43,8 @@ def load_engine(settings: Settings, probe_layer: int | None = None) -> Engine:
             model=name or settings.openai_model,
             api_key=settings.openai_api_key,
             timeout=settings.request_timeout or None,
+            concurrency=settings.openai_concurrency,
+            n_ctx=settings.openai_n_ctx,
         )
     if kind == "transformers":
         from .transformers import TransformersEngine
@@ -67,6 +71,6 @@ def load_engine(settings: Settings, probe_layer: int | None = None) -> Engine:
         cache_mb=settings.cache_mb,
         n_threads=settings.n_threads,
         n_batch=settings.n_batch,
-        batch_size=settings.batch_size,
+        parallel=settings.parallel,
         probe_layer=probe_layer,
     )

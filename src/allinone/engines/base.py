@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from ..errors import Unsupported
 
 Role = Literal["system", "user", "assistant"]
 Scoring = Literal["exact", "first_token", "choice"]  # how an engine obtained label log-probabilities
@@ -15,6 +17,19 @@ Scoring = Literal["exact", "first_token", "choice"]  # how an engine obtained la
 class Message:
     role: Role
     content: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What a task hands an engine: messages, the first `n_fixed` of which are the task's fixed prefix (system
+    prompt, few-shot examples), the same for every request of the task, so engines keep it cached."""
+
+    messages: tuple[Message, ...]
+    n_fixed: int = 0
+
+    @classmethod
+    def of(cls, messages: Sequence[Message], n_fixed: int = 0) -> Conversation:
+        return cls(tuple(messages), n_fixed)
 
 
 @dataclass(frozen=True)
@@ -74,8 +89,22 @@ class GenParams:
     top_k: int = 40
     stop: tuple[str, ...] = ()
     seed: int | None = None  # None: a fresh random seed
-    grammar: str | None = None  # GBNF grammar constraining the output
+    schema: Mapping[str, Any] | None = field(default=None, hash=False)  # JSON Schema the output must match
+    logprobs: int | None = None  # with each generated token, its log-probability and this many alternatives
     repeat_penalty: float = 1.0  # tokens already in the reply: logit / p (> 0) or * p (< 0); 1.0 = off
+
+
+GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repeat_penalty", "logprobs")
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model (before sampling settings), with the most likely alternatives."""
+
+    token: str
+    logprob: float | None  # None: the first token of a prompt, which nothing predicts
+    top: tuple[tuple[str, float], ...] = ()
+    raw: bytes = b""  # the token's bytes (a character can span tokens, so `token` may hold U+FFFD)
 
 
 @dataclass
@@ -97,6 +126,8 @@ class Chunk:
     usage: Usage | None = None
     truncated: bool = False  # last chunk: the input was cut to the task's limit
     trimmed_turns: int = 0  # last chunk: oldest history turns left out to fit the context window
+    logprobs: list[TokenLogprob] | None = None  # the generated tokens of this chunk (GenParams.logprobs)
+    prompt_logprobs: list[TokenLogprob] | None = None  # a raw completion's prompt tokens (`complete(echo=True)`)
 
 
 @dataclass
@@ -107,52 +138,67 @@ class EngineInfo:
     details: dict[str, str | int] = field(default_factory=dict)
 
 
-class Engine(ABC):
-    """A loaded model behind a small interface: render, tokenize, score, stream.
+@dataclass(frozen=True)
+class Slots:
+    """How many requests an engine really runs at once: replies being generated, and classifications (one
+    forward pass each), which an engine that batches can run beside the replies instead of after them."""
 
-    Implementations must be safe to call from several threads at once and say how.
+    generate: int = 1
+    score: int = 1
+
+
+class Engine(ABC):
+    """A loaded model behind a small interface: count tokens, score continuations, stream a reply.
+
+    Implementations must be safe to call from several threads at once and say how (`slots`).
     """
 
     info: EngineInfo
+    slots: Slots = Slots()
     # What `score(..., hidden=True)` returns: the final hidden state at the last prompt token, preceded,
     # when probe_layer is L, by the mean over the prompt's own tokens (after the cached task prefix) of the
     # hidden state after transformer layer L (0-based). A learned head says which one it was trained on.
     probe_layer: int | None = None
 
     @abstractmethod
-    def render(self, messages: Sequence[Message], n_fixed: int) -> Prompt:
-        """Render messages with the model's own chat template, generation prompt appended.
-
-        The first `n_fixed` messages (and the template text up to the next message's content)
-        form the cacheable prefix.
-        """
-
-    @abstractmethod
     def count_tokens(self, text: str) -> int:
         """Number of tokens of `text` as plain (user) text."""
 
+    def preview(self, conversation: Conversation) -> str:
+        """The prompt as the model sees it, for request logs; engines with their own template render it."""
+        return "\n".join(f"{m.role}: {m.content}" for m in conversation.messages)
+
     @abstractmethod
-    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
-        """Total log-probability of each continuation right after the prompt.
+    def score(self, conversation: Conversation, continuations: Sequence[str], hidden: bool = False) -> Scores:
+        """Total log-probability of each continuation as the start of the assistant's reply.
 
         With `hidden`, also the hidden-state features `probe_layer` names, from the same pass.
         """
 
-    def score_batch(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Scores]:
-        """`score` for several prompts; engines that evaluate them faster together override this.
+    def warm(self, conversation: Conversation) -> None:  # noqa: B027 - only engines with a local cache do it
+        """Compute and cache the conversation's fixed prefix now, so that the first request that uses it is as fast
+        as later ones (engines whose prefix cache lives elsewhere do nothing)."""
+
+    def score_batch(self, conversations: Sequence[Conversation], continuations: Sequence[str]) -> list[Scores]:
+        """`score` for several conversations; engines that evaluate them faster together override this.
 
         Batched results may differ from one-at-a-time results in the last bits (different batch shapes).
         """
-        return [self.score(p, continuations) for p in prompts]
+        return [self.score(c, continuations) for c in conversations]
 
     @abstractmethod
-    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
-        """Generate text after the prompt; closing the iterator early frees the engine."""
+    def stream(self, conversation: Conversation, params: GenParams) -> Iterator[Chunk]:
+        """Generate the assistant's reply; closing the iterator early frees the engine."""
 
-    def generate(self, prompt: Prompt, params: GenParams) -> Chunk:
+    def complete(self, prompt: str, params: GenParams, echo: bool = False) -> Iterator[Chunk]:
+        """Continue raw text (no chat template); with `echo` the first chunk carries the prompt's tokens and,
+        with `params.logprobs`, their log-probabilities."""
+        raise Unsupported(f"the {self.info.backend} engine does not run raw text completions")
+
+    def generate(self, conversation: Conversation, params: GenParams) -> Chunk:
         """Non-streaming generation: the joined stream."""
         parts, last = [], Chunk("")
-        for last in self.stream(prompt, params):
+        for last in self.stream(conversation, params):
             parts.append(last.text)
         return Chunk("".join(parts), last.finish_reason, last.usage)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -10,7 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ContextOverflow, EngineError, ModelError
-from .base import Chunk, Engine, EngineInfo, GenParams, Message, Prompt, PromptTokens, Scores, Segment, Usage
+from .base import (
+    Chunk,
+    Conversation,
+    Engine,
+    EngineInfo,
+    GenParams,
+    Prompt,
+    PromptTokens,
+    Scores,
+    Segment,
+    TokenLogprob,
+    Usage,
+)
 from .stops import StopBuffer
 from .template import ChatTemplate
 
@@ -18,7 +31,7 @@ _TURN_ENDS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")  # c
 
 
 @dataclass(eq=False)
-class _Saved:
+class _SavedCache:
     """A KV cache (a transformers Cache object) and the tokens it holds."""
 
     tokens: list[int]
@@ -51,7 +64,8 @@ class TransformersEngine(Engine):
     it and evaluates only its own tokens. After a reply the conversation's cache is saved, so the next
     chat turn evaluates only the new message. Only caches that are a whole prefix of the prompt are used.
 
-    Concurrency: one lock, so calls run one at a time; a stream holds it until exhausted or closed.
+    Concurrency: one lock, so calls run one at a time (`slots` 1 and 1: a classification waits for a running
+    reply); a stream holds it until exhausted or closed.
     """
 
     def __init__(
@@ -96,9 +110,10 @@ class TransformersEngine(Engine):
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self._bytes_per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
         self._cache_bytes = cache_mb << 20
-        self._saved: list[_Saved] = []
+        self._saved: list[_SavedCache] = []
         self._clock = 0
         self._lock = threading.Lock()
+        self._llg_tokenizer: Any = None  # llguidance's view of the tokenizer, for output schemas (built on first use)
         self.tokenize_prompt = PromptTokens(self._tokens_of)  # all tokens of a prompt, and how many are the prefix
         self.info = EngineInfo(
             "transformers",
@@ -124,8 +139,12 @@ class TransformersEngine(Engine):
     def _tokens_of(self, segments: Sequence[Segment], first: bool = False) -> list[int]:  # no BOS to add
         return [t for seg in segments for t in self._tokenize(seg.text, special=seg.trusted)]
 
-    def render(self, messages: Sequence[Message], n_fixed: int) -> Prompt:
-        return self.template.render(messages, n_fixed)
+    def render(self, conversation: Conversation) -> Prompt:
+        """The conversation in the model's own chat template, split into the cacheable prefix and the rest."""
+        return self.template.render(conversation.messages, conversation.n_fixed)
+
+    def preview(self, conversation: Conversation) -> str:
+        return self.render(conversation).text
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text, special=False))
@@ -142,11 +161,11 @@ class TransformersEngine(Engine):
 
         return DynamicCache(config=self.model.config)
 
-    def _save(self, tokens: list[int], cache: Any, pinned: bool) -> _Saved:
+    def _save(self, tokens: list[int], cache: Any, pinned: bool) -> _SavedCache:
         """Keep a cache; unpinned ones are evicted least recently used first, a superseded chat turn at once."""
         self._clock += 1
         self._saved = [s for s in self._saved if s.pinned or s.tokens != tokens[: len(s.tokens)]]
-        saved = _Saved(list(tokens), cache, pinned, self._clock)
+        saved = _SavedCache(list(tokens), cache, pinned, self._clock)
         self._saved.append(saved)
         while sum(len(s.tokens) for s in self._saved) * self._bytes_per_token > self._cache_bytes:
             unpinned = [s for s in self._saved if not s.pinned and s is not saved]
@@ -187,7 +206,14 @@ class TransformersEngine(Engine):
 
     # --- scoring and generation -------------------------------------------------------------------
 
-    def score(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
+    def score(self, conversation: Conversation, continuations: Sequence[str], hidden: bool = False) -> Scores:
+        return self.score_prompt(self.render(conversation), continuations, hidden)
+
+    def warm(self, conversation: Conversation) -> None:
+        self.score(conversation, ["。"])  # computes and keeps the prefix
+
+    def score_prompt(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
+        """`score` on a rendered prompt (its prefix is what gets cached)."""
         torch = self._torch
         with self._lock, torch.inference_mode():
             usage, tokens, cache, n_cached = self._prepare(prompt, reuse_history=False)
@@ -229,33 +255,45 @@ class TransformersEngine(Engine):
             probs = probs.scatter(0, order, ordered.masked_fill(drop, 0.0))
         return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
-    def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
-        # A GBNF grammar is a llama.cpp feature: here the reply is generated unconstrained and the task
-        # layer still validates it against the task's output_schema.
+    def stream(self, conversation: Conversation, params: GenParams) -> Iterator[Chunk]:
+        return self._generate(self.render(conversation), params, keep=True)
+
+    def complete(self, prompt: str, params: GenParams, echo: bool = False) -> Iterator[Chunk]:
+        """Continue raw text (tokenized as plain text); `echo` first sends the prompt's tokens' logprobs."""
+        return self._generate(Prompt((), (Segment(prompt, False),)), params, keep=False, echo=echo)
+
+    def _generate(self, prompt: Prompt, params: GenParams, keep: bool, echo: bool = False) -> Iterator[Chunk]:
         torch = self._torch
         with self._lock, torch.inference_mode():
-            usage, tokens, cache, n_cached = self._prepare(prompt, reuse_history=True)
+            usage, tokens, cache, n_cached = self._prepare(prompt, reuse_history=keep)
             generator = torch.Generator()
             if params.seed is not None and params.seed >= 0:
                 generator.manual_seed(params.seed)
             else:
                 generator.seed()
+            grammar = self._grammar(params.schema) if params.schema is not None else None
             stops, out_ids, sent = StopBuffer(params.stop), list[int](), ""
             finish = "length"
-            logits = self._forward(tokens[n_cached:], cache).logits[0, -1]
+            all_logits = self._forward(tokens[n_cached:], cache).logits[0]
+            if echo:
+                yield Chunk("", prompt_logprobs=self._prompt_logprobs(tokens, all_logits, params.logprobs or 0))
+            logits = all_logits[-1]
             try:
                 for _ in range(params.max_tokens):
-                    token = self._sample(logits, params, generator, out_ids)
+                    token = self._choose(logits, params, generator, grammar, out_ids)
                     if token in self._eog:
                         finish = "stop"
                         break
                     out_ids.append(token)
                     usage.completion_tokens += 1
+                    logprobs = None if params.logprobs is None else [self._logprob(logits, token, params.logprobs)]
                     text = self.tokenizer.decode(out_ids, skip_special_tokens=False)
                     if not text.endswith("\ufffd"):  # hold back a partial UTF-8 character
                         piece, sent = stops.push(text[len(sent) :]), text
-                        if piece:
-                            yield Chunk(piece)
+                        if piece or logprobs:
+                            yield Chunk(piece, logprobs=logprobs)
+                    elif logprobs:
+                        yield Chunk("", logprobs=logprobs)
                     if stops.stopped:
                         finish = "stop"
                         break
@@ -263,12 +301,57 @@ class TransformersEngine(Engine):
                         break
                     logits = self._forward([token], cache).logits[0, -1]
             finally:
-                self._save_turn(tokens, out_ids, cache)
+                if keep:
+                    self._save_turn(tokens, out_ids, cache)
             tail = ""
             if not stops.stopped:
                 text = self.tokenizer.decode(out_ids, skip_special_tokens=False)
                 tail = stops.push(text[len(sent) :]) + stops.flush()
             yield Chunk(tail, finish, usage)  # type: ignore[arg-type]
+
+    def _grammar(self, schema: Any) -> Any:
+        """An llguidance matcher of the JSON schema over this tokenizer (`pip install llguidance`)."""
+        try:
+            import llguidance
+            import llguidance.hf
+        except ImportError as e:
+            raise EngineError("output schemas on the transformers engine need: pip install llguidance") from e
+        if self._llg_tokenizer is None:
+            self._llg_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer, eos_token=sorted(self._eog))
+        compact: Any = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}  # as llama.cpp
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=compact)
+        matcher = llguidance.LLMatcher(self._llg_tokenizer, grammar)
+        if matcher.is_error():
+            raise EngineError(f"the output schema could not be compiled: {matcher.get_error()}")
+        return matcher
+
+    def _choose(self, logits: Any, params: GenParams, generator: Any, grammar: Any, reply: list[int]) -> int:
+        """A sampled token; with a grammar it checks only that token, and masks the vocabulary only when the
+        grammar refuses it (as the llama.cpp engine does)."""
+        token = self._sample(logits, params, generator, reply)
+        if grammar is None:
+            return token
+        if grammar.validate_tokens([token]) != 1:
+            import llguidance.numpy
+
+            mask = llguidance.numpy.allocate_token_bitmask(1, logits.shape[-1])
+            llguidance.numpy.fill_next_token_bitmask(grammar, mask)
+            allowed = self._torch.from_numpy(((mask[0, :, None] >> self._torch.arange(32).numpy()) & 1).reshape(-1))
+            logits = logits.masked_fill(allowed[: logits.shape[-1]].to(logits.device) == 0, float("-inf"))
+            token = self._sample(logits, params, generator, reply)
+        grammar.consume_token(token)
+        return token
+
+    def _logprob(self, logits: Any, token: int, top: int) -> TokenLogprob:
+        lp = self._torch.log_softmax(logits.double(), -1)
+        best = self._torch.topk(lp, top).indices.tolist() if top else []
+        piece = self.tokenizer.decode([token])
+        return TokenLogprob(piece, float(lp[token]), tuple((self.tokenizer.decode([t]), float(lp[t])) for t in best))
+
+    def _prompt_logprobs(self, tokens: list[int], logits: Any, top: int) -> list[TokenLogprob]:
+        """Each prompt token's logprob after the ones before it (the first has none)."""
+        out = [TokenLogprob(self.tokenizer.decode([tokens[0]]), None)]
+        return out + [self._logprob(logits[i], tokens[i + 1], top) for i in range(len(tokens) - 1)]
 
     def _save_turn(self, prompt_tokens: list[int], reply: list[int], cache: Any) -> None:
         """Save where the next chat turn starts: prompt plus reply when the reply re-tokenizes to the same

@@ -1,4 +1,5 @@
-"""Admission control: the model slot (one request at a time), a bounded queue in front of it, and a
+"""Admission control: the model's slots (as many requests as the engine really runs at once, in two lanes:
+replies, and classifications, which never queue behind replies), a bounded queue in front of them, and a
 per-request deadline, so an overloaded server answers at once instead of piling requests up."""
 
 from __future__ import annotations
@@ -6,12 +7,14 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import anyio
 
+from ..engines.base import Slots
 from ..errors import AllInOneError
 from ..logs import RequestRecord
-from .metrics import Metrics
+from .metrics import ServiceMetrics
 
 
 class QueueFull(AllInOneError):
@@ -28,23 +31,47 @@ class ModelLoading(AllInOneError):
     retry_after = 5
 
 
+class ClientGone(AllInOneError):
+    """The client closed the connection before its result was ready (logged as status 499)."""
+
+
 class RequestTimeout(AllInOneError):
     """The request waited for and ran on the model longer than `request_timeout`."""
 
     message_zh = "请求超时"
 
 
-class Admission:
-    """Who gets the model: `acquire` waits (in the event loop) for the slot, or refuses when `max_queue`
-    requests are already waiting, the model is not loaded yet, or the request's deadline passes."""
+Lane = Literal["generate", "score"]  # a reply being generated; a classification (one forward pass)
 
-    def __init__(self, max_queue: int, timeout: float, metrics: Metrics, ready: Callable[[], bool]) -> None:
-        self._slot = anyio.Semaphore(1)
+
+class Admission:
+    """Who gets the model: `acquire` waits (in the event loop) for a slot of its lane, or refuses when `max_queue`
+    requests are already waiting, the model is not loaded yet, or the request's deadline passes. The lanes are
+    sized by the engine (`Engine.slots`) once it is loaded."""
+
+    def __init__(
+        self,
+        max_queue: int,
+        timeout: float,
+        metrics: ServiceMetrics,
+        ready: Callable[[], bool],
+        slots: Callable[[], Slots] = Slots,
+    ) -> None:
+        self._slots = slots
+        self._lanes: dict[Lane, anyio.Semaphore] = {}
+        self.sizes: dict[Lane, int] = {}
         self.max_queue = max_queue
         self.timeout = timeout  # seconds, queue plus run; 0 = none
         self.metrics = metrics
         self.ready = ready
         self.waiting = 0
+
+    def lane(self, name: Lane) -> anyio.Semaphore:
+        if not self._lanes:
+            slots = self._slots()
+            self.sizes = {"generate": slots.generate, "score": slots.score}
+            self._lanes = {lane: anyio.Semaphore(n) for lane, n in self.sizes.items()}
+        return self._lanes[name]
 
     def deadline(self, rec: RequestRecord) -> float | None:
         """When the request must have ended, on the `time.perf_counter` clock."""
@@ -66,41 +93,56 @@ class Admission:
         if not self.ready():
             raise self._refuse("loading", ModelLoading("the model is still loading; retry shortly"))
 
-    async def acquire(self, deadline: float | None = None, again: bool = False) -> None:
-        """Wait for the slot; `again`: the request already had its turn (`auto` after routing), so it queues
-        even when the queue is full rather than being refused halfway."""
+    async def acquire(self, lane: Lane, deadline: float | None = None, again: bool = False) -> None:
+        """Wait for a slot of the lane; `again`: the request already had its turn (`auto` after routing), so it
+        queues even when the queue is full rather than being refused halfway."""
         self.check_ready()
-        if self._slot.value == 0 and self.waiting >= self.max_queue and not again:
+        slot = self.lane(lane)
+        if slot.value == 0 and self.waiting >= self.max_queue and not again:
             raise self._refuse("queue_full", QueueFull(f"server busy: {self.waiting} requests already waiting"))
         self._wait(+1)
         try:
             left = None if deadline is None else max(deadline - time.perf_counter(), 0)
             with anyio.fail_after(left):
-                await self._slot.acquire()
+                await slot.acquire()
         except TimeoutError:
             raise self._refuse("timeout", RequestTimeout(f"no model slot within {self.timeout:g} s")) from None
         finally:
             self._wait(-1)
 
-    def release(self) -> None:
-        self._slot.release()
+    def release(self, lane: Lane) -> None:
+        self.lane(lane).release()
 
     async def drain(self, timeout: float) -> bool:
-        """Wait until no request holds the model, then keep it (the server is stopping); False if one still
-        did after `timeout` seconds."""
+        """Wait until no request holds the model, then keep every slot (the server is stopping); False if one
+        still did after `timeout` seconds."""
+        lanes: tuple[Lane, ...] = ("generate", "score")
+        taken: list[Lane] = []
         with anyio.move_on_after(timeout):
-            await self._slot.acquire()
+            for name in lanes:
+                lane = self.lane(name)
+                for _ in range(self.sizes[name]):
+                    await lane.acquire()
+                    taken.append(name)
             return True
+        for name in taken:
+            self.release(name)
         return False
 
+    def undrain(self) -> None:
+        """Give back every slot that `drain` kept (an app started again finds the model free)."""
+        for name, lane in self._lanes.items():
+            for _ in range(self.sizes[name] - lane.value):
+                self.release(name)
+
     @asynccontextmanager
-    async def hold(self, deadline: float | None = None, again: bool = False) -> AsyncIterator[None]:
-        """The slot for a block, e.g. one blocking model call."""
-        await self.acquire(deadline, again)
+    async def hold(self, lane: Lane, deadline: float | None = None, again: bool = False) -> AsyncIterator[None]:
+        """A slot for a block, e.g. one blocking model call."""
+        await self.acquire(lane, deadline, again)
         try:
             yield
         finally:
-            self.release()
+            self.release(lane)
 
     def _wait(self, delta: int) -> None:
         self.waiting += delta

@@ -16,12 +16,12 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from ..logs import RequestLog
-from ..router import Router
+from ..service import TaskService
 from ..sessions import open_store
 from ..settings import Settings
-from . import errors, openai_compat, routes
-from .metrics import Metrics
-from .middleware import ApiKeys, BodyLimit, Observe
+from . import completions, endpoints, errors, openai_compat
+from .metrics import ServiceMetrics
+from .middleware import ApiKeys, BodyLimit, HostCheck, Observe, allowed_hosts
 from .schemas import ErrorOut
 from .state import Services
 
@@ -50,19 +50,27 @@ def _version() -> str:
         return "0"
 
 
-def create_app(settings: Settings | None = None, router: Router | None = None) -> FastAPI:
-    """The app; the model is loaded at startup (or taken from an injected `router`)."""
+def open_paths() -> set[str]:
+    """What needs no API key: the page and its own files (it asks for the key), and /health."""
+    return {"/", "/health", "/favicon.ico", *(f"/static/{p.name}" for p in STATIC.iterdir() if p.is_file())}
+
+
+def create_app(settings: Settings | None = None, service: TaskService | None = None) -> FastAPI:
+    """The app; the model is loaded at startup (or taken from an injected `service`)."""
     settings = settings or Settings()
-    owns_engine = router is None or not router.loaded
-    router = router or Router(settings)
-    shared = Services(settings, router, open_store(settings), Metrics(), RequestLog(settings))
+    owns_engine = service is None or not service.loaded
+    service = service or TaskService(settings)
+    shared = Services(settings, service, open_store(settings), ServiceMetrics(), RequestLog(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         start = time.perf_counter()
-        engine = await run_in_threadpool(lambda: shared.router.engine)  # load once, off the event loop
+        shared.warming = True
+        engine = await run_in_threadpool(lambda: shared.service.engine)  # load once, off the event loop
+        await run_in_threadpool(shared.service.warm)  # every task's prefix: the first requests are not slower
+        shared.warming = False
         shared.metrics.model_loaded = 1
-        log.info("model %s ready in %.1f s", engine.info.model, time.perf_counter() - start)
+        log.info("model %s ready in %.1f s (tasks warm)", engine.info.model, time.perf_counter() - start)
         try:
             yield
         finally:  # uvicorn has drained (or cut) the requests in flight; their model steps may still be ending
@@ -72,7 +80,7 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
                 shared.sessions.close()
                 if owns_engine:
                     engine.close()
-                shared.admission.release()  # an app started again (tests) finds the model free
+                shared.admission.undrain()  # an app started again (tests) finds the model free
             else:
                 log.error("a model call was still running at shutdown; the session store was left open")
             shared.log.close()
@@ -86,11 +94,12 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
     )
     app.state.services = shared
     errors.install(app)
-    app.include_router(routes.router)
-    app.include_router(openai_compat.router)
+    app.include_router(endpoints.api)
+    app.include_router(openai_compat.api)
+    app.include_router(completions.api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(ApiKeys, keys=settings.api_keys)
+    app.add_middleware(ApiKeys, keys=settings.api_keys, open_paths=open_paths())
     if settings.cors_origins:  # outside ApiKeys: preflight requests carry no key
         app.add_middleware(
             CORSMiddleware,
@@ -99,5 +108,6 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
+    app.add_middleware(HostCheck, hosts=allowed_hosts(settings))
     app.add_middleware(Observe, log=shared.log, metrics=shared.metrics)  # outermost: sees the 413s too
     return app

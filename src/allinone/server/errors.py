@@ -18,24 +18,33 @@ from ..errors import (
     InvalidInput,
     ModelError,
     OutputInvalid,
+    SessionLimit,
     SessionNotFound,
+    SessionStoreError,
     TaskDefinitionError,
     TaskNotFound,
+    Unsupported,
 )
-from .admission import ModelLoading, QueueFull, RequestTimeout
+from ..logs import log_path
+from .admission import ClientGone, ModelLoading, QueueFull, RequestTimeout
 
 log = logging.getLogger("allinone.server")
+MESSAGE_CHARS = 1000  # characters of any string in an error body: a message may repeat a 1 MB value
 
 # (class, status, type); the first match wins, so subclasses come before their bases
 _DOMAIN: list[tuple[type[AllInOneError], int, str]] = [
     (QueueFull, 429, "queue_full"),
     (ModelLoading, 503, "model_loading"),
     (RequestTimeout, 504, "timeout"),
+    (ClientGone, 499, "client_gone"),
     (ContextOverflow, 413, "context_overflow"),
     (InputTooLong, 413, "input_too_long"),
+    (Unsupported, 400, "unsupported"),
     (InvalidInput, 400, "invalid_input"),
     (TaskNotFound, 404, "task_not_found"),
     (SessionNotFound, 404, "session_not_found"),
+    (SessionLimit, 409, "session_limit"),
+    (SessionStoreError, 503, "session_store_error"),
     (ModelError, 503, "model_unavailable"),
     (OutputInvalid, 502, "output_invalid"),
     (EngineError, 503, "engine_error"),
@@ -54,6 +63,7 @@ _HTTP_TYPES = {
 _ZH = {
     "context_overflow": "输入过长，超出模型上下文",
     "input_too_long": "输入过长",
+    "unsupported": "不支持该请求字段或功能",
     "task_not_found": "未知任务",
     "session_not_found": "未知会话",
     "model_unavailable": "模型不可用",
@@ -64,17 +74,31 @@ _ZH = {
     "method_not_allowed": "不支持该请求方法",
     "request_too_large": "请求体过大",
     "validation_error": "请求格式或字段无效",
+    "invalid_host": "本服务不接受该 Host 请求头",
     "internal_error": "服务器内部错误",
 }
 
 
+def _text(value: Any) -> Any:
+    """`value` with every string sendable: lone surrogates (JSON lets clients send them) as '?', long ones cut."""
+    if isinstance(value, str):
+        value = value if len(value) <= MESSAGE_CHARS else value[:MESSAGE_CHARS] + "…"
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_text(v) for v in value]
+    return value
+
+
 def error_body(type_: str, message: str, message_zh: str | None = None, **extra: Any) -> dict[str, Any]:
-    """The stable error shape: {"error": {"type", "message", "message_zh"?, ...}}."""
+    """The stable error shape: {"error": {"type", "message", "message_zh"?, ...}}; messages may repeat what a
+    client sent, so every string in it is made sendable."""
     error: dict[str, Any] = {"type": type_, "message": message}
     zh = message_zh or _ZH.get(type_)
     if zh:
         error["message_zh"] = zh
-    return {"error": {**error, **extra}}
+    return {"error": _text({**error, **extra})}
 
 
 def domain_error(exc: AllInOneError) -> tuple[int, dict[str, Any]]:
@@ -131,7 +155,7 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.exception("unhandled error on %s %s", request.method, log_path(request.url.path), exc_info=exc)
     return _json(500, error_body("internal_error", "internal server error"), request)
 
 

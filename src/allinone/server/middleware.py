@@ -1,4 +1,5 @@
-"""ASGI middleware: the request-body limit, and the record, log line and metrics of every request."""
+"""ASGI middleware: the Host check, API keys, the request-body limit, and the record, log line and metrics of
+every request."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..logs import RequestLog, RequestRecord
+from ..logs import RequestLog, RequestRecord, log_path
+from ..sessions import owner_of
+from ..settings import Settings
 from .errors import error_body, unauthorized
-from .metrics import Metrics
+from .metrics import ServiceMetrics
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-_OPEN = ("/health", "/static/", "/favicon.ico")  # no key needed: the page loads, then asks for one
-_QUIET = ("/health", "/metrics", "/static", "/docs", "/redoc", "/openapi.json", "/favicon.ico")  # logged at DEBUG
+_QUIET = {"/", "/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/favicon.ico"}
+_QUIET_UNDER = ("/static/", "/static-offline-docs/")  # the page's and the docs' files; all these logged at DEBUG
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def _too_large(limit: int) -> str:
@@ -69,27 +73,70 @@ async def _send_json(send: Send, status: int, body: dict[str, object], headers: 
     await send({"type": "http.response.body", "body": raw})
 
 
-class ApiKeys:
-    """Refuse requests without `Authorization: Bearer <key>` for one of `keys` with 401; `/`, the page's
-    static files and `/health` stay open. No keys: every request passes."""
+def _host_name(header: bytes) -> str:
+    """The name in a Host header, without its port: `[::1]:8000` -> `::1`, `Localhost.:80` -> `localhost`."""
+    host = header.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
 
-    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+
+def allowed_hosts(settings: Settings) -> set[str] | None:
+    """The Host names the server answers to; None: any (a bind reachable from elsewhere, no list given)."""
+    named = {_host_name(h.encode()) for h in settings.allowed_hosts}
+    if settings.loopback:  # a web page could make the browser resolve its own name to 127.0.0.1
+        return {*LOOPBACK_NAMES, _host_name(settings.host.encode()), *named}
+    return named or None
+
+
+class HostCheck:
+    """Refuse a request whose Host header names a host the server does not answer to, with 400."""
+
+    def __init__(self, app: ASGIApp, hosts: set[str] | None) -> None:
         self.app = app
-        self.keys = [k.encode() for k in keys if k]  # an empty key would let `Bearer ` in
-
-    def _allowed(self, scope: Scope) -> bool:
-        path = scope["path"]
-        if not self.keys or path == "/" or path.startswith(_OPEN):
-            return True
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, key = given.partition(b" ")
-        ok = False
-        for known in self.keys:  # every key compared, in constant time each
-            ok |= hmac.compare_digest(key.strip(), known)
-        return scheme.lower() == b"bearer" and ok
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._allowed(scope):
+        header = dict(scope.get("headers", [])).get(b"host") if scope["type"] == "http" else None
+        if self.hosts is None or header is None or _host_name(header) in self.hosts:
+            await self.app(scope, receive, send)
+            return
+        body = error_body("invalid_host", f"this server does not answer to Host '{header.decode('latin-1')[:100]}'")
+        record = scope.get("state", {}).get("record")
+        if record is not None:
+            record.error = body["error"]["type"]
+        await _send_json(send, 400, body, {})
+
+
+class ApiKeys:
+    """Refuse requests without `Authorization: Bearer <key>` for one of `keys` with 401; the `open` paths (the
+    page, its files, /health) need none. A request with a valid key carries its owner (the key's hash) in its
+    state, for the sessions. No keys: every request passes."""
+
+    def __init__(self, app: ASGIApp, keys: list[str], open_paths: set[str]) -> None:
+        self.app = app
+        self.owners = {k.encode(): owner_of(k) for k in keys if k}  # an empty key would let `Bearer ` in
+        self.open = open_paths  # exact paths: a prefix would open whatever starts with it
+
+    def _owner(self, scope: Scope) -> str | None:
+        """The owner the request's key stands for; None without a valid key."""
+        scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        found = None
+        for key, owner in self.owners.items():  # every key compared, in constant time each
+            if hmac.compare_digest(given.strip(), key):
+                found = owner
+        return found if scheme.lower() == b"bearer" else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.owners:
+            await self.app(scope, receive, send)
+            return
+        owner = self._owner(scope)
+        if owner is not None or scope["path"] in self.open:
+            if owner is not None:
+                scope.setdefault("state", {})["owner"] = owner
             await self.app(scope, receive, send)
             return
         status, body, headers = unauthorized()
@@ -103,7 +150,7 @@ class Observe:
     """Gives each request a record (request id, timing, what the route filled in); when the response has
     ended, the last byte of a stream included, writes the log line and the metrics."""
 
-    def __init__(self, app: ASGIApp, log: RequestLog, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, log: RequestLog, metrics: ServiceMetrics) -> None:
         self.app = app
         self.log = log
         self.metrics = metrics
@@ -114,10 +161,10 @@ class Observe:
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         record = RequestRecord(
-            given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16], scope["method"], scope["path"]
+            given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16], scope["method"], log_path(scope["path"])
         )
         scope.setdefault("state", {})["record"] = record
-        quiet = scope["path"] == "/" or scope["path"].startswith(_QUIET)
+        quiet = scope["path"] in _QUIET or scope["path"].startswith(_QUIET_UNDER)
         if not quiet:
             self.metrics.started()
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from ..engines.base import Message
+from ..engines.base import GENERATION_OPTIONS, Message
 
 
 def _scrub(text: str) -> str:
@@ -21,7 +21,7 @@ SessionId = Annotated[
         min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$", description="Chat session id; kept by the server."
     ),
 ]
-Stop = Annotated[str, Field(min_length=1, max_length=64)]
+Stop = Annotated[str, AfterValidator(_scrub), Field(min_length=1, max_length=64)]
 
 
 def _examples(*examples: dict[str, Any]) -> dict[str, Any]:
@@ -51,8 +51,8 @@ class Options(BaseModel):
         return self
 
     def options(self) -> dict[str, Any]:
-        """The overrides that were given, as Router options."""
-        keys = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repeat_penalty")
+        """The overrides that were given, as TaskService options."""
+        keys = [k for k in GENERATION_OPTIONS if k in type(self).model_fields]
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
@@ -141,7 +141,7 @@ class TaskRequest(Options):
         return self
 
 
-class RouteOut(BaseModel):
+class PickOut(BaseModel):
     task: str = Field(description="The task the model picked.")
     probability: float
     probabilities: dict[str, float] = Field(description="Every routable task.")
@@ -174,7 +174,7 @@ class ClassifyResponse(BaseModel):
         description="How labels were scored: `exact` log-probabilities (local engines), `first_token` (a remote "
         "server's top logprobs) or `choice` (the server has no logprobs: the model chose a label, probabilities 1/0).",
     )
-    route: RouteOut | None = Field(None, description="Task `auto`: the task the model picked for the text.")
+    route: PickOut | None = Field(None, description="Task `auto`: the task the model picked for the text.")
     usage: UsageOut
     timing: Timing
 
@@ -200,7 +200,7 @@ class GenerateResponse(BaseModel):
     finish_reason: Literal["stop", "length"] | None
     session_id: str | None = Field(None, description="The session the turn was added to (multi-turn tasks).")
     data: Any = Field(None, description="Tasks with an output_schema: the reply parsed as JSON.")
-    route: RouteOut | None = Field(None, description="Task `auto`: the task the model picked for the text.")
+    route: PickOut | None = Field(None, description="Task `auto`: the task the model picked for the text.")
     truncated: bool = Field(False, description=TRUNCATED)
     trimmed_turns: int = Field(0, description=TRIMMED)
     usage: UsageOut
@@ -383,11 +383,28 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    name: str = Field("output", max_length=64)
+    description: Text | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+MAX_CHOICES = 8  # `n`: replies generated side by side (each needs one of the engine's reply slots)
+
+
 class ChatCompletionRequest(BaseModel):
-    """The OpenAI chat completions request; fields this server does not use are ignored."""
+    """The OpenAI chat completions request. Fields this server does not honor are refused (400), except those
+    that change nothing here (`user`, `metadata`, `store`, `service_tier`; penalties of 0, empty `tools`...)."""
 
     model_config = ConfigDict(
-        extra="ignore",
+        extra="allow",
+        populate_by_name=True,
         json_schema_extra=_examples(
             {"model": "allinone-chat", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 64},
             {"model": "allinone-sentiment", "messages": [{"role": "user", "content": "这家酒店服务太差了"}]},
@@ -405,7 +422,12 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: Stop | list[Stop] | None = None
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    n: int = Field(1, ge=1, le=1, description="Only one choice is supported.")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="Replies generated side by side (generate models).")
+    response_format: ResponseFormat | None = Field(
+        None, description="`json_object` or `json_schema` (with `strict`): the reply is constrained to it."
+    )
+    logprobs: bool = Field(False, description="Each reply token's log-probability (classify models: the labels').")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token, with `logprobs`.")
 
     def options(self) -> dict[str, Any]:
         opts = {
@@ -418,7 +440,43 @@ class ChatCompletionRequest(BaseModel):
         return {k: v for k, v in opts.items() if v is not None}
 
 
-class Classification(BaseModel):
+class CompletionRequest(BaseModel):
+    """The OpenAI (legacy) completions request: raw text continued by the loaded model, no chat template."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra=_examples(
+            {"model": "allinone", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0},
+            {"model": "allinone", "prompt": "北京是中国的首都。", "max_tokens": 1, "echo": True, "logprobs": 1},
+        ),
+    )
+
+    model: str = Field(description="Any id of GET /v1/models, or `allinone`: the one loaded model.")
+    prompt: Text | list[Text] = Field(description="The text to continue, or several (one choice each).")
+    max_tokens: int = Field(16, ge=0, le=8192, description="0 with `echo`: only the prompt's logprobs.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: Stop | list[Stop] | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    n: int = Field(1, ge=1, le=1, description="One choice per prompt.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(
+        None, ge=0, le=20, description="Log-probabilities of the tokens and this many alternatives."
+    )
+    echo: bool = Field(False, description="Return the prompt before the completion (with its logprobs).")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> CompletionRequest:
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        if not 1 <= len(prompts) <= 64:
+            raise ValueError("1 to 64 prompts")
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise ValueError("at most 4 stop strings")
+        return self
+
+
+class ClassificationOut(BaseModel):
     label: str
     display: str
     probabilities: dict[str, float]
@@ -430,10 +488,26 @@ class CompletionMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobOut] | None
+    refusal: None = None
+
+
 class Choice(BaseModel):
     index: int = 0
     message: CompletionMessage
     finish_reason: Literal["stop", "length"] | None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class PromptTokensDetails(BaseModel):
@@ -483,12 +557,35 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: CompletionUsage
-    classification: Classification | None = Field(None, description="Classify tasks: label and probabilities.")
+    classification: ClassificationOut | None = Field(None, description="Classify tasks: label and probabilities.")
     data: Any = Field(None, description="Tasks with an output_schema: the reply parsed as JSON.")
-    route: RouteOut | None = Field(None, description="Model `allinone-auto`: the task the model picked.")
+    route: PickOut | None = Field(None, description="Model `allinone-auto`: the task the model picked.")
     truncated: bool = Field(False, description=TRUNCATED)
     trimmed_turns: int = Field(0, description=TRIMMED)
     timing: Timing | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: CompletionLogprobs | None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage
 
 
 class ModelCard(BaseModel):

@@ -7,25 +7,32 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from ..logs import RequestLog, RequestRecord
-from ..router import Router
-from ..sessions import SessionStore
+from ..service import TaskService
+from ..sessions import ANONYMOUS, SessionStore
 from ..settings import Settings
 from .admission import Admission
-from .metrics import Metrics
+from .metrics import ServiceMetrics
 
 
 @dataclass
 class Services:
     settings: Settings
-    router: Router
+    service: TaskService
     sessions: SessionStore
-    metrics: Metrics
+    metrics: ServiceMetrics
     log: RequestLog
-    admission: Admission = field(init=False)  # the model: one request at a time, a bounded queue
+    warming: bool = False  # serve computes the tasks' prefixes before it says it is ready
+    admission: Admission = field(init=False)  # the model's slots, as many as the engine runs at once; a bounded queue
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.admission = Admission(s.max_queue, s.request_timeout, self.metrics, lambda: self.router.loaded)
+        self.admission = Admission(
+            s.max_queue, s.request_timeout, self.metrics, self.ready, lambda: self.service.engine.slots
+        )
+
+    def ready(self) -> bool:
+        """The model is loaded and its task prefixes are computed."""
+        return self.service.loaded and not self.warming
 
 
 def services(request: Request) -> Services:
@@ -36,4 +43,10 @@ def services(request: Request) -> Services:
 def record(request: Request) -> RequestRecord:
     """The request's log record, made by the Observe middleware."""
     found: RequestRecord = request.state.record
+    return found
+
+
+def owner(request: Request) -> str:
+    """Whose sessions the request may use: its API key's owner, or everyone's on a server without keys."""
+    found: str = getattr(request.state, "owner", ANONYMOUS)
     return found

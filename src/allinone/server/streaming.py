@@ -1,23 +1,24 @@
 """Driving the engine's blocking generators from async routes, and server-sent events.
 
-The engine holds its lock for a whole stream, so a stream the client abandons must be closed at once:
-each step runs in a worker thread, the client is checked between steps, and the generator is closed
-(in a thread, shielded from cancellation) whatever ends the response.
+A stream holds one of the engine's slots, so a stream the client abandons must be closed at once: each step
+runs in a worker thread, the client is checked between steps, and the generator is closed (in a thread,
+shielded from cancellation) whatever ends the response.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Generic, TypeVar
 
 import anyio
 from fastapi import Request
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from .admission import Admission
+from .admission import Admission, Lane
 
 T = TypeVar("T")
 
@@ -26,27 +27,40 @@ class _End:
     pass
 
 
+class ClientStalled(Exception):
+    """A streaming client stopped reading and the request's deadline passed while a write waited."""
+
+
 END = _End()
 
 
 class ThreadedStream(Generic[T]):
     """A blocking iterator stepped in worker threads; `aclose` waits for a running step, then closes it.
 
-    With a `slot`, the first step waits (without a thread) for it and `aclose` gives it back, so requests
-    queue for the model in the event loop rather than as worker threads blocked on the engine's lock:
-    those could use up the thread pool while the stream that holds the engine waits for a thread.
-    Past the `deadline` the stream is closed (freeing the model) and ends, `timed_out` set.
+    With a `slot`, the first step waits (without a thread) for a slot of its lane and `aclose` gives it back, so
+    requests queue for the model in the event loop rather than as worker threads blocked in the engine. An
+    item with a `next_lane` (a classification before a reply) moves the rest to that lane: the slot is given
+    back and one of the other lane taken before the next step. Past the `deadline` the stream is closed
+    (freeing the model) and ends, `timed_out` set.
     """
 
     def __init__(
-        self, iterator: Iterator[T], slot: Admission | None = None, deadline: float | None = None, again: bool = False
+        self,
+        iterator: Iterator[T],
+        slot: Admission | None = None,
+        deadline: float | None = None,
+        again: bool = False,
+        lane: Lane = "generate",
     ) -> None:
         self._it = iterator
+        self._lane = lane
+        self.deadline = deadline
         self._lock = threading.Lock()  # one step or close at a time, from whichever thread
         self._slot = slot
         self._deadline = deadline
         self._again = again  # the request already had the slot once (Admission.acquire)
         self._held = False
+        self._next_lane: Lane | None = None
         self.closed = False
         self.timed_out = False
 
@@ -63,14 +77,20 @@ class ThreadedStream(Generic[T]):
                     close()
 
     async def next(self) -> T | _End:
+        if self._slot is not None and self._next_lane not in (None, self._lane) and self._held:
+            self._slot.release(self._lane)  # the rest runs on another lane: queue for it like any request
+            self._held, self._lane, self._again = False, self._next_lane, True
+        self._next_lane = None
         if self._slot is not None and not self._held and not self.closed:
-            await self._slot.acquire(self._deadline, self._again)
+            await self._slot.acquire(self._lane, self._deadline, self._again)
             self._held = True
         if self._slot is not None and not self.closed and self._slot.expired(self._deadline):
             self.timed_out = True
             await self.aclose()
             return END
-        return await anyio.to_thread.run_sync(self._step)
+        item = await anyio.to_thread.run_sync(self._step)
+        self._next_lane = getattr(item, "next_lane", None)
+        return item
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -79,7 +99,7 @@ class ThreadedStream(Generic[T]):
             finally:
                 if self._held and self._slot is not None:
                     self._held = False
-                    self._slot.release()
+                    self._slot.release(self._lane)
 
 
 async def follow(request: Request, stream: ThreadedStream[T]) -> AsyncGenerator[T, None]:
@@ -110,20 +130,41 @@ def sse(data: Any, event: str | None = None) -> str:
 
 class EventStream(StreamingResponse):
     """A text/event-stream response that always closes its body and then `stream`, however the response
-    ends (even when the client leaves before the body has started)."""
+    ends (even when the client leaves before the body has started).
 
-    def __init__(self, body: AsyncGenerator[str, None], stream: ThreadedStream[Any] | None = None) -> None:
+    The request's deadline holds for writes too: a client that stops reading blocks the response in `send`
+    once the socket buffers are full, and past the deadline the response is cut, freeing the model's slot."""
+
+    def __init__(
+        self, body: AsyncGenerator[str, None], stream: ThreadedStream[Any] | list[ThreadedStream[Any]] | None = None
+    ) -> None:
         super().__init__(
             body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         self._body = body
-        self._stream = stream
+        self._streams = stream if isinstance(stream, list) else [] if stream is None else [stream]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        deadline = self._streams[0].deadline if self._streams else None
+
+        async def send_by_deadline(message: Message) -> None:
+            if deadline is None:
+                await send(message)
+                return
+            with anyio.move_on_after(max(deadline - time.perf_counter(), 0)) as waited:
+                await send(message)
+            if waited.cancelled_caught:
+                record = scope.get("state", {}).get("record")
+                if record is not None:
+                    record.error = "timeout"
+                raise ClientStalled("the client stopped reading the stream until the request's deadline")
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_by_deadline)
+        except ClientStalled:
+            pass  # the connection is dropped: the response was never completed
         finally:
             with anyio.CancelScope(shield=True):
                 await self._body.aclose()
-                if self._stream is not None:
-                    await self._stream.aclose()
+                for stream in self._streams:
+                    await stream.aclose()

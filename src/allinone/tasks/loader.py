@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import yaml
@@ -9,6 +11,8 @@ from pydantic import ValidationError
 
 from ..errors import TaskDefinitionError
 from .model import FieldProblem, Task
+
+MAX_FILE_BYTES = 1_000_000  # a task file is a few KB; this bounds what a stray file can cost
 
 
 def builtin_dir() -> Path:
@@ -30,9 +34,22 @@ def _format_validation(path: Path, err: ValidationError) -> list[str]:
     return problems
 
 
+def _read(path: Path) -> str:
+    """The file's text; OSError unless it is a regular file of at most MAX_FILE_BYTES (a FIFO, a device such as
+    /dev/zero behind a symlink, or a huge file would hang the loader or fill memory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: opening a FIFO must not wait for a writer
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError("not a regular file")
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise OSError(f"larger than {MAX_FILE_BYTES} bytes")
+    return data.decode("utf-8")
+
+
 def _parse(path: Path) -> tuple[Task | None, list[str]]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(_read(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

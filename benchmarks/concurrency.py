@@ -1,0 +1,252 @@
+"""Serving several users: `allinone serve` side by side with llama.cpp's `llama-server` on the same GGUF, one run.
+
+Both servers run at once with the same threads; every scenario runs on one, then the other, round after round,
+so the load of a shared machine falls on both alike (compare the ratios). The peer gets the same prompts: the
+sentiment task's system prompt and examples as a chat completion with `max_tokens: 1` and top logprobs, and the
+same chat messages. A third server, `allinone serve --engine openai` in front of the peer, measures scale-out.
+
+Rows: idle sentiment latency; one stream's decode speed; four streams' aggregate speed and time to first token;
+the slowest of three sentiment requests sent 1 s into four streams; four streams through the scale-out server.
+Run: .venv/bin/python benchmarks/concurrency.py   (builds llama-server once, see peer.py; writes
+benchmarks/results/concurrency.json)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from peer import cpu_has_amx, ensure_llama_server
+from serving import wait_healthy
+
+# --- knobs ---------------------------------------------------------------------------------------
+N_SENTIMENT = 30  # ChnSentiCorp dev texts for idle latency
+ROUNDS = 3  # rounds of each streaming scenario per server; medians are reported
+STREAMS = 4
+CHAT_MAX_TOKENS = 256
+N_THREADS = 2
+N_CTX = 8192
+PEER_SLOTS = 4
+STARTUP_TIMEOUT_S = 300
+STORY = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Write a long, detailed story about a lighthouse keeper and the ships he saved."},
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "chnsenticorp_dev.jsonl"
+OUT = ROOT / "benchmarks" / "results" / "concurrency.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+
+
+# --- requests ------------------------------------------------------------------------------------
+
+
+async def stream_chat(client: httpx.AsyncClient, url: str, model: str, seed: int) -> dict[str, float]:
+    """One streamed chat completion: when it started, its first token came, it ended, and its token count."""
+    body = {
+        "model": model,
+        "messages": STORY,
+        "max_tokens": CHAT_MAX_TOKENS,
+        "temperature": 0.8,
+        "seed": seed,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    out: dict[str, float] = {"start": time.perf_counter()}
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200, await r.aread()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "first" not in out and any((c.get("delta") or {}).get("content") for c in event.get("choices", [])):
+                out["first"] = time.perf_counter()
+            if event.get("usage"):
+                out["tokens"] = event["usage"]["completion_tokens"]
+    out["end"] = time.perf_counter()
+    return out
+
+
+def sentiment_messages(text: str) -> list[dict[str, str]]:
+    from allinone.tasks import load_tasks
+
+    task = load_tasks()["sentiment"]
+    return [{"role": m.role, "content": m.content} for m in [*task.fixed_messages(), task.user_message(text)]]
+
+
+async def classify(client: httpx.AsyncClient, url: str, text: str, ours: bool) -> float:
+    """Seconds for one sentiment answer: ours by label scoring, the peer by a one-token completion's logprobs."""
+    t0 = time.perf_counter()
+    if ours:
+        r = await client.post(f"{url}/analyze", json={"text": text})
+    else:
+        body = {"messages": sentiment_messages(text), "max_tokens": 1, "temperature": 0}
+        r = await client.post(f"{url}/v1/chat/completions", json={**body, "logprobs": True, "top_logprobs": 20})
+    assert r.status_code == 200, r.text
+    return time.perf_counter() - t0
+
+
+async def streams(client: httpx.AsyncClient, url: str, model: str, n: int, then: Any = None) -> dict[str, Any]:
+    """n streams at once (and, 1 s in, `then()`): aggregate tokens/s, each stream's time to first token."""
+    t0 = time.perf_counter()
+    tasks = [asyncio.create_task(stream_chat(client, url, model, seed=i)) for i in range(n)]
+    extra = None
+    if then is not None:
+        await asyncio.sleep(1.0)
+        extra = await then()
+    runs = await asyncio.gather(*tasks)
+    wall = max(r["end"] for r in runs) - t0
+    return {
+        "aggregate_tok_s": sum(r["tokens"] for r in runs) / wall,
+        "ttft_s": [r["first"] - r["start"] for r in runs],
+        "decode_tok_s": [(r["tokens"] - 1) / (r["end"] - r["first"]) for r in runs],
+        "extra": extra,
+    }
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+async def measure(urls: dict[str, str], texts: list[str]) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        model = {"ours": "allinone-chat", "peer": "default", "scaleout": "allinone-chat"}
+        for name in ("ours", "peer"):  # warm: prefixes cached, first decodes done
+            await classify(client, urls[name], texts[0], name == "ours")
+            await stream_chat(client, urls[name], model[name], seed=0)
+        idle: dict[str, list[float]] = {"ours": [], "peer": []}
+        for i, text in enumerate(texts):
+            for name in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
+                idle[name].append(await classify(client, urls[name], text, name == "ours"))
+        one: dict[str, list[float]] = {"ours": [], "peer": []}
+        many: dict[str, list[dict[str, Any]]] = {"ours": [], "peer": [], "scaleout": []}
+        busy: dict[str, list[float]] = {"ours": [], "peer": []}
+        for r in range(ROUNDS):
+            for name in ("ours", "peer"):
+                one[name].append((await streams(client, urls[name], model[name], 1))["decode_tok_s"][0])
+            for name in ("ours", "peer", "scaleout"):
+                many[name].append(await streams(client, urls[name], model[name], STREAMS))
+            for name in ("ours", "peer"):
+                sample = texts[3 * r : 3 * r + 3]
+
+                async def three(name: str = name, sample: list[str] = sample) -> list[float]:
+                    jobs = [classify(client, urls[name], t, name == "ours") for t in sample]
+                    return list(await asyncio.gather(*jobs))
+
+                busy[name].append(max((await streams(client, urls[name], model[name], STREAMS, three))["extra"]))
+    med = statistics.median
+    out: dict[str, Any] = {}
+    for name in ("ours", "peer"):
+        ttfts = [t for m in many[name] for t in m["ttft_s"]]
+        out[name] = {
+            "sentiment_p50_idle_s": med(idle[name]),
+            "one_stream_decode_tok_s": med(one[name]),
+            "four_streams_aggregate_tok_s": med(m["aggregate_tok_s"] for m in many[name]),
+            "four_streams_ttft_p50_s": med(ttfts),
+            "four_streams_ttft_max_s": max(ttfts),
+            "three_sentiments_under_four_streams_slowest_s": med(busy[name]),
+        }
+    out["scaleout"] = {"four_streams_aggregate_tok_s": med(m["aggregate_tok_s"] for m in many["scaleout"])}
+    return out
+
+
+def table(res: dict[str, Any]) -> str:
+    o, p = res["ours"], res["peer"]
+    rows = [
+        ("sentiment p50, idle", "sentiment_p50_idle_s", "s", "≤ peer"),
+        ("one chat stream, decode", "one_stream_decode_tok_s", "tok/s", "≥ 0.95 × peer"),
+        (f"{STREAMS} chat streams at once, aggregate", "four_streams_aggregate_tok_s", "tok/s", "≥ peer"),
+        (f"time to first token, {STREAMS} streams, p50", "four_streams_ttft_p50_s", "s", "≤ 0.5 s"),
+        (f"time to first token, {STREAMS} streams, max", "four_streams_ttft_max_s", "s", ""),
+        (
+            "3 sentiment requests 1 s into 4 streams, slowest",
+            "three_sentiments_under_four_streams_slowest_s",
+            "s",
+            "≤ 1.0 s",
+        ),
+    ]
+    lines = ["| | allinone serve | llama-server | ratio | target |", "|---|---:|---:|---:|---|"]
+    for label, key, unit, target in rows:
+        lines.append(f"| {label} | {o[key]:.2f} {unit} | {p[key]:.2f} {unit} | {o[key] / p[key]:.2f} | {target} |")
+    s = res["scaleout"]["four_streams_aggregate_tok_s"]
+    agg = p["four_streams_aggregate_tok_s"]
+    lines.append(
+        f"| scale-out: `serve --engine openai` → llama-server, {STREAMS} streams | {s:.2f} tok/s | {agg:.2f} tok/s "
+        f"| {s / agg:.2f} | ≥ 0.90 × peer |"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from allinone.models import resolve_model
+    from allinone.settings import Settings
+
+    gguf = resolve_model("default", Settings()).path
+    binary = ensure_llama_server()
+    with DATA.open(encoding="utf-8") as f:
+        texts = [json.loads(line)["text"][:1000] for line, _ in zip(f, range(N_SENTIMENT), strict=False)]
+    ports = {name: free_port() for name in ("ours", "peer", "scaleout")}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    peer_args = ["-m", str(gguf), "-c", str(N_CTX), "-np", str(PEER_SLOTS), "-t", str(N_THREADS)]
+    peer_args += ["-nr"] if cpu_has_amx() else []
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        common = {"ALLINONE_HOME": str(home), "ALLINONE_MODEL": str(gguf), "ALLINONE_N_THREADS": str(N_THREADS)}
+        common |= {"ALLINONE_SESSION_STORE": "memory", "ALLINONE_MAX_QUEUE": "64", "ALLINONE_N_CTX": str(N_CTX)}
+        ours_cmd = [sys.executable, "-m", "allinone", "serve", "--host", "127.0.0.1"]
+        procs = {
+            "peer": start(
+                [str(binary), *peer_args, "--host", "127.0.0.1", "--port", str(ports["peer"])], {}, home / "p"
+            ),
+            "ours": start(
+                [*ours_cmd, "--port", str(ports["ours"])], {**common, "ALLINONE_LOG_FILE": str(home / "o")}, home / "os"
+            ),
+        }
+        try:
+            for name in ("peer", "ours"):
+                wait_healthy(procs[name], ports[name], STARTUP_TIMEOUT_S, 0.5)
+            scaleout = {**common, "ALLINONE_ENGINE": "openai", "ALLINONE_OPENAI_BASE_URL": f"{urls['peer']}/v1"}
+            scaleout |= {"ALLINONE_LOG_FILE": str(home / "scaleout.log")}
+            procs["scaleout"] = start([*ours_cmd, "--port", str(ports["scaleout"])], scaleout, home / "scaleout.out")
+            wait_healthy(procs["scaleout"], ports["scaleout"], STARTUP_TIMEOUT_S, 0.5)
+            res = asyncio.run(measure(urls, texts))
+        finally:
+            for proc in procs.values():
+                proc.terminate()
+            for proc in procs.values():
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    print(table(res))
+    knobs = {"n_sentiment": N_SENTIMENT, "rounds": ROUNDS, "streams": STREAMS, "chat_max_tokens": CHAT_MAX_TOKENS}
+    knobs |= {"n_threads": N_THREADS, "n_ctx": N_CTX, "peer_args": peer_args[2:], "machine": platform.processor()}
+    OUT.write_text(json.dumps({"knobs": knobs, **res}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

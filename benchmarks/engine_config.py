@@ -1,0 +1,118 @@
+"""Which llama.cpp context configuration is fastest here: KV cache type, flash attention, repacked weights?
+
+Every configuration is loaded at once (one engine each, same GGUF) and they take turns request by request, so
+the load of a shared machine falls on all of them alike. Per configuration: idle sentiment latency, one
+stream's decode speed, four streams' aggregate speed, and how far label probabilities scored under concurrent
+load (score_batch) move from the same texts scored alone.
+Run: .venv/bin/python benchmarks/engine_config.py   (writes benchmarks/results/engine_config.json)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+# --- knobs ---------------------------------------------------------------------------------------
+CONFIGS = {  # name: LlamaCppEngine keyword arguments
+    "f32 kv, no flash attn": {"kv_f16": False, "flash_attn": False, "repack": False},
+    "f32 kv, flash attn": {"kv_f16": False, "flash_attn": True, "repack": False},
+    "f16 kv, flash attn": {"kv_f16": True, "flash_attn": True, "repack": False},
+}
+# Repacked weights (use_extra_bufts) are not compared: on this machine llama.cpp repacks Q4_K for AMX, and the
+# first decode then crashes the process (segmentation fault in llama-cpp-python 0.3.36's libggml-cpu).
+N_SENTIMENT = 30  # ChnSentiCorp dev texts for latency
+N_DRIFT = 48  # dev texts scored alone and under load
+DECODE_TOKENS = 64
+STREAMS = 4
+ROUNDS = 3  # decode rounds per configuration, interleaved
+N_THREADS = 2
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "chnsenticorp_dev.jsonl"
+OUT = ROOT / "benchmarks" / "results" / "engine_config.json"
+
+
+def p_first(logprobs: list[float]) -> float:
+    return 1 / (1 + pow(2.718281828459045, logprobs[1] - logprobs[0]))
+
+
+def main() -> None:
+    from allinone.classify import conversation
+    from allinone.engines import Conversation, GenParams, Message
+    from allinone.engines.llamacpp import LlamaCppEngine
+    from allinone.models import ensure_default
+    from allinone.settings import Settings
+    from allinone.tasks import load_tasks
+
+    path = ensure_default(Settings().models_dir)
+    engines = {name: LlamaCppEngine(path, name="default", n_threads=N_THREADS, **kw) for name, kw in CONFIGS.items()}
+    task = load_tasks()["sentiment"]
+    words = [w for label in task.labels or [] for w in label.words]
+    texts = [json.loads(line)["text"][:1000] for line in DATA.open(encoding="utf-8")]
+    convs = [conversation(task, t) for t in texts[: max(N_SENTIMENT, N_DRIFT)]]
+    chat = Conversation.of([Message("user", "Write a long story about a lighthouse keeper and his cat.")])
+    params = GenParams(max_tokens=DECODE_TOKENS, temperature=0)
+    for e in engines.values():  # warm: task prefix cached, first decode done
+        e.score(convs[0], words)
+        e.generate(chat, GenParams(max_tokens=4, temperature=0))
+
+    latency: dict[str, list[float]] = {n: [] for n in engines}
+    for conv in convs[:N_SENTIMENT]:
+        for name, e in engines.items():
+            t0 = time.perf_counter()
+            e.score(conv, words)
+            latency[name].append(time.perf_counter() - t0)
+
+    def decode_rate(e: Any, streams: int) -> float:
+        with ThreadPoolExecutor(streams) as pool:
+            t0 = time.perf_counter()
+            outs = list(pool.map(lambda _: e.generate(chat, params), range(streams)))
+            wall = time.perf_counter() - t0
+        return sum(o.usage.completion_tokens for o in outs if o.usage) / wall
+
+    one: dict[str, list[float]] = {n: [] for n in engines}
+    many: dict[str, list[float]] = {n: [] for n in engines}
+    for _ in range(ROUNDS):
+        for name, e in engines.items():
+            one[name].append(decode_rate(e, 1))
+            many[name].append(decode_rate(e, STREAMS))
+
+    drift: dict[str, dict[str, float]] = {}
+    for name, e in engines.items():
+        alone = [p_first(e.score(c, words).logprobs) for c in convs[:N_DRIFT]]
+        loaded = [p_first(s.logprobs) for s in e.score_batch(convs[:N_DRIFT], words)]
+        diffs = [abs(a - b) for a, b in zip(alone, loaded, strict=True)]
+        agree = sum((a > 0.5) == (b > 0.5) for a, b in zip(alone, loaded, strict=True)) / len(alone)
+        drift[name] = {"max_abs_dp": max(diffs), "mean_abs_dp": statistics.mean(diffs), "label_agreement": agree}
+
+    rows = []
+    for name in engines:
+        rows.append(
+            {
+                "config": name,
+                **CONFIGS[name],
+                "sentiment_p50_s": statistics.median(latency[name]),
+                "decode_tok_s": max(one[name]),
+                f"aggregate_{STREAMS}_streams_tok_s": max(many[name]),
+                **drift[name],
+            }
+        )
+    print(f"| config | sentiment p50 | 1 stream tok/s | {STREAMS} streams tok/s | max |dp| alone vs loaded | agree |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['config']} | {r['sentiment_p50_s']:.3f} s | {r['decode_tok_s']:.1f} | "
+            f"{r[f'aggregate_{STREAMS}_streams_tok_s']:.1f} | {r['max_abs_dp']:.3f} | {r['label_agreement']:.1%} |"
+        )
+    knobs = {"n_sentiment": N_SENTIMENT, "n_drift": N_DRIFT, "decode_tokens": DECODE_TOKENS, "rounds": ROUNDS}
+    OUT.write_text(json.dumps({"knobs": knobs, "rows": rows}, indent=2) + "\n")
+    for e in engines.values():
+        e.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Reading hidden states while llama.cpp computes them (the scheduler's eval callback), for learned heads."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+
+Rows = np.ndarray[Any, np.dtype[np.float32]]
+
+
+class Probe:
+    """Copies out, during one decode, the hidden state after layer `layer` (a row per token of the batch) and the
+    final normed hidden state (`result_norm`: a row per token that outputs logits, in batch order).
+
+    Only installed when a learned head asks for it: the callback runs for every graph node of every decode,
+    which costs a few per cent of speed; between `start` and `stop` it copies the two tensors.
+    """
+
+    def __init__(self, ll: Any, layer: int, n_layer: int, n_embd: int) -> None:
+        if not 0 <= layer < n_layer - 1:  # the last layer's output keeps only the rows asked for
+            raise ModelError(f"probe layer must be in 0..{n_layer - 2} for this model, not {layer}")
+        lib = ctypes.CDLL(str(Path(ll.__file__).parent / "lib" / "libggml-base.so"))
+        lib.ggml_get_name.restype, lib.ggml_get_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+        lib.ggml_nelements.restype, lib.ggml_nelements.argtypes = ctypes.c_int64, [ctypes.c_void_p]
+        lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+        self._lib, self._n_embd = lib, n_embd
+        self._names = {f"l_out-{layer}".encode(): "layer", b"result_norm": "final"}
+        self._on = False
+        self.rows: dict[str, Rows] = {}
+        self.callback = ll.ggml_backend_sched_eval_callback(self._eval)  # kept alive with the engine
+
+    def _eval(self, tensor: int, ask: bool, _user_data: int) -> bool:
+        if not self._on:
+            return not ask  # ask: "do you want this tensor?" no; after compute: "continue?" yes
+        name = self._names.get(self._lib.ggml_get_name(tensor))
+        if ask:
+            return name is not None
+        if name is not None:
+            n = self._lib.ggml_nelements(tensor)
+            data = np.empty(n, dtype=np.float32)
+            self._lib.ggml_backend_tensor_get(tensor, data.ctypes.data, 0, n * 4)
+            rows = data.reshape(-1, self._n_embd)
+            self.rows[name] = rows if name not in self.rows else np.concatenate([self.rows[name], rows])
+        return True
+
+    def start(self) -> None:
+        self._on, self.rows = True, {}
+
+    def stop(self) -> None:
+        self._on = False

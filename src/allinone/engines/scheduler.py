@@ -1,0 +1,603 @@
+"""Continuous batching over one llama.cpp context: many sequences, one decode per step for all of them.
+
+Each step builds one batch from
+  1. one token for every reply being generated;
+  2. the prompts of classifications, whole: a classification is one forward pass and never waits for other
+     users' replies (it goes into the next step);
+  3. chunks of the prompts of newly arrived replies, small enough that running streams keep flowing;
+and decodes it with one `llama_decode` call.
+
+Caching: a task's fixed prefix (system prompt, examples) is computed once and kept in a pinned sequence; a
+request shares its KV cells (`seq_cp`, no copy) and computes only its own tokens. After a reply the
+conversation's KV state is saved to host memory, so the next chat turn is restored into a free sequence and
+computes only the new message. Only states that are a whole prefix of the prompt are reused.
+"""
+
+from __future__ import annotations
+
+import codecs
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import ContextOverflow, EngineError
+from .base import Chunk, GenParams, Scores, TokenLogprob, Usage
+from .stops import StopBuffer
+
+Item = tuple[int, int, int, bool]  # token, position, sequence, wants logits
+MAX_PINNED = 16  # task prefixes kept in the KV cache at once (least recently used are dropped)
+ECHO_CHUNK = 64  # prompt tokens per step when every one needs its logits (echo): 64 x vocab floats of output
+
+
+class Context(Protocol):
+    """What the scheduler needs from a llama.cpp context whose KV cache is shared by several sequences."""
+
+    n_batch: int  # most tokens one decode takes
+    n_cells: int  # KV cells shared by every sequence
+    probe: Any  # a Probe reading hidden states during decodes, or None
+
+    def decode(self, items: Sequence[Item]) -> None: ...
+    def logprobs(self, index: int) -> np.ndarray[Any, np.dtype[np.float64]]: ...
+    def sampler(self, params: GenParams) -> Any: ...
+    def sample(self, sampler: Any, index: int) -> int: ...
+    def free_sampler(self, sampler: Any) -> None: ...
+    def is_eog(self, token: int) -> bool: ...
+    def piece(self, token: int) -> bytes: ...
+    def tokenize(self, text: str) -> list[int]: ...
+    def seq_rm(self, seq: int, start: int) -> None: ...
+    def seq_cp(self, src: int, dst: int, n: int) -> None: ...
+    def save(self, seq: int) -> Any: ...
+    def restore(self, seq: int, state: Any) -> bool: ...
+
+
+@dataclass(eq=False)
+class Pinned:
+    """A task prefix held by a sequence of its own; requests share its cells."""
+
+    tokens: list[int]
+    seq: int
+    refs: int = 0  # running requests sharing its cells
+    used: int = 0  # LRU clock
+
+
+@dataclass(eq=False)
+class Saved:
+    """A sequence's KV state in host memory (a chat after a reply) and the tokens it holds."""
+
+    tokens: list[int]
+    state: Any
+    used: int = 0
+
+
+@dataclass(eq=False)
+class Job:
+    tokens: list[int]  # the whole prompt
+    n_prefix: int  # of which the task's fixed prefix
+    usage: Usage = field(default_factory=Usage)
+    seq: int = -1
+    n_past: int = 0  # prompt (and reply) tokens the sequence holds
+    shared: int = 0  # leading cells shared with a pinned prefix
+    prefix: Pinned | None = None
+    pin: bool = False  # compute the prefix as a chunk of its own, then pin it
+    reserve: int = 0  # KV cells set aside for it
+    cancelled: bool = False
+
+    def extra(self) -> int:
+        """Cells needed beyond the prompt."""
+        return 0
+
+    def fail(self, error: BaseException) -> None:
+        """Hand the error to the caller waiting for the job."""
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class ScoreJob(Job):
+    conts: list[list[int]] = field(default_factory=list)
+    hidden: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Scores | None = None
+    error: BaseException | None = None
+    totals: list[float] | None = None  # once the prompt is computed: each continuation's first-token logprob
+    pending: list[int] = field(default_factory=list)  # multi-token continuations still to decode
+    layer_sum: np.ndarray[Any, np.dtype[np.float64]] | None = None
+    layer_rows: int = 0
+    final: list[float] | None = None
+
+    def extra(self) -> int:
+        return max((len(c) for c in self.conts), default=1)
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+@dataclass(eq=False)
+class GenJob(Job):
+    params: GenParams = field(default_factory=GenParams)
+    n_ctx: int = 0  # the sequence may not grow past this
+    keep: bool = False  # save the conversation's state after the reply (chat history reuse)
+    out: queue.SimpleQueue[Chunk | BaseException] = field(default_factory=queue.SimpleQueue)
+    sampler: Any = None
+    token: int | None = None  # sampled, to be decoded in the next step
+    reply: list[int] = field(default_factory=list)  # reply tokens decoded into the sequence
+    texts: list[str] = field(default_factory=list)
+    echo: bool = False  # the prompt's tokens (and their logprobs) come back in the first chunk
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    pending: list[TokenLogprob] = field(default_factory=list)  # generated tokens' logprobs not yet sent
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+    stops: StopBuffer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stops = StopBuffer(self.params.stop)
+
+    def extra(self) -> int:
+        return max(1, min(self.params.max_tokens, self.n_ctx - len(self.tokens)))  # a reply stops at n_ctx
+
+    def fail(self, error: BaseException) -> None:
+        self.out.put(error)
+
+
+@dataclass
+class Part:
+    """What one job put in a batch: `n` items from `start`."""
+
+    job: Job
+    start: int
+    n: int
+    kind: str  # "prompt", "cont" (a multi-token continuation) or "token" (a reply token)
+
+
+class Scheduler:
+    """Owns the context: a thread runs steps while there is work; callers submit jobs and wait on them.
+
+    `parallel` replies and `parallel` classifications run at once; more wait in arrival order, classifications
+    first. `prefill_chunk` bounds the prompt tokens of new replies per step while other replies are streaming.
+    """
+
+    def __init__(self, ctx: Context, *, parallel: int, cache_bytes: int, prefill_chunk: int = 128) -> None:
+        self.ctx, self.parallel, self.cache_bytes, self.prefill_chunk = ctx, parallel, cache_bytes, prefill_chunk
+        self._cv = threading.Condition()
+        self._incoming: list[Job] = []
+        self._calls: list[tuple[Callable[[], Any], queue.SimpleQueue[Any]]] = []
+        self._closing = False
+        self._scores: deque[ScoreJob] = deque()  # waiting, in arrival order
+        self._gens: deque[GenJob] = deque()
+        self._active: list[Job] = []
+        self._free = list(range(2 * parallel))  # work sequences
+        self._pin_seqs = list(range(2 * parallel, 2 * parallel + MAX_PINNED))
+        self._pinned: dict[tuple[int, ...], Pinned] = {}
+        self._saved: list[Saved] = []
+        self._clock = 0
+        self.steps = 0  # decodes run, for tests and metrics
+        self._thread = threading.Thread(target=self._run, name="allinone-scheduler", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> int:
+        """Requests holding a sequence now."""
+        return len(self._active)
+
+    @staticmethod
+    def n_seq(parallel: int) -> int:
+        """Sequences the context needs: work sequences for replies and classifications, and pinned prefixes."""
+        return 2 * parallel + MAX_PINNED
+
+    # --- from other threads -----------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            if self._closing:
+                raise EngineError("the engine is closed")
+            self._incoming.append(job)
+            self._cv.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job; its sequence is freed at the next step."""
+        with self._cv:
+            job.cancelled = True
+            self._cv.notify()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the scheduler thread between steps and return its result."""
+        box: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        with self._cv:
+            if self._closing:
+                raise EngineError("the engine is closed")
+            self._calls.append((fn, box))
+            self._cv.notify()
+        kind, value = box.get()
+        if kind == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join()
+
+    # --- the scheduler thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._incoming or self._calls or self._closing or self._active or self._waiting()):
+                    self._cv.wait()
+                incoming, self._incoming = self._incoming, []
+                calls, self._calls = self._calls, []
+                closing = self._closing
+            for job in incoming:
+                (self._scores if isinstance(job, ScoreJob) else self._gens).append(job)  # type: ignore[arg-type]
+            for fn, box in calls:
+                try:
+                    box.put(("ok", fn()))
+                except BaseException as e:
+                    box.put(("error", e))
+            if closing:
+                self._fail_all(EngineError("the engine was closed"))
+                return
+            try:
+                self._step()
+            except Exception as e:  # the context is in an unknown state: end every request, keep serving
+                self._fail_all(e if isinstance(e, EngineError) else EngineError(f"inference failed: {e}"))
+
+    def _waiting(self) -> bool:
+        return bool(self._scores or self._gens)
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    def _step(self) -> None:
+        self._reap()
+        self._admit()
+        if not self._active:
+            return
+        items: list[Item] = []
+        parts = self._build(items)
+        if not items:
+            return
+        probe = self.ctx.probe if any(p.kind == "prompt" and getattr(p.job, "hidden", False) for p in parts) else None
+        if probe is not None:
+            probe.start()
+        try:
+            self.ctx.decode(items)
+        finally:
+            if probe is not None:
+                probe.stop()
+        self.steps += 1
+        outputs = np.cumsum([want for *_, want in items]) - 1  # batch index -> output row
+        for part in parts:
+            try:
+                self._after(part, items, outputs)
+            except Exception as e:
+                self._finish(part.job, e if isinstance(e, EngineError) else EngineError(str(e)))
+
+    # --- admission: a sequence and KV cells for each waiting job ------------------------------------
+
+    def _cells_used(self) -> int:
+        return sum(len(p.tokens) for p in self._pinned.values()) + sum(j.reserve for j in self._active)
+
+    def _reap(self) -> None:
+        for job in [j for j in self._active if j.cancelled]:
+            self._release(job)
+        for waiting in (self._scores, self._gens):
+            for job in [j for j in waiting if j.cancelled]:
+                waiting.remove(job)  # type: ignore[arg-type]
+
+    def _admit(self) -> None:
+        for waiting in (self._scores, self._gens):
+            running = sum(isinstance(j, ScoreJob) == (waiting is self._scores) for j in self._active)
+            while waiting and self._free and running < self.parallel:
+                placed = self._place(waiting[0])
+                if placed is None:
+                    break  # the oldest waits for room in the KV cache; later ones wait behind it
+                job = waiting.popleft()
+                if placed:
+                    self._active.append(job)
+                    running += 1
+
+    def _base(self, job: Job) -> Pinned | Saved | None:
+        """The longest saved state that is a whole prefix of the prompt (and shorter than it)."""
+        tokens = job.tokens
+        best: Pinned | Saved | None = None
+        if 0 < job.n_prefix < len(tokens):
+            best = self._pinned.get(tuple(tokens[: job.n_prefix]))
+        if isinstance(job, GenJob) and not job.echo:  # echo needs the logits of every prompt token
+            for s in self._saved:
+                if (
+                    len(best.tokens if best else ()) < len(s.tokens) < len(tokens)
+                    and tokens[: len(s.tokens)] == s.tokens
+                ):
+                    best = s
+        return best
+
+    def _place(self, job: Job) -> bool | None:
+        """Give the job a sequence holding its longest cached start: True; None when the KV cache has no room
+        for it yet; False when it failed (it can never fit, or its sampler could not be made)."""
+        base = self._base(job)
+        shared = len(base.tokens) if isinstance(base, Pinned) else 0
+        need = len(job.tokens) - shared + job.extra()
+        if self._cells_used() + need > self.ctx.n_cells:
+            self._evict_pinned(self._cells_used() + need - self.ctx.n_cells, keep=base)
+        if self._cells_used() + need > self.ctx.n_cells:
+            if self._active:
+                return None
+            room = self.ctx.n_cells - self._cells_used()
+            job.fail(ContextOverflow(f"the prompt and reply need {need} tokens of context; {room} are free"))
+            return False
+        if isinstance(job, GenJob):
+            try:
+                job.sampler = self.ctx.sampler(job.params)
+            except EngineError as e:
+                job.fail(e)
+                return False
+        job.seq, job.reserve = self._free.pop(), need
+        job.usage.prompt_tokens = len(job.tokens)
+        if isinstance(base, Pinned):
+            self.ctx.seq_cp(base.seq, job.seq, len(base.tokens))
+            base.refs, base.used = base.refs + 1, self._tick()
+            job.prefix, job.shared, job.n_past = base, shared, shared
+        elif isinstance(base, Saved):
+            if self.ctx.restore(job.seq, base.state):
+                base.used = self._tick()
+                job.n_past = len(base.tokens)
+            else:
+                self._saved.remove(base)
+                self.ctx.seq_rm(job.seq, 0)
+        job.usage.cached_tokens = job.n_past
+        job.pin = job.n_past == 0 and 0 < job.n_prefix < len(job.tokens)
+        return True
+
+    def _evict_pinned(self, cells: int, keep: Pinned | Saved | None) -> None:
+        """Drop unused task prefixes, least recently used first, until `cells` are free (or none is left)."""
+        for key, p in sorted(self._pinned.items(), key=lambda kv: kv[1].used):
+            if cells <= 0:
+                return
+            if p.refs == 0 and p is not keep:
+                self._unpin(key)
+                cells -= len(p.tokens)
+
+    def _unpin(self, key: tuple[int, ...]) -> None:
+        p = self._pinned.pop(key)
+        self.ctx.seq_rm(p.seq, 0)
+        self._pin_seqs.append(p.seq)
+
+    def _pin(self, job: Job) -> None:
+        """The job has just computed its task prefix: keep it in a pinned sequence sharing the job's cells."""
+        job.pin = False
+        key = tuple(job.tokens[: job.n_prefix])
+        if key in self._pinned:
+            return
+        if not self._pin_seqs:
+            unused = [(k, p) for k, p in self._pinned.items() if p.refs == 0]
+            if not unused:
+                return
+            self._unpin(min(unused, key=lambda kv: kv[1].used)[0])
+        p = Pinned(list(key), self._pin_seqs.pop(), refs=1, used=self._tick())
+        self.ctx.seq_cp(job.seq, p.seq, job.n_prefix)
+        self._pinned[key] = p
+        job.prefix, job.shared = p, job.n_prefix
+        job.reserve -= job.n_prefix
+
+    # --- building a batch ---------------------------------------------------------------------------
+
+    def _build(self, items: list[Item]) -> list[Part]:
+        parts: list[Part] = []
+        budget = self.ctx.n_batch
+
+        def add(job: Job, tokens: Sequence[int], pos: int, kind: str, logits: Callable[[int], bool]) -> None:
+            nonlocal budget
+            parts.append(Part(job, len(items), len(tokens), kind))
+            items.extend((t, pos + i, job.seq, logits(i)) for i, t in enumerate(tokens))
+            budget -= len(tokens)
+
+        gens = [j for j in self._active if isinstance(j, GenJob)]
+        for job in gens:
+            if job.token is not None:
+                add(job, [job.token], job.n_past, "token", lambda i: True)
+        streaming = bool(parts)
+        for sjob in (j for j in self._active if isinstance(j, ScoreJob)):
+            if budget <= 0:
+                break
+            if sjob.totals is None:
+                self._add_prompt(sjob, min(budget, self.ctx.n_batch), add)
+            else:
+                cont = sjob.conts[sjob.pending[0]][:-1]
+                if len(cont) <= budget:
+                    add(sjob, cont, len(sjob.tokens), "cont", lambda i: True)
+        prefill = min(budget, self.prefill_chunk) if streaming else budget
+        for job in gens:
+            if job.token is None and prefill > 0:
+                before = len(items)
+                self._add_prompt(job, prefill, add)
+                prefill -= len(items) - before
+        return parts
+
+    def _add_prompt(self, job: Job, budget: int, add: Callable[..., None]) -> None:
+        end = job.n_prefix if job.pin else len(job.tokens)  # a prefix to pin is computed on its own
+        echo = isinstance(job, GenJob) and job.echo
+        chunk = job.tokens[job.n_past : min(end, job.n_past + (min(budget, ECHO_CHUNK) if echo else budget))]
+        last = job.n_past + len(chunk) == len(job.tokens)
+        add(job, chunk, job.n_past, "prompt", lambda i: echo or (last and i == len(chunk) - 1))
+
+    # --- after a decode -----------------------------------------------------------------------------
+
+    def _after(self, part: Part, items: list[Item], outputs: np.ndarray[Any, Any]) -> None:
+        job, last = part.job, part.start + part.n - 1
+        if isinstance(job, ScoreJob):
+            self._after_score(job, part, outputs)
+            return
+        assert isinstance(job, GenJob)
+        job.n_past += part.n
+        if part.kind == "token":
+            assert job.token is not None
+            job.reply.append(job.token)
+            job.token = None
+        else:
+            if job.echo:
+                self._echo(job, part)
+            if job.pin and job.n_past == job.n_prefix:
+                self._pin(job)
+        if job.n_past < len(job.tokens):
+            return
+        if part.kind == "prompt" and job.echo:
+            job.out.put(Chunk("", prompt_logprobs=job.prompt_logprobs))
+        if job.params.max_tokens == 0:  # only the prompt's logprobs were asked for
+            self._end_reply(job, "length")
+        else:
+            self._next_token(job, self.ctx.sample(job.sampler, last), last)
+
+    def _echo(self, job: GenJob, part: Part) -> None:
+        """The logprobs of the prompt tokens this part's logits predict (the next token of each)."""
+        start = job.n_past - part.n  # the position of the part's first token
+        if start == 0:
+            first = job.tokens[0]
+            job.prompt_logprobs.append(TokenLogprob(self._text(first), None, (), self.ctx.piece(first)))
+        for i in range(part.n):
+            pos = start + i + 1
+            if pos < len(job.tokens):
+                job.prompt_logprobs.append(self._logprob(job.tokens[pos], part.start + i, job.params.logprobs or 0))
+
+    def _text(self, token: int) -> str:
+        return self.ctx.piece(token).decode("utf-8", errors="replace")
+
+    def _logprob(self, token: int, index: int, top: int) -> TokenLogprob:
+        lp = self.ctx.logprobs(index)
+        best = np.argpartition(lp, -top)[-top:] if top else np.array([], dtype=int)
+        best = best[np.argsort(-lp[best])]
+        return TokenLogprob(
+            self._text(token), float(lp[token]), tuple((self._text(int(t)), float(lp[t])) for t in best)
+        )
+
+    def _after_score(self, job: ScoreJob, part: Part, outputs: np.ndarray[Any, Any]) -> None:
+        last = part.start + part.n - 1
+        if part.kind == "cont":
+            k = job.pending.pop(0)
+            cont = job.conts[k]
+            assert job.totals is not None
+            job.totals[k] += sum(float(self.ctx.logprobs(part.start + i)[t]) for i, t in enumerate(cont[1:]))
+            self.ctx.seq_rm(job.seq, len(job.tokens))
+        else:
+            if job.hidden:
+                self._probe_rows(job, part)
+            job.n_past += part.n
+            if job.pin and job.n_past == job.n_prefix:
+                self._pin(job)
+            if job.n_past < len(job.tokens):
+                return
+            first = self.ctx.logprobs(last)
+            job.totals = [float(first[c[0]]) for c in job.conts]
+            job.pending = [k for k, c in enumerate(job.conts) if len(c) > 1]
+            if job.hidden:
+                probe = self.ctx.probe
+                job.final = probe.rows["final"][int(outputs[last])].astype(np.float64).tolist()
+        if not job.pending:
+            assert job.totals is not None
+            hidden = None
+            if job.hidden:
+                assert job.final is not None
+                mean = [] if job.layer_sum is None else (job.layer_sum / max(job.layer_rows, 1)).tolist()
+                hidden = mean + job.final
+            job.result = Scores(job.totals, job.usage, hidden)
+            self._finish(job)
+
+    def _probe_rows(self, job: ScoreJob, part: Part) -> None:
+        """Add the probed layer's rows of the job's own tokens (not the task prefix) to its running mean."""
+        rows = self.ctx.probe.rows.get("layer")
+        if rows is None:
+            return
+        skip = max(0, job.n_prefix - job.n_past)
+        mine = rows[part.start + skip : part.start + part.n].astype(np.float64)
+        if len(mine):
+            total = mine.sum(axis=0)
+            job.layer_sum = total if job.layer_sum is None else job.layer_sum + total
+            job.layer_rows += len(mine)
+
+    def _next_token(self, job: GenJob, token: int, index: int) -> None:
+        """A sampled token: end of the reply, or text to send and a token to decode in the next step."""
+        if self.ctx.is_eog(token):
+            self._end_reply(job, "stop")
+            return
+        job.usage.completion_tokens += 1
+        if job.params.logprobs is not None:
+            job.pending.append(self._logprob(token, index, job.params.logprobs))
+        text = job.stops.push(job.decoder.decode(self.ctx.piece(token)))
+        if text:
+            job.texts.append(text)
+            job.out.put(Chunk(text, logprobs=self._sent(job)))
+        if job.stops.stopped:
+            self._end_reply(job, "stop")
+        elif job.usage.completion_tokens >= job.params.max_tokens or job.n_past + 1 >= job.n_ctx:
+            self._end_reply(job, "length")
+        else:
+            job.token = token
+
+    def _end_reply(self, job: GenJob, finish: str) -> None:
+        tail = "" if job.stops.stopped else job.stops.push(job.decoder.decode(b"", final=True)) + job.stops.flush()
+        if job.keep:
+            self._save_turn(job, "".join(job.texts) + tail)
+        self._finish(job)
+        job.out.put(Chunk(tail, finish, job.usage, logprobs=self._sent(job)))  # type: ignore[arg-type]
+
+    @staticmethod
+    def _sent(job: GenJob) -> list[TokenLogprob] | None:
+        """The logprobs of the tokens generated since the last chunk (None when not asked for)."""
+        if job.params.logprobs is None:
+            return None
+        sent, job.pending = job.pending, []
+        return sent
+
+    def _save_turn(self, job: GenJob, text: str) -> None:
+        """Save where the next chat turn starts: prompt plus reply when the reply's tokens are what its text
+        re-tokenizes to (the next prompt then extends them), else the prompt alone."""
+        held = job.tokens + job.reply
+        if job.reply != self.ctx.tokenize(text):
+            self.ctx.seq_rm(job.seq, len(job.tokens))
+            held = job.tokens
+        self._saved = [s for s in self._saved if s.tokens != held[: len(s.tokens)]]  # superseded turns
+        saved = Saved(held, self.ctx.save(job.seq), self._tick())
+        self._saved.append(saved)
+        while sum(len(s.state) for s in self._saved) > self.cache_bytes and len(self._saved) > 1:
+            self._saved.remove(min((s for s in self._saved if s is not saved), key=lambda s: s.used))
+        if sum(len(s.state) for s in self._saved) > self.cache_bytes:
+            self._saved.remove(saved)
+
+    def _finish(self, job: Job, error: BaseException | None = None) -> None:
+        """Free the job's sequence; with an error, hand it to the caller."""
+        self._release(job)
+        if error is not None:
+            job.fail(error)
+        elif isinstance(job, ScoreJob):
+            job.done.set()
+
+    def _release(self, job: Job) -> None:
+        if job in self._active:
+            self._active.remove(job)
+            self.ctx.seq_rm(job.seq, 0)
+            self._free.append(job.seq)
+            if job.prefix is not None:
+                job.prefix.refs -= 1
+        if isinstance(job, GenJob) and job.sampler is not None:
+            self.ctx.free_sampler(job.sampler)
+            job.sampler = None
+
+    def _fail_all(self, error: BaseException) -> None:
+        for job in [*self._active, *self._scores, *self._gens]:
+            self._finish(job, error)
+        self._scores.clear()
+        self._gens.clear()
+
+    # --- cache control ------------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Drop every cached prefix and saved state (on the scheduler thread, between steps)."""
+        for key in [k for k, p in self._pinned.items() if p.refs == 0]:
+            self._unpin(key)
+        self._saved = []

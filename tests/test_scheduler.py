@@ -1,0 +1,298 @@
+"""The continuous-batching scheduler on a fake llama.cpp context that checks the KV cache's invariants.
+
+The fake context keeps every KV cell (position, token, the sequences holding it), refuses a token whose
+position is not the next one of its sequence, and counts cells in use, so a scheduling bug (a gap, an
+overlap, a leak, an overfull cache) fails loudly here rather than as wrong logits on the real model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from allinone.engines.base import GenParams
+from allinone.engines.scheduler import GenJob, Item, Scheduler, ScoreJob
+from allinone.errors import ContextOverflow
+
+V = 32  # vocabulary: token t is the letter chr(97 + t); token 31 ends a reply
+EOG = 31
+
+
+class FakeContext:
+    """Cells as (position, token, set of sequences); the next token after t is most likely (t + 1) % 26."""
+
+    def __init__(self, n_cells: int = 4096, n_batch: int = 64) -> None:
+        self.n_cells, self.n_batch, self.probe = n_cells, n_batch, None
+        self.cells: list[list[Any]] = []  # [pos, token, seqs]
+        self.batches: list[list[Item]] = []
+        self.last: list[Item] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.lock = threading.Lock()
+        self.delay = 0.0  # seconds per decode, for tests that act while replies stream
+
+    def seq_tokens(self, seq: int) -> list[int]:
+        held = sorted((c[0], c[1]) for c in self.cells if seq in c[2])
+        assert [p for p, _ in held] == list(range(len(held))), f"sequence {seq} has gaps: {held}"
+        return [t for _, t in held]
+
+    def decode(self, items: Sequence[Item]) -> None:
+        self.gate.wait(5)
+        time.sleep(self.delay)
+        with self.lock:
+            for tok, pos, seq, _ in items:
+                assert pos == len(self.seq_tokens(seq)), f"token at {pos} for sequence {seq} is not the next one"
+                self.cells.append([pos, tok, {seq}])
+            assert len(self.cells) <= self.n_cells, "the KV cache overflowed"
+            self.batches.append(list(items))
+            self.last = list(items)
+
+    def logprobs(self, index: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+        tok = self.last[index][0]
+        out = np.full(V, np.log(0.1 / (V - 1)))
+        out[(tok + 1) % 26 if tok < 25 else EOG] = np.log(0.9)
+        return out
+
+    def sampler(self, params: GenParams) -> Any:
+        return {"params": params}
+
+    def sample(self, sampler: Any, index: int) -> int:
+        return int(np.argmax(self.logprobs(index)))
+
+    def free_sampler(self, sampler: Any) -> None:
+        sampler["freed"] = True
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOG
+
+    def piece(self, token: int) -> bytes:
+        return chr(97 + token).encode()
+
+    def tokenize(self, text: str) -> list[int]:
+        return [ord(c) - 97 for c in text]
+
+    def seq_rm(self, seq: int, start: int) -> None:
+        with self.lock:
+            for c in self.cells:
+                if c[0] >= start:
+                    c[2].discard(seq)
+            self.cells = [c for c in self.cells if c[2]]
+
+    def seq_cp(self, src: int, dst: int, n: int) -> None:
+        with self.lock:
+            for c in self.cells:
+                if src in c[2] and c[0] < n:
+                    c[2].add(dst)
+
+    def save(self, seq: int) -> Any:
+        return bytes(self.seq_tokens(seq))
+
+    def restore(self, seq: int, state: Any) -> bool:
+        with self.lock:
+            self.cells += [[p, t, {seq}] for p, t in enumerate(state)]
+        return True
+
+    def tokens_in(self, batch: list[Item], seq: int) -> list[int]:
+        return [t for t, _, s, _ in batch if s == seq]
+
+
+def letters(text: str) -> list[int]:
+    return [ord(c) - 97 for c in text]
+
+
+@pytest.fixture
+def ctx() -> FakeContext:
+    return FakeContext()
+
+
+@pytest.fixture
+def sched(ctx: FakeContext) -> Any:
+    s = Scheduler(ctx, parallel=4, cache_bytes=1 << 20, prefill_chunk=8)
+    yield s
+    s.close()
+
+
+def score(sched: Scheduler, prompt: str, n_prefix: int, conts: list[str]) -> ScoreJob:
+    job = ScoreJob(letters(prompt), n_prefix, conts=[letters(c) for c in conts])
+    sched.submit(job)
+    assert job.done.wait(5)
+    if job.error:
+        raise job.error
+    return job
+
+
+def generate(sched: Scheduler, prompt: str, n_prefix: int = 0, max_tokens: int = 8, keep: bool = False) -> GenJob:
+    job = GenJob(letters(prompt), n_prefix, params=GenParams(max_tokens=max_tokens), n_ctx=4096, keep=keep)
+    sched.submit(job)
+    return job
+
+
+def drain(job: GenJob) -> tuple[str, Any]:
+    parts = []
+    while True:
+        item = job.out.get(timeout=5)
+        if isinstance(item, BaseException):
+            raise item
+        parts.append(item.text)
+        if item.finish_reason is not None:
+            return "".join(parts), item
+
+
+def test_scores_are_the_logprobs_of_each_continuation_multi_token_ones_summed(sched: Scheduler) -> None:
+    job = score(sched, "sysxyuser", 3, ["a", "abc", "z"])
+    assert job.result is not None
+    high, low = np.log(0.9), np.log(0.1 / (V - 1))
+    # after "r" the likely token is "s"; "abc" is a, then b after a (likely), then c after b (likely)
+    assert job.result.logprobs == pytest.approx([low, low + 2 * high, low])
+
+
+def test_a_task_prefix_is_computed_once_and_shared(sched: Scheduler, ctx: FakeContext) -> None:
+    first = score(sched, "prefixone", 6, ["a"])
+    second = score(sched, "prefixtwo", 6, ["a"])
+    assert first.usage.cached_tokens == 0 and second.usage.cached_tokens == 6
+    decoded = [t for b in ctx.batches for t, *_ in b]
+    assert decoded.count(letters("p")[0]) == 1  # the prefix was decoded once
+    assert first.result and second.result
+
+
+def test_a_reply_streams_until_the_end_of_generation_token(sched: Scheduler) -> None:
+    text, last = drain(generate(sched, "abc", max_tokens=50))
+    assert text == "defghijklmnopqrstuvwxyz" and last.finish_reason == "stop"
+    assert last.usage.completion_tokens == len(text)
+
+
+def test_max_tokens_ends_a_reply_with_length(sched: Scheduler) -> None:
+    text, last = drain(generate(sched, "abc", max_tokens=4))
+    assert text == "defg" and last.finish_reason == "length"
+
+
+def test_streams_decode_together_one_token_each_per_step(sched: Scheduler, ctx: FakeContext) -> None:
+    ctx.gate.clear()
+    jobs = [generate(sched, p, max_tokens=6) for p in ["ab", "ef", "ij", "mn"]]
+    ctx.gate.set()
+    texts = [drain(j)[0] for j in jobs]
+    assert texts == ["cdefgh", "ghijkl", "klmnop", "opqrst"]
+    assert max(len({s for _, _, s, _ in b}) for b in ctx.batches) == 4  # one batch held all four sequences
+
+
+def test_a_classification_goes_into_the_next_step_while_replies_stream(sched: Scheduler, ctx: FakeContext) -> None:
+    ctx.delay = 0.002
+    streams = [generate(sched, "a", max_tokens=20) for _ in range(4)]
+    while len(ctx.batches) < 3:  # the replies are streaming
+        time.sleep(0.001)
+    ctx.gate.clear()  # hold the decode in progress; the classification arrives meanwhile
+    time.sleep(0.05)
+    n_before = len(ctx.batches)
+    job = ScoreJob(letters("sysquestion"), 3, conts=[letters("a")])
+    sched.submit(job)
+    ctx.gate.set()
+    assert job.done.wait(5)
+    seq_batches = [i for i, b in enumerate(ctx.batches) if any(s == job.seq for *_, s, _ in b)]
+    assert seq_batches and seq_batches[0] <= n_before + 1  # in the step after the one running when it came
+    for s in streams:
+        assert drain(s)[1].finish_reason == "length"
+    assert all(j.usage.completion_tokens == 20 for j in streams)
+
+
+def test_new_prompts_are_prefilled_in_chunks_while_others_stream(sched: Scheduler, ctx: FakeContext) -> None:
+    ctx.delay = 0.005
+    running = generate(sched, "a", max_tokens=30)
+    while len(ctx.batches) < 2:
+        time.sleep(0.001)
+    long = generate(sched, "b" * 40, max_tokens=2)
+    drain(long)
+    drain(running)
+    chunks = [len(ctx.tokens_in(b, long.seq)) for b in ctx.batches if ctx.tokens_in(b, long.seq)]
+    assert sum(chunks[:-2]) >= 30 and max(chunks) <= 8  # prefill_chunk per step
+    steps_of_prefill = [b for b in ctx.batches if len(ctx.tokens_in(b, long.seq)) > 1]
+    assert all(ctx.tokens_in(b, running.seq) for b in steps_of_prefill)  # the running stream kept flowing
+
+
+def test_a_cancelled_reply_frees_its_sequence_within_one_step(sched: Scheduler, ctx: FakeContext) -> None:
+    ctx.delay = 0.005
+    job = generate(sched, "a", max_tokens=1000)
+    job.out.get(timeout=5)
+    sched.cancel(job)
+    n = len(ctx.batches)
+    deadline = time.time() + 5
+    while ctx.seq_tokens(job.seq) and time.time() < deadline:
+        time.sleep(0.001)
+    assert not ctx.seq_tokens(job.seq) and len(ctx.batches) <= n + 1
+    assert job.sampler is None  # freed
+
+
+def test_a_chat_turn_restores_the_previous_turn_and_decodes_only_the_new_tokens(
+    sched: Scheduler, ctx: FakeContext
+) -> None:
+    text, last = drain(generate(sched, "wx", max_tokens=5, keep=True))
+    assert text == "yz" and last.finish_reason == "stop"
+    before = len(ctx.batches)
+    second = generate(sched, "wxyzab", max_tokens=2, keep=True)  # the first turn, its reply, a new message
+    drain(second)
+    assert second.usage.cached_tokens == 4  # "wxyz" restored
+    assert [t for b in ctx.batches[before:] for t in ctx.tokens_in(b, second.seq)][:2] == letters("ab")
+
+
+def test_a_job_waits_for_room_in_the_kv_cache_and_one_that_never_fits_fails() -> None:
+    ctx = FakeContext(n_cells=40)
+    sched = Scheduler(ctx, parallel=4, cache_bytes=1 << 20)
+    try:
+        big = generate(sched, "a" * 20, max_tokens=15)  # reserves 35 cells
+        waiting = generate(sched, "b" * 10, max_tokens=5)  # needs 15: waits for the first to end
+        assert drain(big)[1].finish_reason == "length"
+        assert drain(waiting)[0]
+        with pytest.raises(ContextOverflow):
+            drain(generate(sched, "c" * 30, max_tokens=20))
+    finally:
+        sched.close()
+
+
+def test_a_prefix_is_unpinned_when_its_cells_are_needed() -> None:
+    ctx = FakeContext(n_cells=64)
+    sched = Scheduler(ctx, parallel=2, cache_bytes=1 << 20)
+    try:
+        score(sched, "x" * 30 + "q", 30, ["a"])  # pins 30 cells
+        job = score(sched, "y" * 50, 0, ["a"])  # needs 51: the unused prefix goes
+        assert job.result is not None and len(ctx.cells) <= 64
+    finally:
+        sched.close()
+
+
+def test_closing_fails_waiting_callers_instead_of_leaving_them_hanging(ctx: FakeContext) -> None:
+    sched = Scheduler(ctx, parallel=1, cache_bytes=1 << 20)
+    ctx.gate.clear()
+    job = generate(sched, "a", max_tokens=100)
+    time.sleep(0.05)
+    closer = threading.Thread(target=sched.close)
+    closer.start()
+    ctx.gate.set()
+    closer.join(5)
+    with pytest.raises(Exception, match="closed"):
+        drain(job)
+
+
+def test_generated_tokens_come_with_their_logprobs_and_alternatives(sched: Scheduler) -> None:
+    job = GenJob(letters("abc"), 0, params=GenParams(max_tokens=3, logprobs=2), n_ctx=4096)
+    sched.submit(job)
+    chunks = []
+    while not chunks or chunks[-1].finish_reason is None:
+        chunks.append(job.out.get(timeout=5))
+    entries = [e for c in chunks for e in (c.logprobs or [])]
+    assert [e.token for e in entries] == ["d", "e", "f"]
+    assert all(e.logprob == pytest.approx(np.log(0.9)) and len(e.top) == 2 for e in entries)
+    assert entries[0].top[0] == ("d", pytest.approx(np.log(0.9)))  # the most likely first
+
+
+def test_echo_returns_the_prompts_logprobs_and_max_tokens_0_generates_nothing(sched: Scheduler) -> None:
+    job = GenJob(letters("abd"), 0, params=GenParams(max_tokens=0, logprobs=1), n_ctx=4096, echo=True)
+    sched.submit(job)
+    first, last = job.out.get(timeout=5), job.out.get(timeout=5)
+    assert [e.token for e in first.prompt_logprobs] == ["a", "b", "d"]
+    high, low = np.log(0.9), np.log(0.1 / (V - 1))
+    assert [e.logprob for e in first.prompt_logprobs] == [None, pytest.approx(high), pytest.approx(low)]
+    assert last.finish_reason == "length" and last.usage.completion_tokens == 0 and last.text == ""
