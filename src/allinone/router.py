@@ -12,6 +12,7 @@ from .classify import Classification, classify, classify_many, load_head
 from .engines import Chunk, Conversation, Engine, GenParams, Message, load_engine
 from .errors import InvalidInput, TaskDefinitionError, TaskNotFound
 from .generate import Generated, join_reply, limit_stream, token_budget
+from .models import engine_for
 from .routing import AUTO, Route, route, routing_task
 from .settings import Settings
 from .tasks import Task, load_tasks
@@ -55,6 +56,9 @@ class Router:
         the tasks' learned heads were trained on."""
         if self._probe_layer is not None or not self.settings.use_heads:
             return self._probe_layer
+        kind = engine_for(self.settings.model) if self.settings.engine == "auto" else self.settings.engine
+        if kind == "openai":
+            return None  # no hidden states there: classify gives the prompt's answer
         layers = {head.probe_layer for t in self.tasks.values() if (head := load_head(t)) is not None}
         if len(layers) > 1:
             raise TaskDefinitionError(
