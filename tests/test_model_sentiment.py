@@ -126,7 +126,7 @@ def test_eval_command_on_other_domains_with_the_real_model(tmp_path: Path, setti
 
 
 def test_the_shipped_head_is_on_by_default_and_stays_right_on_clear_sentences(settings: Settings) -> None:
-    heads = Router(settings.model_copy(update={"n_ctx": 2048}))  # the default settings: heads on
+    heads = Router(settings.model_copy(update={"n_ctx": 2048, "use_heads": True}))
     try:
         head = load_head(heads.task("sentiment"))
         assert head is not None and heads.engine.probe_layer == head.probe_layer  # the layer it was trained on

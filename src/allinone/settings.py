@@ -81,7 +81,7 @@ class Settings(BaseSettings):
         "llama.cpp's n_ctx); chat history is trimmed to fit it.",
     )
     use_heads: bool = Field(
-        True,
+        False,
         description="Apply the learned head a classify task declares, where the engine can (the model it was "
         "trained on, hidden states); false or --no-head: label scoring alone (see README, Accuracy).",
     )
