@@ -1,6 +1,6 @@
 """Sentiment accuracy per domain, prompt-only and with the learned head, from one pass per text.
 
-Every text goes through the same code as `allinone run sentiment` (Router, heads on): the result carries
+Every text goes through the same code as `allinone run sentiment` (TaskService, heads on): the result carries
 both answers, label scoring alone (`prompt_probabilities`) and with the head (`probabilities`). Sets:
 ChnSentiCorp dev, the held-out domains built by benchmarks/sentiment_data.py, the 48 texts written for the
 tests, and ChnSentiCorp test only with --test (each such run is logged in results/test_looks.jsonl, so the
@@ -45,9 +45,9 @@ def sets(test: bool) -> dict[str, Path]:
     return out
 
 
-def predict(router: Any, rows: list[dict[str, str]], name: str) -> list[dict[str, Any]]:
+def predict(service: Any, rows: list[dict[str, str]], name: str) -> list[dict[str, Any]]:
     def one(row: dict[str, str]) -> dict[str, Any]:
-        r = router.classify("sentiment", row["text"])
+        r = service.classify("sentiment", row["text"])
         prompt = r.prompt_probabilities or r.probabilities
         return {
             "gold": row["label"],
@@ -85,9 +85,9 @@ def summary(preds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def configuration(router: Any) -> dict[str, str]:
+def configuration(service: Any) -> dict[str, str]:
     """What a test look measured: the prompt (fixed messages) and the head file, by hash."""
-    task = router.task("sentiment")
+    task = service.task("sentiment")
     prompt = json.dumps([m.content for m in task.fixed_messages()], ensure_ascii=False).encode()
     head = task.head_path.read_bytes() if task.head_path else b""
     return {"prompt": hashlib.sha256(prompt).hexdigest()[:12], "head": hashlib.sha256(head).hexdigest()[:12]}
@@ -112,20 +112,20 @@ def table(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    from allinone.router import Router
+    from allinone.service import TaskService
     from allinone.settings import Settings
 
     args = argparse.ArgumentParser()
     args.add_argument("--test", action="store_true", help="also ChnSentiCorp test (logged as a look)")
     args.add_argument("--limit", type=int, default=None, help="first N texts of each set")
     opts = args.parse_args()
-    router = Router(Settings(use_heads=True, n_threads=2))
-    config = configuration(router)
+    service = TaskService(Settings(use_heads=True, n_threads=2))
+    config = configuration(service)
     results, predictions = {}, {}
     start = time.perf_counter()
     for name, path in sets(opts.test).items():
         rows = [json.loads(line) for line in path.open(encoding="utf-8")][: opts.limit]
-        predictions[name] = predict(router, rows, name)
+        predictions[name] = predict(service, rows, name)
         results[name] = summary(predictions[name])
     config["seconds"] = f"{time.perf_counter() - start:.0f}"
     if opts.test:

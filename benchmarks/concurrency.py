@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 
 from peer import cpu_has_amx, ensure_llama_server
+from serving import wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 N_SENTIMENT = 30  # ChnSentiCorp dev texts for idle latency
@@ -59,20 +60,6 @@ def free_port() -> int:
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_ready(proc: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"a server exited with {proc.returncode} before it was ready ({url})")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} did not become ready")
 
 
 # --- requests ------------------------------------------------------------------------------------
@@ -241,11 +228,11 @@ def main() -> None:
         }
         try:
             for name in ("peer", "ours"):
-                wait_ready(procs[name], urls[name])
+                wait_healthy(procs[name], ports[name], STARTUP_TIMEOUT_S, 0.5)
             scaleout = {**common, "ALLINONE_ENGINE": "openai", "ALLINONE_OPENAI_BASE_URL": f"{urls['peer']}/v1"}
             scaleout |= {"ALLINONE_LOG_FILE": str(home / "scaleout.log")}
             procs["scaleout"] = start([*ours_cmd, "--port", str(ports["scaleout"])], scaleout, home / "scaleout.out")
-            wait_ready(procs["scaleout"], urls["scaleout"])
+            wait_healthy(procs["scaleout"], ports["scaleout"], STARTUP_TIMEOUT_S, 0.5)
             res = asyncio.run(measure(urls, texts))
         finally:
             for proc in procs.values():

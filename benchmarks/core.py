@@ -32,12 +32,12 @@ OUT = ROOT / "benchmarks" / "results" / "core.json"
 COLD_SCRIPT = """
 import time
 t0 = time.perf_counter()
-from allinone.router import Router
+from allinone.service import TaskService
 from allinone.settings import Settings
-router = Router(Settings())
-router.engine
+service = TaskService(Settings())
+service.engine
 t1 = time.perf_counter()
-router.classify("sentiment", "这家酒店服务太差了，再也不来了")
+service.classify("sentiment", "这家酒店服务太差了，再也不来了")
 t2 = time.perf_counter()
 print(t1 - t0, t2 - t0)
 """
@@ -64,13 +64,13 @@ def cold_start() -> dict[str, float]:
     }
 
 
-def sentiment(router: object) -> dict[str, float]:
+def sentiment(service: object) -> dict[str, float]:
     texts = [json.loads(line)["text"] for line in DATA.open(encoding="utf-8")][:N_TEXTS]
-    router.classify("sentiment", "预热")  # type: ignore[attr-defined]  # evaluates and caches the task prefix
+    service.classify("sentiment", "预热")  # type: ignore[attr-defined]  # evaluates and caches the task prefix
     times, new_tokens = [], []
     for text in texts:
         start = time.perf_counter()
-        result = router.classify("sentiment", text)  # type: ignore[attr-defined]
+        result = service.classify("sentiment", text)  # type: ignore[attr-defined]
         times.append(time.perf_counter() - start)
         new_tokens.append(result.usage.prompt_tokens - result.usage.cached_tokens)
     return {
@@ -82,23 +82,23 @@ def sentiment(router: object) -> dict[str, float]:
     }
 
 
-def chat(router: object) -> dict[str, float]:
+def chat(service: object) -> dict[str, float]:
     from allinone.chat import ChatSession
+    from allinone.events import TaskCall
 
     rates, firsts = [], []
     for i, prompt in enumerate(CHAT_PROMPTS):
-        stream = router.stream(  # type: ignore[attr-defined]
-            "chat", prompt, ChatSession(), {"max_tokens": CHAT_MAX_TOKENS, "seed": i, "stop": []}
-        )
+        call = TaskCall("chat", prompt, options={"max_tokens": CHAT_MAX_TOKENS, "seed": i}, session=ChatSession())
+        stream = service.run(call)  # type: ignore[attr-defined]
         start = time.perf_counter()
         first_at = None
         last = None
-        for chunk in stream:
-            if first_at is None and chunk.text:
+        for event in stream:
+            if first_at is None and getattr(event, "text", ""):
                 first_at = time.perf_counter()
-            last = chunk
+            last = event
         end = time.perf_counter()
-        n = last.usage.completion_tokens if last and last.usage else 0
+        n = last.result.usage.completion_tokens if last is not None else 0
         if first_at is not None and n > 1:
             rates.append((n - 1) / (end - first_at))
             firsts.append(first_at - start)
@@ -106,15 +106,15 @@ def chat(router: object) -> dict[str, float]:
 
 
 def main() -> None:
-    from allinone.router import Router
+    from allinone.service import TaskService
     from allinone.settings import Settings
 
     results: dict[str, object] = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
     results.update(cold_start())
-    router = Router(Settings())
-    router.engine  # noqa: B018
-    results.update(sentiment(router))
-    results.update(chat(router))
+    service = TaskService(Settings())
+    service.engine  # noqa: B018
+    results.update(sentiment(service))
+    results.update(chat(service))
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")

@@ -29,26 +29,26 @@ OUT = ROOT / "benchmarks" / "results" / "engines.json"
 
 def worker(engine: str) -> None:
     """One engine in this process: label the texts, print one JSON line with labels, times and peak RSS."""
-    from allinone.router import Router
+    from allinone.service import TaskService
     from allinone.settings import Settings
 
     texts = [json.loads(line)["text"] for line in DATA.open(encoding="utf-8")][:N_TEXTS]
     start = time.perf_counter()
-    router = Router(Settings(engine=engine, n_threads=N_THREADS))  # type: ignore[arg-type]
-    router.engine  # noqa: B018
+    service = TaskService(Settings(engine=engine, n_threads=N_THREADS))  # type: ignore[arg-type]
+    service.engine  # noqa: B018
     load_s = time.perf_counter() - start
-    router.classify("sentiment", "预热")  # evaluates and caches the task prefix
+    service.classify("sentiment", "预热")  # evaluates and caches the task prefix
     labels, times = [], []
     for text in texts:
         t0 = time.perf_counter()
-        labels.append(router.classify("sentiment", text).label)
+        labels.append(service.classify("sentiment", text).label)
         times.append(time.perf_counter() - t0)
     print(
         json.dumps(
             {
                 "engine": engine,
-                "backend": router.engine.info.backend,
-                "details": router.engine.info.details,
+                "backend": service.engine.info.backend,
+                "details": service.engine.info.details,
                 "load_s": load_s,
                 "p50_s": statistics.median(times),
                 "mean_s": statistics.mean(times),

@@ -1,6 +1,6 @@
 """What turning the learned head on costs: sentiment texts/s and chat decode speed, with and without it.
 
-Two routers on the default model, alternating rounds: heads off (an engine without a probe, label scoring
+Two task services on the default model, alternating rounds: heads off (an engine without a probe, label scoring
 alone) and heads on (the default: an engine probing the head's layer, and the head applied). Sentiment is
 one text at a time, like `allinone eval` and a single user; chat is a streamed reply, since with heads on
 every engine carries the probe's callback, idle while generating. Best of ROUNDS per configuration.
@@ -36,29 +36,33 @@ def sentiment_rate(router: Any, texts: list[str]) -> float:
 
 def decode_rate(router: Any) -> float:
     from allinone.chat import ChatSession
+    from allinone.events import Done, TaskCall, Token
 
     tokens, seconds = 0, 0.0
     for i, prompt in enumerate(CHAT_PROMPTS):
         options = {"max_tokens": CHAT_MAX_TOKENS, "seed": i, "stop": []}
         first_at, last = None, None
-        for chunk in router.stream("chat", prompt, ChatSession(), options):
-            if first_at is None and chunk.text:
+        for event in router.run(TaskCall("chat", prompt, options=options, session=ChatSession())):
+            if first_at is None and isinstance(event, Token) and event.text:
                 first_at = time.perf_counter()
-            last = chunk
-        if first_at is not None and last is not None and last.usage:
-            tokens += last.usage.completion_tokens - 1
+            last = event
+        if first_at is not None and isinstance(last, Done):
+            tokens += last.result.usage.completion_tokens - 1
             seconds += time.perf_counter() - first_at
     return tokens / seconds
 
 
 def main() -> None:
-    from allinone.router import Router
+    from allinone.service import TaskService
     from allinone.settings import Settings
 
     texts = [json.loads(line)["text"] for line in (SHARED / "chnsenticorp_dev.jsonl").open(encoding="utf-8")]
     texts = texts[:N_TEXTS]
     wait_for_cpu()
-    routers = {"prompt-only": Router(Settings(use_heads=False)), "with head": Router(Settings(use_heads=True))}
+    routers = {
+        "prompt-only": TaskService(Settings(use_heads=False)),
+        "with head": TaskService(Settings(use_heads=True)),
+    }
     for r in routers.values():
         r.classify("sentiment", texts[0])  # load, cache the prefix
     assert routers["with head"].classify("sentiment", texts[0]).method == "prompt+head"

@@ -62,24 +62,24 @@ def summary(ms: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
-    from allinone.router import Router
+    from allinone.service import TaskService
     from allinone.settings import Settings
 
     sample = texts(N_TEXTS)
-    router = Router(Settings())
-    router.engine  # noqa: B018 - load before timing
+    service = TaskService(Settings())
+    service.engine  # noqa: B018 - load before timing
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(port, Path(tmp) / "requests.log")
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
                 for text in sample[:WARMUP]:
-                    router.classify("sentiment", text)
+                    service.classify("sentiment", text)
                     client.post(ENDPOINT, json={"text": text}).raise_for_status()
                 direct, http, agree = [], [], 0
                 for text in sample:
                     t0 = time.perf_counter()
-                    label = router.classify("sentiment", text).label
+                    label = service.classify("sentiment", text).label
                     t1 = time.perf_counter()
                     r = client.post(ENDPOINT, json={"text": text})
                     t2 = time.perf_counter()

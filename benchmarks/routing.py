@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from allinone.router import Router
+from allinone.service import TaskService
 from allinone.settings import Settings
 
 # --- knobs ---------------------------------------------------------------------------------------
@@ -29,12 +29,12 @@ OUT = ROOT / "benchmarks" / "results" / "routing.json"
 def main() -> None:
     rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if SPLIT == "all" or r["split"] == SPLIT]
-    router = Router(Settings())
-    router.engine  # noqa: B018 - load before timing
+    service = TaskService(Settings())
+    service.engine  # noqa: B018 - load before timing
     preds, times = [], []
     for row in rows:
         start = time.perf_counter()
-        chosen = router.route(row["text"])
+        chosen = service.pick_task(row["text"])
         times.append(time.perf_counter() - start)
         preds.append({**row, "predicted": chosen.task, "probability": round(chosen.probability, 4)})
     tasks = sorted({r["task"] for r in rows})
@@ -50,7 +50,7 @@ def main() -> None:
         "by_task": {t: round(accuracy([p for p in preds if p["task"] == t]), 4) for t in tasks},
         "confusion": {t: dict(Counter(p["predicted"] for p in preds if p["task"] == t)) for t in tasks},
         "p50_ms": round(statistics.median(times) * 1000, 1),
-        "model": router.engine.info.model,
+        "model": service.engine.info.model,
         "misses": [p for p in preds if p["predicted"] != p["task"]],
     }
     print(f"{result['n']} inputs ({SPLIT}): accuracy {result['accuracy']:.4f}  (target {TARGET})")

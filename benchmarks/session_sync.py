@@ -59,12 +59,12 @@ def append_costs(where: Path) -> dict[str, list[float]]:
 
 def chat_turns(where: Path) -> dict[str, list[float]]:
     """Seconds of whole chat turns on the real model, per mode, alternating, each mode its own session."""
-    from allinone.router import Router
+    from allinone.service import TaskService
     from allinone.sessions import ANONYMOUS, SqliteSessions
     from allinone.settings import Settings
 
-    router = Router(Settings())
-    router.engine  # noqa: B018 - load before timing
+    service = TaskService(Settings())
+    service.engine  # noqa: B018 - load before timing
     stores = {m: SqliteSessions(where / f"chat-{m}.sqlite3", synchronous=m) for m in MODES}
     ids: dict[str, str | None] = dict.fromkeys(MODES)
     ms: dict[str, list[float]] = {m: [] for m in MODES}
@@ -72,8 +72,7 @@ def chat_turns(where: Path) -> dict[str, list[float]]:
         for m in MODES if i % 2 else reversed(MODES):
             start = time.perf_counter()
             session = stores[m].open(ids[m], ANONYMOUS)
-            for _ in router.stream("chat", USER, session, {"max_tokens": MAX_TOKENS, "seed": i}):
-                pass
+            service.generate("chat", USER, session, {"max_tokens": MAX_TOKENS, "seed": i})
             if i:
                 ms[m].append((time.perf_counter() - start) * 1000)
             ids[m] = session.id

@@ -59,17 +59,17 @@ def main() -> None:
     from allinone.engines import Conversation, GenParams, Message
     from allinone.engines.llamacpp import LlamaCppEngine
     from allinone.models import ensure_default
-    from allinone.router import Router
+    from allinone.service import TaskService
     from allinone.settings import Settings
     from allinone.structured import parse_output
 
     settings = Settings(n_threads=N_THREADS)
     engine = LlamaCppEngine(ensure_default(settings.models_dir), name="default", n_threads=N_THREADS)
-    router = Router(settings, engine)
-    keywords = router.task("keywords")
+    service = TaskService(settings, engine)
+    keywords = service.task("keywords")
     cases = []
     for text in KEYWORD_TEXTS:
-        _, params, _ = router.prepare("keywords", text)
+        params = GenParams(max_tokens=MAX_TOKENS)
         msgs, n_fixed = [*keywords.fixed_messages(), keywords.user_message(text)], len(keywords.fixed_messages())
         cases.append(
             ("keywords", Conversation.of(msgs, n_fixed), replace(params, temperature=0), keywords.output_schema)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from allinone.router import Router
+from allinone.service import TaskService
 from allinone.settings import Settings
 
 # --- knobs ---------------------------------------------------------------------------------------
@@ -86,28 +86,28 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "tasks.json"
 
 
-def run_one(router: Router, task: str, text: str) -> dict[str, Any]:
+def run_one(service: TaskService, task: str, text: str) -> dict[str, Any]:
     """One request; its wall time and token counts."""
     start = time.perf_counter()
     if task == "auto":
-        usage = router.route(text).usage
-    elif router.task(task).kind == "classify":
-        usage = router.classify(task, text).usage
+        usage = service.pick_task(text).usage
+    elif service.task(task).kind == "classify":
+        usage = service.classify(task, text).usage
     else:
         max_tokens = CHAT_MAX_TOKENS if task == "chat" else None
-        usage = router.generate(task, text, options={"seed": SEED, "max_tokens": max_tokens}).usage
+        usage = service.generate(task, text, options={"seed": SEED, "max_tokens": max_tokens}).usage
     seconds = time.perf_counter() - start
     return {"s": seconds, "prompt": usage.prompt_tokens, "cached": usage.cached_tokens, "out": usage.completion_tokens}
 
 
 def main() -> None:
     settings = Settings()
-    router = Router(settings)
-    router.engine  # noqa: B018 - load before timing
+    service = TaskService(settings)
+    service.engine  # noqa: B018 - load before timing
     rows = []
     for task, texts in INPUTS.items():
-        run_one(router, task, WARMUP)  # caches the task's prefix, as a running service has it
-        runs = [run_one(router, task, t) for t in texts]
+        run_one(service, task, WARMUP)  # caches the task's prefix, as a running service has it
+        runs = [run_one(service, task, t) for t in texts]
         out_tokens = sum(r["out"] for r in runs)
         gen_seconds = sum(r["s"] for r in runs if r["out"])
         rows.append(
@@ -133,7 +133,7 @@ def main() -> None:
             f"({r['cached_tokens']:.0f}) | {r['completion_tokens']:.0f} | {speed} |"
         )
     result = {
-        "model": router.engine.info.model,
+        "model": service.engine.info.model,
         "n_threads": settings.n_threads,
         "machine": f"{platform.machine()} {platform.system()}",
         "chat_max_tokens": CHAT_MAX_TOKENS,

@@ -75,19 +75,19 @@ def accuracy(rows: list[tuple[str, list[float]]], n_words: int, bias: list[float
 
 
 def main() -> None:
-    from allinone.router import Router
+    from allinone.service import TaskService
     from allinone.settings import Settings
 
-    router = Router(Settings(n_threads=N_THREADS))
-    base = router.task("sentiment")
+    service = TaskService(Settings(n_threads=N_THREADS))
+    base = service.task("sentiment")
     dev = load("dev")[:N_DEV]
     results = []
     for shots in SHOTS:
         task = task_variant(base, shots)
         start = time.perf_counter()
-        rows = [(r["label"], word_logprobs(router.engine, task, r["text"])) for r in dev]
+        rows = [(r["label"], word_logprobs(service.engine, task, r["text"])) for r in dev]
         secs = time.perf_counter() - start
-        free = [word_logprobs(router.engine, task, t) for t in CONTENT_FREE]
+        free = [word_logprobs(service.engine, task, t) for t in CONTENT_FREE]
         for (vname, n_words), calibrate in product(VERBALISERS.items(), (False, True)):
             bias = None
             if calibrate:

@@ -28,7 +28,7 @@ def engine(settings: Settings) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def router(settings: Settings, engine: object) -> object:
-    from allinone.router import Router
+def service(settings: Settings, engine: object) -> object:
+    from allinone.service import TaskService
 
-    return Router(settings, engine)  # type: ignore[arg-type]
+    return TaskService(settings, engine)  # type: ignore[arg-type]

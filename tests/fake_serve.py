@@ -57,15 +57,15 @@ def fake_server(home: Path, **settings: str) -> Iterator[str]:
 def main() -> None:
     import uvicorn
 
-    from allinone.router import Router
     from allinone.server import create_app
+    from allinone.service import TaskService
     from allinone.settings import Settings
     from tests.fakes import FakeEngine
 
     port, home, *pairs = sys.argv[1:]
     overrides = dict(pair.split("=", 1) for pair in pairs)
     settings = Settings(home=Path(home), log_file=Path(home) / "requests.log", **overrides)  # type: ignore[arg-type]
-    app = create_app(settings, Router(settings, FakeEngine()))
+    app = create_app(settings, TaskService(settings, FakeEngine()))
     uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning", access_log=False)
 
 

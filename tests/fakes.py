@@ -107,11 +107,11 @@ def instance(schema: Any, root: Any = None) -> Any:
 
 
 def patch_cli_engine(monkeypatch: Any, engine: Engine, home: Path) -> None:
-    """Make every CLI command use a Router on `engine` (settings home in `home`) instead of loading a model."""
+    """Make every CLI command use a TaskService on `engine` (settings home in `home`) instead of loading a model."""
     from allinone import cli
-    from allinone.router import Router
+    from allinone.service import TaskService
 
-    def router(model: str | None, tasks_dir: Path | None, probe_layer: int | None = None) -> Router:
-        return Router(cli._settings(home=home, tasks_dir=tasks_dir), engine)  # with the command's own options
+    def service(model: str | None, tasks_dir: Path | None, probe_layer: int | None = None) -> TaskService:
+        return TaskService(cli._settings(home=home, tasks_dir=tasks_dir), engine)  # with the command's own options
 
-    monkeypatch.setattr(cli, "_router", router)
+    monkeypatch.setattr(cli, "_service", service)

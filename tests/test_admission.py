@@ -12,8 +12,8 @@ import anyio
 import httpx
 
 from allinone.engines.base import Chunk, Conversation, GenParams, Slots, Usage
-from allinone.router import Router
 from allinone.server import create_app
+from allinone.service import TaskService
 from allinone.settings import Settings
 from tests.fakes import FakeEngine
 
@@ -36,7 +36,7 @@ class GatedRouting(FakeEngine):
 def test_an_auto_request_is_not_refused_after_routing_when_others_queued_meanwhile(tmp_path: Path) -> None:
     engine = GatedRouting()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", max_queue=1)
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     admission = app.state.services.admission
 
     async def main() -> tuple[int, int]:
@@ -84,7 +84,7 @@ class SlottedEngine(FakeEngine):
 def test_admission_runs_as_many_replies_as_the_engine_has_slots_and_queues_the_rest(tmp_path: Path) -> None:
     engine = SlottedEngine()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", max_queue=4)
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     admission = app.state.services.admission
 
     async def main() -> tuple[list[int], int, int, int]:

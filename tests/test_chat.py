@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from allinone.chat import ChatSession, stream_reply
-from allinone.classify import Classification
-from allinone.engines.base import Chunk, GenParams
-from allinone.router import Router
+from allinone.engines.base import GenParams
+from allinone.events import Classified, Done, Event, TaskCall, Token
+from allinone.service import TaskService
 from allinone.settings import Settings
 from allinone.tasks import load_tasks
 from tests.fakes import FakeEngine
@@ -13,8 +11,8 @@ from tests.fakes import FakeEngine
 TASKS = load_tasks()
 
 
-def analyze_and_reply(engine: FakeEngine, session: ChatSession, text: str) -> Iterator[Classification | Chunk]:
-    return Router(Settings(), engine).analyze_and_reply(session, text)
+def analyze_and_reply(engine: FakeEngine, session: ChatSession, text: str) -> list[Event]:
+    return list(TaskService(Settings(), engine).run(TaskCall("chat", text, session=session, sentiment="sentiment")))
 
 
 def negative(prompt: str, word: str) -> float:
@@ -43,10 +41,11 @@ def test_history_is_kept_across_turns() -> None:
 def test_combined_flow_gives_sentiment_first_and_tags_only_the_model_context() -> None:
     engine, session = FakeEngine(negative), ChatSession()
     engine.enqueue("抱抱你。")
-    events = list(analyze_and_reply(engine, session, "我好难过"))
-    assert isinstance(events[0], Classification) and events[0].display == "😡 LLM 情感判断: 负面"
-    assert all(isinstance(e, Chunk) for e in events[1:])
-    assert "".join(e.text for e in events[1:] if isinstance(e, Chunk)) == "抱抱你。"
+    events = analyze_and_reply(engine, session, "我好难过")
+    assert isinstance(events[0], Classified) and events[0].result.display == "😡 LLM 情感判断: 负面"
+    assert events[0].next_lane == "generate" and isinstance(events[-1], Done)
+    assert all(isinstance(e, Token) for e in events[1:-1])
+    assert "".join(e.text for e in events if isinstance(e, Token)) == "抱抱你。"
     assert user_texts(engine)[-1] == "[情感标签：负面] 我好难过"
     assert session.history[0] == {"role": "user", "content": "我好难过"}
 

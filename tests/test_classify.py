@@ -43,8 +43,11 @@ def test_several_words_per_label_are_pooled() -> None:
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])
 def test_empty_text_is_rejected(text: str) -> None:
+    from allinone.service import TaskService
+    from allinone.settings import Settings
+
     with pytest.raises(InvalidInput, match="请输入文本"):
-        classify(FakeEngine(scorer), SENTIMENT, text)
+        TaskService(Settings(), FakeEngine(scorer)).classify("sentiment", text)
 
 
 def test_prefix_holds_system_and_examples_and_suffix_holds_the_input() -> None:

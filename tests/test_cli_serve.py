@@ -11,7 +11,7 @@ import uvicorn
 from click.testing import CliRunner
 
 from allinone import cli as cli_module
-from allinone import router as router_module
+from allinone import service as service_module
 from tests.fakes import FakeEngine
 
 
@@ -20,7 +20,7 @@ def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     calls: dict[str, Any] = {}
     monkeypatch.setenv("ALLINONE_HOME", str(tmp_path))
     monkeypatch.setattr(
-        router_module, "load_engine", lambda settings, probe_layer=None: FakeEngine(lambda p, w: math.log(0.5))
+        service_module, "load_engine", lambda settings, probe_layer=None: FakeEngine(lambda p, w: math.log(0.5))
     )
 
     def run(app: Any, **kwargs: Any) -> None:
@@ -34,7 +34,7 @@ def test_serve_runs_the_app_on_loopback_port_8000_by_default(served: dict[str, A
     result = CliRunner().invoke(cli_module.cli, ["serve"])
     assert result.exit_code == 0, result.output
     assert (served["host"], served["port"]) == ("127.0.0.1", 8000)
-    assert served["app"].state.services.router.loaded  # loaded before serving
+    assert served["app"].state.services.service.loaded  # loaded before serving
     assert "warning" not in result.output
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from allinone.tasks.model import Calibration, Example, Generation, Label, Routing, Task, Truncation
-from allinone.tasks.options import ByScript, Choice, NumberValue, TaskOption
+from allinone.tasks.options import ByScript, ChoiceOption, NumberValue, TaskOption
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "tasks.md").read_text(encoding="utf-8")
 MODELS: list[type[BaseModel]] = [
@@ -19,7 +19,7 @@ MODELS: list[type[BaseModel]] = [
     Truncation,
     Routing,
     TaskOption,
-    Choice,
+    ChoiceOption,
     NumberValue,
     ByScript,
 ]

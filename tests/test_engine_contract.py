@@ -28,7 +28,7 @@ from allinone.engines.llamacpp import LlamaCppEngine
 from allinone.engines.openai import OpenAIEngine
 from allinone.engines.transformers import TransformersEngine
 from allinone.models import DEFAULT
-from allinone.router import Router
+from allinone.service import TaskService
 from allinone.settings import Settings
 
 pytestmark = pytest.mark.model
@@ -318,11 +318,11 @@ def test_openai_engine_keeps_the_chat_history_of_a_session(
     sent: list[list[dict[str, str]]] = []
     messages_of = openai_engine.messages_of
     monkeypatch.setattr(openai_engine, "messages_of", lambda c: sent.append(messages_of(c)) or sent[-1])
-    router = Router(Settings(), openai_engine)
+    service = TaskService(Settings(), openai_engine)
     session = ChatSession()
     options = {"max_tokens": 24, "temperature": 0}
-    router.generate("chat", "My name is Zhang Wei. Please remember my name.", session, options)
-    second = router.generate("chat", "What is my name?", session, options)
+    service.generate("chat", "My name is Zhang Wei. Please remember my name.", session, options)
+    second = service.generate("chat", "What is my name?", session, options)
     assert second.trimmed_turns == 0 and len(session.turns) == 4
     assert any("My name is Zhang Wei" in m["content"] for m in sent[-1])  # the earlier turn reached the server
     assert "Zhang" in second.text or "张" in second.text, second.text
@@ -372,8 +372,8 @@ def test_openai_engine_falls_back_to_a_constrained_choice_and_says_so(server_wit
     try:
         scores = eng.score(sentiment_prompt("这家酒店服务太差了，再也不来了。"), ["正面", "负面"])
         assert scores.scoring == "choice" and scores.logprobs[1] == 0 and scores.logprobs[0] < -1e6
-        router = Router(Settings(), eng)
-        result = router.classify("sentiment", "这家酒店服务太差了，房间又脏又吵，再也不来了。")
+        service = TaskService(Settings(), eng)
+        result = service.classify("sentiment", "这家酒店服务太差了，房间又脏又吵，再也不来了。")
         assert result.scoring == "choice" and result.label == "negative"
         assert result.probabilities["negative"] == pytest.approx(1.0)
     finally:
@@ -381,7 +381,7 @@ def test_openai_engine_falls_back_to_a_constrained_choice_and_says_so(server_wit
 
 
 def test_openai_engine_with_logprobs_reports_first_token_scoring(openai_engine: OpenAIEngine) -> None:
-    router = Router(Settings(), openai_engine)
-    result = router.classify("sentiment", "房间干净，服务热情，下次还住这里。")
+    service = TaskService(Settings(), openai_engine)
+    result = service.classify("sentiment", "房间干净，服务热情，下次还住这里。")
     assert result.scoring == "first_token" and result.label == "positive"
     assert 0.5 < result.probabilities["positive"] < 1.0

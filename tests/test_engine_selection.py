@@ -14,8 +14,8 @@ from allinone import cli as cli_module
 from allinone.engines import Prompt, Scores
 from allinone.errors import ModelError
 from allinone.models import engine_for, transformers_source
-from allinone.router import Router
 from allinone.server import create_app
+from allinone.service import TaskService
 from allinone.settings import Settings
 from tests.fakes import FakeEngine
 
@@ -67,7 +67,7 @@ class ChoiceEngine(FakeEngine):
 
 def test_responses_say_when_labels_come_from_a_choice_not_logprobs(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, log_file=tmp_path / "log")
-    with TestClient(create_app(settings, Router(settings, ChoiceEngine())), base_url="http://127.0.0.1") as client:
+    with TestClient(create_app(settings, TaskService(settings, ChoiceEngine())), base_url="http://127.0.0.1") as client:
         task = client.post("/v1/tasks/sentiment", json={"text": "太差了"}).json()
         chat = client.post(
             "/v1/chat/completions",

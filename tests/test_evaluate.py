@@ -71,6 +71,7 @@ def test_eval_prints_metrics_and_writes_json_and_predictions(fake: FakeEngine, t
     assert "accuracy 0.6000" in result.output and "confusion" in result.output
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["accuracy"] == 0.6 and saved["n"] == 5
+    assert 0 < saved["seconds"] < 60 and saved["texts_per_s"] > 0.1  # timed from the start of the loop
     preds = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").open()]
     assert [p["label"] for p in preds] == ["positive", "negative", "positive", "negative", "positive"]
     assert preds[0]["probabilities"]["positive"] == pytest.approx(0.9)

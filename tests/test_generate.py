@@ -1,4 +1,4 @@
-"""Generate tasks on the fake engine: length limits, structured results, options through the router."""
+"""Generate tasks on the fake engine: length limits, structured results, options through the service."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from allinone.engines.base import Chunk, Usage
 from allinone.errors import InvalidInput, OutputInvalid
 from allinone.generate import cut_at_sentence, limit_stream
-from allinone.router import Router
+from allinone.service import TaskService
 from allinone.settings import Settings
 from tests.fakes import FakeEngine
 
@@ -20,8 +20,8 @@ def fake() -> FakeEngine:
 
 
 @pytest.fixture
-def router(fake: FakeEngine, tmp_path: Path) -> Router:
-    return Router(Settings(home=tmp_path), fake)
+def service(fake: FakeEngine, tmp_path: Path) -> TaskService:
+    return TaskService(Settings(home=tmp_path), fake)
 
 
 def chunks(*texts: str, finish: str = "stop") -> list[Chunk]:
@@ -60,37 +60,37 @@ def test_limit_stream_drops_an_unfinished_sentence_when_tokens_ran_out() -> None
     assert "".join(c.text for c in out) == "完整的一句。" and out[-1].finish_reason == "length"
 
 
-def test_summary_length_is_enforced_through_the_router(router: Router, fake: FakeEngine) -> None:
+def test_summary_length_is_enforced_through_the_router(service: TaskService, fake: FakeEngine) -> None:
     fake.enqueue("这是第一句摘要。这是第二句，它会超出长度限制。")
-    reply = router.generate("summary", "一段很长的中文新闻。" * 5, options={"length": "12"})
+    reply = service.generate("summary", "一段很长的中文新闻。" * 5, options={"length": "12"})
     assert reply.text == "这是第一句摘要。" and len(reply.text) <= 12
     assert reply.options == {"length": "12", "language": "zh"} and reply.finish_reason == "length"
     assert fake.params[-1].max_tokens < 300  # derived from the 12 characters, not the task's 300
     assert "at most 12 characters" in fake.prompts[-1].text
 
 
-def test_structured_task_sends_its_schema_and_returns_parsed_json(router: Router, fake: FakeEngine) -> None:
+def test_structured_task_sends_its_schema_and_returns_parsed_json(service: TaskService, fake: FakeEngine) -> None:
     fake.enqueue('["北京", "颐和园", "北京"]')
-    reply = router.generate("keywords", "今天去北京颐和园。")
+    reply = service.generate("keywords", "今天去北京颐和园。")
     assert reply.data == ["北京", "颐和园"]
-    assert fake.params[-1].schema == router.task("keywords").output_schema
+    assert fake.params[-1].schema == service.task("keywords").output_schema
 
 
-def test_structured_task_with_a_cut_reply_is_an_error(router: Router, fake: FakeEngine) -> None:
+def test_structured_task_with_a_cut_reply_is_an_error(service: TaskService, fake: FakeEngine) -> None:
     fake.enqueue('["北京", "颐')
     with pytest.raises(OutputInvalid, match="not complete JSON"):
-        router.generate("keywords", "今天去北京颐和园。")
+        service.generate("keywords", "今天去北京颐和园。")
 
 
-def test_translate_direction_is_detected_or_given(router: Router, fake: FakeEngine) -> None:
-    assert router.generate("translate", "你好世界").options == {"target": "en"}
+def test_translate_direction_is_detected_or_given(service: TaskService, fake: FakeEngine) -> None:
+    assert service.generate("translate", "你好世界").options == {"target": "en"}
     assert "Translate into English:" in fake.prompts[-1].text
-    assert router.generate("translate", "hello world").options == {"target": "zh"}
+    assert service.generate("translate", "hello world").options == {"target": "zh"}
     assert "Translate into Simplified Chinese:" in fake.prompts[-1].text
-    router.generate("translate", "你好", options={"target": "zh"})
+    service.generate("translate", "你好", options={"target": "zh"})
     assert "Translate into Simplified Chinese:" in fake.prompts[-1].text
 
 
-def test_unknown_option_lists_the_tasks_own_options(router: Router) -> None:
+def test_unknown_option_lists_the_tasks_own_options(service: TaskService) -> None:
     with pytest.raises(InvalidInput, match=r"unknown option.*colour.*options: length, language"):
-        router.generate("summary", "text", options={"colour": "red"})
+        service.generate("summary", "text", options={"colour": "red"})

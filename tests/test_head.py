@@ -99,14 +99,17 @@ def test_a_head_is_used_only_where_the_engine_can_feed_it(tmp_path: Path) -> Non
     assert classify(engine, task, "好", use_head=True).method == "prompt+head"
     engine.info = replace(engine.info, model="another-model")  # features of another model mean nothing to it
     assert classify(engine, task, "好", use_head=True).method == "prompt"
-    # the router asks the engine it loads for the heads' layer, only when heads are in use (the default)
-    from allinone.router import Router
+    # the service asks the engine it loads for the heads' layer, only when heads are in use (the default)
+    from allinone.service import TaskService
     from allinone.settings import Settings
 
-    assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir, use_heads=True)).probe_layer() == 12
-    assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir, use_heads=False)).probe_layer() is None
-    assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir, model="openai:m", use_heads=True)).probe_layer() is None
-    assert Router(Settings(home=tmp_path, tasks_dir=tasks_dir), probe_layer=3).probe_layer() == 3
+    assert TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir, use_heads=True)).probe_layer() == 12
+    assert TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir, use_heads=False)).probe_layer() is None
+    assert (
+        TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir, model="openai:m", use_heads=True)).probe_layer()
+        is None
+    )
+    assert TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir), probe_layer=3).probe_layer() == 3
 
 
 def test_mixing_and_gating_fall_back_to_the_prompt_where_the_head_is_unsure(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from allinone.chat import ChatSession, Turn, stream_reply
 from allinone.engines.base import GenParams
 from allinone.errors import InputTooLong
-from allinone.router import Router
 from allinone.server import create_app
+from allinone.service import TaskService
 from allinone.settings import Settings
 from allinone.tasks import builtin_dir, load_tasks
 from allinone.tasks.model import Truncation
@@ -44,7 +44,7 @@ def user_texts(engine: FakeEngine) -> list[str]:
 
 
 def test_a_text_over_max_chars_keeps_its_head_and_tail() -> None:
-    text, cut = Truncation(max_chars=100, head_ratio=0.3).apply("a" * 50 + "b" * 500 + "c" * 100)
+    text, cut = Truncation(max_chars=100, start_share=0.3).apply("a" * 50 + "b" * 500 + "c" * 100)
     assert cut and text == "a" * 30 + "……" + "c" * 70
 
 
@@ -71,16 +71,16 @@ def test_the_reject_policy_refuses_with_the_size_and_the_limit() -> None:
 
 def test_unset_limits_come_from_the_settings_and_never_exceed_half_the_context(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, max_input_chars=777, max_input_tokens=5000, n_ctx=4096)
-    router = Router(settings, FakeEngine())
-    sentiment = router.task("sentiment").truncation
+    service = TaskService(settings, FakeEngine())
+    sentiment = service.task("sentiment").truncation
     assert (sentiment.max_chars, sentiment.max_tokens) == (1000, 2048)  # its YAML's chars; tokens capped at n_ctx/2
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
     data = yaml.safe_load((builtin_dir() / "translate.yaml").read_text(encoding="utf-8"))
     data.pop("truncation")
     (tasks_dir / "translate.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    router = Router(Settings(home=tmp_path, tasks_dir=tasks_dir, max_input_chars=777, max_input_tokens=900), None)
-    translate = router.task("translate").truncation
+    service = TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir, max_input_chars=777, max_input_tokens=900), None)
+    translate = service.task("translate").truncation
     assert (translate.max_chars, translate.max_tokens) == (777, 900)
 
 
@@ -121,7 +121,7 @@ def test_a_history_that_fits_is_left_whole_even_when_it_starts_with_the_assistan
 def make_client(tmp_path: Path, engine: FakeEngine, **overrides: Any) -> TestClient:
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)
     return TestClient(
-        create_app(settings, Router(settings, engine)), raise_server_exceptions=False, base_url="http://127.0.0.1"
+        create_app(settings, TaskService(settings, engine)), raise_server_exceptions=False, base_url="http://127.0.0.1"
     )
 
 

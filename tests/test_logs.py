@@ -101,14 +101,16 @@ def test_a_lone_surrogate_in_a_record_does_not_break_its_line(tmp_path: Path) ->
 
 
 def _server_client(tmp_path: Path, **overrides: Any) -> TestClient:
-    from allinone.router import Router
     from allinone.server import create_app
+    from allinone.service import TaskService
     from allinone.settings import Settings
     from tests.fakes import FakeEngine
 
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)
     return TestClient(
-        create_app(settings, Router(settings, FakeEngine())), raise_server_exceptions=False, base_url="http://127.0.0.1"
+        create_app(settings, TaskService(settings, FakeEngine())),
+        raise_server_exceptions=False,
+        base_url="http://127.0.0.1",
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from allinone import AllInOne, Chat
 from allinone.classify import Classification
-from allinone.router import Router
+from allinone.service import TaskService
 
 pytestmark = pytest.mark.model
 
@@ -19,11 +19,13 @@ def ai() -> Iterator[AllInOne]:
         yield loaded
 
 
-def test_classify_gives_the_label_and_probabilities_as_the_cli_and_server_do(ai: AllInOne, router: Router) -> None:
+def test_classify_gives_the_label_and_probabilities_as_the_cli_and_server_do(
+    ai: AllInOne, service: TaskService
+) -> None:
     result = ai.classify("这家酒店服务太差了，房间又脏又吵，再也不来了。")
     assert result.label == "negative" and result.display == "😡 LLM 情感判断: 负面"
     assert set(result.probabilities) == {"positive", "negative"} and result.probabilities["negative"] > 0.5
-    same = router.classify("sentiment", "这家酒店服务太差了，房间又脏又吵，再也不来了。")
+    same = service.classify("sentiment", "这家酒店服务太差了，房间又脏又吵，再也不来了。")
     assert result.probabilities == pytest.approx(same.probabilities, abs=0.06)
     assert ai.classify("我上周买的耳机坏了，可以退货吗？", task="intent").label == "after_sales"
 

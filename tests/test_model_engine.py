@@ -10,7 +10,8 @@ from allinone.chat import ChatSession
 from allinone.classify import conversation
 from allinone.engines import Conversation, GenParams, Message, Prompt
 from allinone.engines.llamacpp import LlamaCppEngine
-from allinone.router import Router
+from allinone.events import TaskCall
+from allinone.service import TaskService
 from allinone.settings import Settings
 
 pytestmark = pytest.mark.model
@@ -21,10 +22,10 @@ LOGPROB_TOLERANCE = 0.1
 PROB_TOLERANCE = 0.06
 
 
-def sentiment_prompt(router: Router, text: str) -> Prompt:
-    engine = router.engine
+def sentiment_prompt(service: TaskService, text: str) -> Prompt:
+    engine = service.engine
     assert isinstance(engine, LlamaCppEngine)
-    return engine.render(conversation(router.task("sentiment"), text))
+    return engine.render(conversation(service.task("sentiment"), text))
 
 
 def test_prompt_uses_the_models_own_chat_template(engine: LlamaCppEngine) -> None:
@@ -43,45 +44,45 @@ def test_special_tokens_in_user_text_are_plain_text(engine: LlamaCppEngine) -> N
     assert im_end not in user_tokens and len(user_tokens) > 1
 
 
-def test_cached_prefix_gives_the_same_scores_as_an_uncached_evaluation(router: Router) -> None:
-    engine = router.engine
+def test_cached_prefix_gives_the_same_scores_as_an_uncached_evaluation(service: TaskService) -> None:
+    engine = service.engine
     assert isinstance(engine, LlamaCppEngine)
     words = ["正面", "负面", "积极的"]  # the last one has several tokens
-    prompt = sentiment_prompt(router, "酒店位置不错，但是早餐很一般。")
+    prompt = sentiment_prompt(service, "酒店位置不错，但是早餐很一般。")
     engine.clear_cache()
     cold = engine.score_prompt(Prompt((), prompt.prefix + prompt.suffix), words)  # one pass, nothing cached
     assert cold.usage.cached_tokens == 0
-    other = sentiment_prompt(router, "完全不同的另一条评论")
+    other = sentiment_prompt(service, "完全不同的另一条评论")
     engine.score_prompt(other, words)  # leaves the prefix cached, the suffix different
     warm = engine.score_prompt(prompt, words)
     assert warm.usage.cached_tokens > 0
     assert warm.logprobs == pytest.approx(cold.logprobs, abs=LOGPROB_TOLERANCE, rel=0.01)
 
 
-def test_task_prefix_is_served_from_cache(router: Router) -> None:
-    engine = router.engine
+def test_task_prefix_is_served_from_cache(service: TaskService) -> None:
+    engine = service.engine
     assert isinstance(engine, LlamaCppEngine)
-    router.classify("sentiment", "第一条评论，很好")
-    prompt = sentiment_prompt(router, "第二条评论，很差")
+    service.classify("sentiment", "第一条评论，很好")
+    prompt = sentiment_prompt(service, "第二条评论，很差")
     n_prefix = engine.tokenize_prompt(prompt)[1]
-    result = router.classify("sentiment", "第二条评论，很差")
+    result = service.classify("sentiment", "第二条评论，很差")
     assert result.usage.cached_tokens >= n_prefix > 20
     assert result.usage.prompt_tokens - result.usage.cached_tokens < 20
 
 
-def test_chat_history_is_reused_across_turns(router: Router) -> None:
+def test_chat_history_is_reused_across_turns(service: TaskService) -> None:
     session = ChatSession()
     options = {"seed": 5, "max_tokens": 24}
-    first = list(router.stream("chat", "你好，我叫小明。", session, options))[-1].usage
-    router.classify("sentiment", "插进来的另一个任务")  # other tasks in between must not evict it
-    second = list(router.stream("chat", "我叫什么名字？", session, options))[-1].usage
+    first = service.generate("chat", "你好，我叫小明。", session, options).usage
+    service.classify("sentiment", "插进来的另一个任务")  # other tasks in between must not evict it
+    second = service.generate("chat", "我叫什么名字？", session, options).usage
     assert first is not None and second is not None
     assert second.cached_tokens >= first.prompt_tokens
     assert second.completion_tokens > 0
 
 
-def test_same_seed_gives_the_same_text_and_stop_strings_cut(router: Router) -> None:
-    engine = router.engine
+def test_same_seed_gives_the_same_text_and_stop_strings_cut(service: TaskService) -> None:
+    engine = service.engine
     prompt = Conversation.of([Message("system", "You are helpful."), Message("user", "Count from 1 to 20.")], 1)
     params = GenParams(max_tokens=40, temperature=0.8, seed=42)
     a, b = engine.generate(prompt, params), engine.generate(prompt, params)
@@ -92,13 +93,13 @@ def test_same_seed_gives_the_same_text_and_stop_strings_cut(router: Router) -> N
     assert short.finish_reason == "length" and short.usage and short.usage.completion_tokens == 3
 
 
-def test_concurrent_callers_get_the_same_answers_as_sequential_ones(router: Router) -> None:
+def test_concurrent_callers_get_the_same_answers_as_sequential_ones(service: TaskService) -> None:
     texts = ["太棒了，非常喜欢", "糟糕透顶，很失望", "The staff were rude.", "Lovely view, great breakfast."]
-    sequential = [router.classify("sentiment", t).probabilities for t in texts]
+    sequential = [service.classify("sentiment", t).probabilities for t in texts]
     results: dict[int, dict[str, float]] = {}
 
     def work(i: int) -> None:
-        results[i] = router.classify("sentiment", texts[i]).probabilities
+        results[i] = service.classify("sentiment", texts[i]).probabilities
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
     for t in threads:
@@ -109,29 +110,31 @@ def test_concurrent_callers_get_the_same_answers_as_sequential_ones(router: Rout
         assert results[i] == pytest.approx(probs, abs=PROB_TOLERANCE)
 
 
-def test_abandoned_stream_frees_the_engine(router: Router) -> None:
-    stream = router.stream("chat", "讲一个很长的故事", None, {"max_tokens": 200, "seed": 1})
+def test_abandoned_stream_frees_the_engine(service: TaskService) -> None:
+    stream = service.run(TaskCall("chat", "讲一个很长的故事", options={"max_tokens": 200, "seed": 1}))
     next(stream)
     stream.close()
     done = threading.Event()
-    threading.Thread(target=lambda: (router.classify("sentiment", "好"), done.set())).start()
+    threading.Thread(target=lambda: (service.classify("sentiment", "好"), done.set())).start()
     assert done.wait(30)
 
 
 def test_learned_head_refines_the_same_pass_without_changing_the_prompt_scores(
-    router: Router, settings: Settings
+    service: TaskService, settings: Settings
 ) -> None:
-    with_head = Router(settings.model_copy(update={"use_heads": True}))  # loads an engine probing the head's layer
+    with_head = TaskService(settings.model_copy(update={"use_heads": True}))  # loads an engine probing the head's layer
     try:
         for text in ["房间很干净，服务也好", "The food was cold and the waiter was rude."]:
-            plain = router.classify("sentiment", text)
+            plain = service.classify("sentiment", text)
             refined = with_head.classify("sentiment", text)
             assert plain.method == "prompt" and refined.method == "prompt+head"
             assert refined.prompt_probabilities == pytest.approx(plain.probabilities, abs=PROB_TOLERANCE)
             assert refined.label in {"positive", "negative"}
             assert sum(refined.probabilities.values()) == pytest.approx(1)
         # the head needs its layer: an engine without the probe gives the prompt's answer, never a wrong one
-        unprobed = Router(settings.model_copy(update={"use_heads": True}), router.engine).classify("sentiment", "好")
+        unprobed = TaskService(settings.model_copy(update={"use_heads": True}), service.engine).classify(
+            "sentiment", "好"
+        )
         assert unprobed.method == "prompt" and unprobed.prompt_probabilities is None
     finally:
         with_head.engine.close()

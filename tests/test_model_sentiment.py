@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from allinone.chat import ChatSession
-from allinone.classify import Classification, load_head
-from allinone.router import Router
+from allinone.chat import ChatSession, Turn, model_messages
+from allinone.classify import load_head
+from allinone.engines import Conversation
+from allinone.events import Classified, TaskCall, Token
+from allinone.service import TaskService
 from allinone.settings import Settings
 
 pytestmark = pytest.mark.model
@@ -65,16 +67,16 @@ ADVERSARIAL = [
 ]
 
 
-def test_sentiment_is_right_on_at_least_90_percent_of_clear_sentences(router: Router) -> None:
-    results = [(router.classify("sentiment", text).label, want, text) for text, want in CLEAR]
+def test_sentiment_is_right_on_at_least_90_percent_of_clear_sentences(service: TaskService) -> None:
+    results = [(service.classify("sentiment", text).label, want, text) for text, want in CLEAR]
     wrong = [(t, got) for got, want, t in results if got != want]
     accuracy = 1 - len(wrong) / len(CLEAR)
     assert accuracy >= 0.9, f"accuracy {accuracy:.2%}; wrong: {wrong}"
 
 
 @pytest.mark.parametrize("text", ADVERSARIAL)
-def test_adversarial_input_still_gets_a_declared_label(router: Router, text: str) -> None:
-    result = router.classify("sentiment", text)
+def test_adversarial_input_still_gets_a_declared_label(service: TaskService, text: str) -> None:
+    result = service.classify("sentiment", text)
     assert result.label in {"positive", "negative"}
     assert sum(result.probabilities.values()) == pytest.approx(1.0)
     assert result.display in {"😄 LLM 情感判断: 正面", "😡 LLM 情感判断: 负面"}
@@ -85,26 +87,33 @@ def cjk_share(text: str) -> float:
     return sum(bool(re.match(r"[\u4e00-\u9fff]", c)) for c in letters) / max(1, len(letters))
 
 
-def test_chat_answers_chinese_input_in_chinese(router: Router) -> None:
+def test_chat_answers_chinese_input_in_chinese(service: TaskService) -> None:
     session = ChatSession()
-    reply = "".join(
-        c.text
-        for c in router.stream(
-            "chat", "最近工作压力好大，晚上总是睡不着，怎么办？", session, {"seed": 1, "max_tokens": 80}
-        )
-    )
+    reply = service.generate(
+        "chat", "最近工作压力好大，晚上总是睡不着，怎么办？", session, {"seed": 1, "max_tokens": 80}
+    ).text
     assert len(reply.strip()) > 5
     assert cjk_share(reply) > 0.6, reply
 
 
-def test_combined_flow_on_the_real_model(router: Router) -> None:
+def test_combined_flow_on_the_real_model_tags_only_what_the_model_sees(
+    service: TaskService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Conversation] = []
+    stream = service.engine.stream
+    monkeypatch.setattr(service.engine, "stream", lambda conv, params: (seen.append(conv), stream(conv, params))[1])
     session = ChatSession()
-    events = list(router.analyze_and_reply(session, "今天被老板骂了，心情很糟糕", {"seed": 3, "max_tokens": 60}))
+    text = "今天被老板骂了，心情很糟糕"
+    call = TaskCall("chat", text, options={"seed": 3, "max_tokens": 60}, session=session, sentiment="sentiment")
+    events = list(service.run(call))
     first = events[0]
-    assert isinstance(first, Classification) and first.display == "😡 LLM 情感判断: 负面"
-    reply = "".join(getattr(e, "text", "") for e in events[1:])
+    assert isinstance(first, Classified) and first.result.display == "😡 LLM 情感判断: 负面"
+    reply = "".join(e.text for e in events if isinstance(e, Token))
     assert reply.strip() and cjk_share(reply) > 0.6
-    assert session.history[0] == {"role": "user", "content": "今天被老板骂了，心情很糟糕"}
+    tagged = model_messages(service.task("chat"), [Turn("user", text, "负面")])[0][-1].content
+    assert "负面" in tagged and tagged != text
+    assert seen[-1].messages[-1].content == tagged  # the model saw the tag
+    assert session.history[0] == {"role": "user", "content": text}  # the visible history did not
     assert "情感标签" not in reply
 
 
@@ -126,7 +135,7 @@ def test_eval_command_on_other_domains_with_the_real_model(tmp_path: Path, setti
 
 
 def test_the_shipped_head_is_on_by_default_and_stays_right_on_clear_sentences(settings: Settings) -> None:
-    heads = Router(settings.model_copy(update={"n_ctx": 2048, "use_heads": True}))
+    heads = TaskService(settings.model_copy(update={"n_ctx": 2048, "use_heads": True}))
     try:
         head = load_head(heads.task("sentiment"))
         assert head is not None and heads.engine.probe_layer == head.probe_layer  # the layer it was trained on

@@ -10,7 +10,7 @@ import pytest
 
 from allinone.chat import ChatSession
 from allinone.errors import InvalidInput
-from allinone.router import Router
+from allinone.service import TaskService
 from allinone.structured import validate
 from allinone.tasks import cjk_share
 
@@ -35,9 +35,9 @@ NEWS_EN = (
 @pytest.mark.parametrize("text", [NEWS_ZH, NEWS_EN], ids=["zh", "en"])
 @pytest.mark.parametrize(("length", "limit"), [("short", 150), ("medium", 400), ("60", 60)])
 def test_summary_respects_the_requested_length_in_the_texts_language(
-    router: Router, text: str, length: str, limit: int
+    service: TaskService, text: str, length: str, limit: int
 ) -> None:
-    reply = router.generate("summary", text, options={"length": length})
+    reply = service.generate("summary", text, options={"length": length})
     assert 5 < len(reply.text) <= limit, reply.text
     assert len(reply.text) < len(text)
     if text is NEWS_ZH:
@@ -55,15 +55,17 @@ def test_summary_respects_the_requested_length_in_the_texts_language(
         ("The meeting has been moved to Friday afternoon.", "zh", "周五"),
     ],
 )
-def test_translate_detects_the_direction_and_translates(router: Router, text: str, target: str, expect: str) -> None:
-    reply = router.generate("translate", text)
+def test_translate_detects_the_direction_and_translates(
+    service: TaskService, text: str, target: str, expect: str
+) -> None:
+    reply = service.generate("translate", text)
     assert reply.options == {"target": target}
     assert expect.lower() in reply.text.lower(), reply.text
     assert (cjk_share(reply.text) > 0.5) == (target == "zh"), reply.text
 
 
-def test_translate_follows_a_given_direction(router: Router) -> None:
-    reply = router.generate("translate", "Good morning", options={"target": "zh"})
+def test_translate_follows_a_given_direction(service: TaskService) -> None:
+    reply = service.generate("translate", "Good morning", options={"target": "zh"})
     assert cjk_share(reply.text) > 0.5, reply.text
 
 
@@ -81,8 +83,8 @@ INTENTS = [
 ]
 
 
-def test_intent_labels_clear_customer_messages(router: Router) -> None:
-    results = [(router.classify("intent", text), want, text) for text, want in INTENTS]
+def test_intent_labels_clear_customer_messages(service: TaskService) -> None:
+    results = [(service.classify("intent", text), want, text) for text, want in INTENTS]
     for r, _, _ in results:
         assert set(r.probabilities) == {"inquiry", "complaint", "order", "after_sales", "chitchat"}
         assert sum(r.probabilities.values()) == pytest.approx(1.0)
@@ -150,51 +152,51 @@ KEYWORD_INPUTS = [
 ]
 
 
-def test_keywords_is_always_a_json_array_of_the_declared_shape(router: Router) -> None:
-    schema = router.task("keywords").output_schema
+def test_keywords_is_always_a_json_array_of_the_declared_shape(service: TaskService) -> None:
+    schema = service.task("keywords").output_schema
     assert schema is not None and len(KEYWORD_INPUTS) >= 50
     grounded = 0
     for text in KEYWORD_INPUTS:
-        reply = router.generate("keywords", text)  # OutputInvalid would fail the test
+        reply = service.generate("keywords", text)  # OutputInvalid would fail the test
         assert validate(schema, reply.data) == [], (text, reply.data)
         assert json.loads(reply.text) is not None and all(k.strip() for k in reply.data)
         grounded += any(k.lower() in text.lower() for k in reply.data)
     assert grounded >= 0.8 * len(KEYWORD_INPUTS)  # keywords come from the text
 
 
-def test_keywords_of_blank_text_is_an_input_error(router: Router) -> None:
+def test_keywords_of_blank_text_is_an_input_error(service: TaskService) -> None:
     with pytest.raises(InvalidInput):
-        router.generate("keywords", "   ")
+        service.generate("keywords", "   ")
 
 
-def test_auto_routing_reaches_the_target_accuracy_on_the_routing_set(router: Router) -> None:
+def test_auto_routing_reaches_the_target_accuracy_on_the_routing_set(service: TaskService) -> None:
     rows = [json.loads(line) for line in ROUTING.read_text(encoding="utf-8").splitlines() if line.strip()]
-    assert len(rows) >= 60 and {r["task"] for r in rows} == set(router.tasks)
+    assert len(rows) >= 60 and {r["task"] for r in rows} == set(service.tasks)
     assert {cjk_share(r["text"]) > 0.5 for r in rows} == {True, False}
-    picked = [(router.route(r["text"]), r) for r in rows]
+    picked = [(service.pick_task(r["text"]), r) for r in rows]
     accuracy = sum(p.task == r["task"] for p, r in picked) / len(rows)
     assert all(0 < p.probability <= 1 for p, _ in picked)
     assert accuracy >= 0.85, [(r["text"][:30], r["task"], p.task) for p, r in picked if p.task != r["task"]]
 
 
-def chat_reply(router: Router, session: ChatSession, text: str, seed: int) -> str:
-    return "".join(c.text for c in router.stream("chat", text, session, {"seed": seed, "max_tokens": 40}))
+def chat_reply(service: TaskService, session: ChatSession, text: str, seed: int) -> str:
+    return "".join(c.text for c in service.stream("chat", text, session, {"seed": seed, "max_tokens": 40}))
 
 
-def test_other_tasks_between_chat_turns_leave_the_reply_identical(router: Router) -> None:
+def test_other_tasks_between_chat_turns_leave_the_reply_identical(service: TaskService) -> None:
     alone = ChatSession()
-    first = chat_reply(router, alone, "你好，我叫小明，最近在学做饭。", 11)
-    second = chat_reply(router, alone, "你还记得我叫什么吗？有什么简单的菜推荐？", 12)
+    first = chat_reply(service, alone, "你好，我叫小明，最近在学做饭。", 11)
+    second = chat_reply(service, alone, "你还记得我叫什么吗？有什么简单的菜推荐？", 12)
 
     mixed = ChatSession()
-    assert chat_reply(router, mixed, "你好，我叫小明，最近在学做饭。", 11) == first
-    router.classify("sentiment", "这家酒店服务太差了")
-    router.classify("intent", "我想退货")
-    router.generate("summary", NEWS_ZH, options={"length": "short"})
-    router.generate("keywords", "今天去颐和园划船")
-    router.generate("translate", "Good morning")
-    router.route("帮我翻译一下这句话")
+    assert chat_reply(service, mixed, "你好，我叫小明，最近在学做饭。", 11) == first
+    service.classify("sentiment", "这家酒店服务太差了")
+    service.classify("intent", "我想退货")
+    service.generate("summary", NEWS_ZH, options={"length": "short"})
+    service.generate("keywords", "今天去颐和园划船")
+    service.generate("translate", "Good morning")
+    service.pick_task("帮我翻译一下这句话")
     other = ChatSession()
-    chat_reply(router, other, "Tell me a joke.", 5)  # another conversation in between too
-    assert chat_reply(router, mixed, "你还记得我叫什么吗？有什么简单的菜推荐？", 12) == second
+    chat_reply(service, other, "Tell me a joke.", 5)  # another conversation in between too
+    assert chat_reply(service, mixed, "你还记得我叫什么吗？有什么简单的菜推荐？", 12) == second
     assert mixed.history == alone.history

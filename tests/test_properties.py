@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from allinone.errors import TaskDefinitionError
-from allinone.router import Router
 from allinone.server import create_app
 from allinone.server.schemas import (
     AnalyzeAndReplyRequest,
@@ -27,6 +26,7 @@ from allinone.server.schemas import (
     ChatRequest,
     TaskRequest,
 )
+from allinone.service import TaskService
 from allinone.settings import Settings
 from allinone.tasks import builtin_dir, load_task_file
 from tests.fakes import FakeEngine
@@ -153,7 +153,7 @@ KEY = "schemathesis-key"
 def _app(**overrides: Any) -> Any:
     home = Path(tempfile.mkdtemp(prefix="allinone-schemathesis-"))
     app_settings = Settings(home=home, log_file=home / "requests.log", **overrides)
-    return create_app(app_settings, Router(app_settings, JsonReplies()))  # the model is loaded: no lifespan needed
+    return create_app(app_settings, TaskService(app_settings, JsonReplies()))  # the model is loaded: no lifespan needed
 
 
 APPS = [  # the same requests to both: sessions in memory without keys; on disk, owned by a key
@@ -283,7 +283,7 @@ def _check_events(text: str) -> None:
 def any_input_client() -> Any:
     home = Path(tempfile.mkdtemp(prefix="allinone-any-input-"))
     app_settings = Settings(home=home, log_file=home / "requests.log")  # the sqlite session store
-    app = create_app(app_settings, Router(app_settings, JsonReplies()))
+    app = create_app(app_settings, TaskService(app_settings, JsonReplies()))
     with TestClient(app, raise_server_exceptions=False, base_url=LOCAL) as c:
         yield c
 

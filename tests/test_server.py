@@ -18,11 +18,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from allinone import router as router_module
+from allinone import service as service_module
 from allinone.engines.base import Chunk, GenParams, Prompt, Usage
 from allinone.errors import ContextOverflow, EngineError
-from allinone.router import Router
 from allinone.server import create_app
+from allinone.service import TaskService
 from allinone.settings import Settings
 from tests.fake_serve import fake_server
 from tests.fakes import FakeEngine
@@ -36,7 +36,7 @@ def negative(prompt: str, word: str) -> float:
 
 def make_client(tmp_path: Path, engine: FakeEngine | None = None, **overrides: Any) -> TestClient:
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)
-    app = create_app(settings, Router(settings, engine or FakeEngine(negative)))
+    app = create_app(settings, TaskService(settings, engine or FakeEngine(negative)))
     return TestClient(app, raise_server_exceptions=False, base_url=LOCAL)
 
 
@@ -88,7 +88,7 @@ def test_health_is_503_until_startup_has_loaded_the_model(tmp_path: Path, monkey
         loads.append(1)
         return FakeEngine(negative)
 
-    monkeypatch.setattr(router_module, "load_engine", load)
+    monkeypatch.setattr(service_module, "load_engine", load)
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log")
     app = create_app(settings)  # building the app does no work
     assert loads == []
@@ -556,7 +556,7 @@ class LockingEngine(FakeEngine):
 
 def test_many_requests_during_a_stream_queue_for_the_model_without_starving_the_thread_pool(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", max_queue=16)
-    app = create_app(settings, Router(settings, LockingEngine()))
+    app = create_app(settings, TaskService(settings, LockingEngine()))
 
     async def main() -> list[int]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = 4  # a small pool, easy to use up
@@ -590,7 +590,7 @@ class EndlessEngine(LockingEngine):
 def test_a_client_that_leaves_stops_the_generation_and_frees_the_engine(tmp_path: Path, path: str) -> None:
     engine = EndlessEngine()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log")
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     body = (
         {"model": "chat", "messages": [{"role": "user", "content": "hi"}]} if "completions" in path else {"text": "hi"}
     )
@@ -816,7 +816,7 @@ async def _until(condition: Any) -> None:
 def test_a_full_queue_answers_429_with_retry_after_at_once(tmp_path: Path) -> None:
     engine = GatedEngine()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", max_queue=1)
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     admission = app.state.services.admission
 
     async def main() -> tuple[list[int], httpx.Response, str, str, httpx.Response]:
@@ -857,13 +857,13 @@ async def _metrics(app: Any) -> str:
 def test_model_requests_get_503_with_retry_after_while_the_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(router_module, "load_engine", lambda settings, probe_layer=None: FakeEngine(negative))
+    monkeypatch.setattr(service_module, "load_engine", lambda settings, probe_layer=None: FakeEngine(negative))
     app = create_app(Settings(home=tmp_path, log_file=tmp_path / "requests.log"))
     c = TestClient(app, raise_server_exceptions=False, base_url=LOCAL)  # no lifespan: the model is not loaded yet
     r = c.post("/analyze", json={"text": "好"})
     assert r.status_code == 503 and r.json()["error"]["type"] == "model_loading"
     assert int(r.headers["retry-after"]) > 0
-    assert not app.state.services.router.loaded  # refused, not loaded on the request's time
+    assert not app.state.services.service.loaded  # refused, not loaded on the request's time
     assert 'allinone_rejected_total{reason="loading"} 1' in c.get("/metrics").text
 
 
@@ -882,7 +882,7 @@ def _post_within(app: Any, seconds: float, path: str, body: dict[str, Any]) -> h
 def test_the_request_timeout_ends_a_generation_with_504_and_frees_the_engine(tmp_path: Path, path: str) -> None:
     engine = EndlessEngine()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", request_timeout=0.3)
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     r = _post_within(app, 5, path, {"text": "hi"})
     assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
     assert engine.closed and engine.lock.acquire(timeout=1.0)  # generation stopped, engine free
@@ -892,7 +892,7 @@ def test_the_request_timeout_ends_a_generation_with_504_and_frees_the_engine(tmp
 def test_the_request_timeout_ends_a_started_stream_early(tmp_path: Path) -> None:
     engine = EndlessEngine()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", request_timeout=0.3)
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     r = _post_within(app, 5, "/v1/tasks/chat", {"text": "hi", "stream": True})
     assert r.status_code == 200  # already answered: the stream just ends
     assert engine.closed and engine.lock.acquire(timeout=1.0)
@@ -903,7 +903,7 @@ def test_the_request_timeout_ends_a_started_stream_early(tmp_path: Path) -> None
 def test_the_request_timeout_counts_the_time_waiting_in_the_queue(tmp_path: Path) -> None:
     engine = GatedEngine()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", request_timeout=0.3)
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     admission = app.state.services.admission
 
     async def main() -> httpx.Response:

@@ -23,8 +23,8 @@ from openai import OpenAI
 from pydantic import BaseModel
 
 from allinone.engines.llamacpp import LlamaCppEngine
-from allinone.router import Router
 from allinone.server import create_app
+from allinone.service import TaskService
 from allinone.settings import Settings
 from allinone.tasks import builtin_dir
 from tests.servers import serving
@@ -65,7 +65,7 @@ def live(settings: Settings, engine: LlamaCppEngine, tmp_path_factory: pytest.Te
     (tmp / "tasks").mkdir()
     (tmp / "tasks" / "chat.yaml").write_text(yaml.safe_dump(chat, allow_unicode=True), encoding="utf-8")
     live_settings = settings.model_copy(update={"tasks_dir": tmp / "tasks", "log_file": tmp / "requests.log"})
-    app = create_app(live_settings, Router(live_settings, engine))
+    app = create_app(live_settings, TaskService(live_settings, engine))
     with serving(app) as port:
         yield Live(f"http://127.0.0.1:{port}", port, engine, tmp / "requests.log")
 
@@ -220,7 +220,7 @@ def test_openai_client_with_an_api_key_on_a_server_that_requires_one(
     settings: Settings, engine: LlamaCppEngine, tmp_path: Path
 ) -> None:
     keyed = settings.model_copy(update={"api_keys": ["k1", "k2"], "log_file": tmp_path / "requests.log"})
-    with serving(create_app(keyed, Router(keyed, engine))) as port:
+    with serving(create_app(keyed, TaskService(keyed, engine))) as port:
         url = f"http://127.0.0.1:{port}/v1"
         messages: Any = [{"role": "user", "content": NEGATIVE}]
         good = OpenAI(base_url=url, api_key="k2", max_retries=0, timeout=120)
@@ -404,7 +404,7 @@ def test_web_page_asks_for_the_api_key_on_401_and_then_sends_it(
     from playwright.sync_api import expect, sync_playwright
 
     keyed = settings.model_copy(update={"api_keys": ["k1"], "log_file": tmp_path / "requests.log"})
-    with serving(create_app(keyed, Router(keyed, engine))) as port, sync_playwright() as p:
+    with serving(create_app(keyed, TaskService(keyed, engine))) as port, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
@@ -428,7 +428,7 @@ def test_serve_computes_every_tasks_prefix_before_it_is_ready(
 ) -> None:
     engine.clear_cache()  # nothing cached: whatever the first requests find, the start-up put there
     app_settings = settings.model_copy(update={"home": tmp_path, "log_file": tmp_path / "requests.log"})
-    with serving(create_app(app_settings, Router(app_settings, engine))) as port:
+    with serving(create_app(app_settings, TaskService(app_settings, engine))) as port:
         url = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
         first = httpx.post(f"{url}/analyze", json={"text": NEGATIVE}, timeout=60).json()

@@ -16,8 +16,9 @@ from fastapi.testclient import TestClient
 
 from allinone import cli as cli_module
 from allinone.chat import ChatSession, Turn
-from allinone.router import Router
+from allinone.events import TaskCall
 from allinone.server import create_app
+from allinone.service import TaskService
 from allinone.sessions import ANONYMOUS, Limits, MemorySessions, SqliteSessions, owner_of
 from allinone.settings import Settings
 from tests.fakes import FakeEngine
@@ -27,7 +28,7 @@ ALICE, BOB = {"Authorization": "Bearer alice-key"}, {"Authorization": "Bearer bo
 
 def client(tmp_path: Path, engine: FakeEngine | None = None, **overrides: Any) -> TestClient:
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)
-    app = create_app(settings, Router(settings, engine or FakeEngine()))
+    app = create_app(settings, TaskService(settings, engine or FakeEngine()))
     return TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1")
 
 
@@ -175,9 +176,9 @@ def test_only_the_turns_that_can_fit_the_context_are_loaded(tmp_path: Path) -> N
     assert len(store.get(whole.id).turns) == 2000  # the conversation itself is whole
 
     engine, prompts = FakeEngine(), []  # the fake engine's context is 4096 tokens, a token a character
-    router = Router(Settings(home=tmp_path), engine)
+    service = TaskService(Settings(home=tmp_path), engine)
     for session in (loaded, ChatSession("all", list(whole.turns))):
-        list(router.stream("chat", "next", session))
+        list(service.run(TaskCall("chat", "next", session=session)))
         prompts.append(engine.prompts[-1].text)
     assert prompts[0] == prompts[1]  # the same prompt as with every turn loaded
 

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from allinone import cli as cli_module
 from allinone.chat import Turn
 from allinone.errors import SessionNotFound, SessionStoreError
-from allinone.router import Router
 from allinone.server import create_app
+from allinone.service import TaskService
 from allinone.sessions import (
     ANONYMOUS,
     DAY,
@@ -158,7 +158,7 @@ def test_concurrent_writers_on_two_connections_keep_every_turn_pair_intact(tmp_p
 def test_databases_and_logs_are_created_0600_in_a_0700_dir(tmp_path: Path) -> None:
     home = tmp_path / "new" / "home"
     settings = Settings(home=home, log_file=home / "logs" / "requests.log", request_log=True)
-    app = create_app(settings, Router(settings, FakeEngine(lambda p, w: 0.0)))
+    app = create_app(settings, TaskService(settings, FakeEngine(lambda p, w: 0.0)))
     with TestClient(app, base_url="http://127.0.0.1") as c:
         assert c.post("/chat", json={"text": "你好"}).status_code == 200
         app.state.services.log.flush()
@@ -210,7 +210,7 @@ def test_the_server_uses_the_sqlite_store_by_default_so_sessions_survive_a_new_a
     def app(**overrides: object) -> TestClient:
         settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", **overrides)  # type: ignore[arg-type]
         return TestClient(
-            create_app(settings, Router(settings, FakeEngine(lambda p, w: 0.0))), base_url="http://127.0.0.1"
+            create_app(settings, TaskService(settings, FakeEngine(lambda p, w: 0.0))), base_url="http://127.0.0.1"
         )
 
     assert isinstance(open_store(Settings(home=tmp_path)), SqliteSessions)

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 
 from allinone.engines.base import Chunk, Conversation, GenParams, Usage
-from allinone.router import Router
 from allinone.server import create_app
+from allinone.service import TaskService
 from allinone.settings import Settings
 from tests.fakes import FakeEngine
 from tests.servers import serving
@@ -43,7 +43,7 @@ class FloodEngine(FakeEngine):
 def test_a_client_that_never_reads_its_stream_frees_the_model_at_the_request_timeout(tmp_path: Path) -> None:
     engine = FloodEngine()
     settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", request_timeout=2)
-    app = create_app(settings, Router(settings, engine))
+    app = create_app(settings, TaskService(settings, engine))
     with serving(app) as port:
         body = json.dumps({"text": "flood", "stream": True}).encode()
         head = "POST /v1/tasks/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"

@@ -126,8 +126,15 @@ def test_a_task_dir_entry_that_is_not_a_small_regular_file_is_refused_at_once(
 
 
 def test_truncation_keeps_head_and_tail() -> None:
-    t = load_tasks()["sentiment"].truncation.model_copy(update={"max_chars": 20, "head_ratio": 0.5})
+    t = load_tasks()["sentiment"].truncation.model_copy(update={"max_chars": 20, "start_share": 0.5})
     text = "开头" * 10 + "中间" * 50 + "结尾" * 5
     cut, was_cut = t.apply(text)
     assert was_cut and cut.startswith("开头" * 5) and cut.endswith("结尾" * 5) and "中间" not in cut
     assert t.apply("短文本") == ("短文本", False)
+
+
+def test_a_task_file_with_the_old_head_ratio_key_still_loads_as_start_share() -> None:
+    from allinone.tasks.model import Truncation
+
+    assert Truncation.model_validate({"head_ratio": 0.3}).start_share == 0.3
+    assert Truncation.model_validate({"start_share": 0.7}).start_share == 0.7

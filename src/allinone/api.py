@@ -17,8 +17,9 @@ from typing import Any
 
 from .chat import ChatSession
 from .classify import Classification
+from .events import Classified, TaskCall, Token
 from .generate import Generated
-from .router import Router
+from .service import TaskService
 from .settings import Settings
 
 __all__ = ["AllInOne", "Chat"]
@@ -31,7 +32,7 @@ class AllInOne:
     def __init__(self, model: str | None = None, **settings: Any) -> None:
         if model is not None:
             settings["model"] = model
-        self.service = Router(Settings(**settings))
+        self.service = TaskService(Settings(**settings))
         self.service.engine  # noqa: B018 - load now, not on the first call
 
     @property
@@ -49,9 +50,9 @@ class AllInOne:
 
     def stream(self, task: str, text: str, **options: Any) -> Iterator[str]:
         """A generate task's reply as it is generated."""
-        for chunk in self.service.stream(task, text, options=options):
-            if chunk.text:
-                yield chunk.text
+        for event in self.service.run(TaskCall(task, text, options=options)):
+            if isinstance(event, Token) and event.text:
+                yield event.text
 
     def chat(self, sentiment: bool = True, task: str = "chat") -> Chat:
         """A new conversation; with `sentiment`, each message gets its sentiment first (the combined flow)."""
@@ -70,7 +71,7 @@ class AllInOne:
 class Chat:
     """A multi-turn conversation held in memory (the history as the model sees it, sentiment tags included)."""
 
-    def __init__(self, service: Router, sentiment: bool = True, task: str = "chat") -> None:
+    def __init__(self, service: TaskService, sentiment: bool = True, task: str = "chat") -> None:
         self.service, self.sentiment, self.task = service, sentiment, task
         self.session = ChatSession()
 
@@ -84,15 +85,11 @@ class Chat:
     def stream(self, text: str, **options: Any) -> Iterator[Classification | str]:
         """The message's Classification first (with `sentiment`), then the reply's text as it is generated; the
         turn is kept once the reply is complete."""
-        events = (
-            self.service.analyze_and_reply(self.session, text, options, chat_task=self.task)
-            if self.sentiment
-            else self.service.stream(self.task, text, self.session, options)
-        )
-        for event in events:
-            if isinstance(event, Classification):
-                yield event
-            elif event.text:
+        sentiment = "sentiment" if self.sentiment else None
+        for event in self.service.run(TaskCall(self.task, text, None, options, self.session, sentiment)):
+            if isinstance(event, Classified):
+                yield event.result
+            elif isinstance(event, Token) and event.text:
                 yield event.text
 
     def send(self, text: str, **options: Any) -> tuple[Classification | None, str]:

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from .classify import require_text
 from .engines.base import Chunk, Conversation, Engine, GenParams, Message
 from .errors import InvalidInput
 from .tasks import Task
@@ -95,7 +94,7 @@ def stream_reply(
     The last chunk says whether the input was cut and how many old turns were left out to fit the context."""
     if task.kind != "generate":
         raise InvalidInput(f"task '{task.name}' is not a generate task")
-    text, truncated = task.truncation.apply(require_text(text), engine.count_tokens)
+    text, truncated = task.truncation.apply(text, engine.count_tokens)  # checked by the task service
     user = Turn("user", text, sentiment)
     history = session.turns if task.multi_turn else []
     n_ctx = engine.info.n_ctx

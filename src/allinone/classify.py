@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engines.base import Conversation, Engine, Scores, Scoring, Usage
-from .errors import InvalidInput, TaskDefinitionError
+from .errors import EmptyText, InvalidInput, TaskDefinitionError
 from .head import LinearHead
 from .tasks import Task
 
@@ -31,8 +31,9 @@ class Classification:
 
 
 def require_text(text: str) -> str:
+    """The text, unless it is empty or only whitespace (EmptyText: a 400 in both languages)."""
     if not text or not text.strip():
-        raise InvalidInput("empty text: please enter some text / 请输入文本")
+        raise EmptyText()
     return text
 
 
@@ -139,7 +140,7 @@ def classify(engine: Engine, task: Task, text: str, use_head: bool = False) -> C
     """Score every label of a classify task for one text (one forward pass)."""
     if task.kind != "classify" or task.labels is None:
         raise InvalidInput(f"task '{task.name}' is not a classify task")
-    text, truncated = task.truncation.apply(require_text(text), engine.count_tokens)
+    text, truncated = task.truncation.apply(text, engine.count_tokens)
     head = usable_head(engine, task) if use_head else None
     return _result(task, score_words(engine, task, text, hidden=head is not None), truncated, engine, head)
 
@@ -155,7 +156,7 @@ def classify_many(engine: Engine, task: Task, texts: Sequence[str], use_head: bo
         raise InvalidInput(f"task '{task.name}' is not a classify task")
     head = usable_head(engine, task) if use_head else None
     if head is not None or len(texts) < 2:
-        return [classify(engine, task, t, use_head) for t in texts]
+        return [classify(engine, task, require_text(t), use_head) for t in texts]
     cut = [task.truncation.apply(require_text(t), engine.count_tokens) for t in texts]
     words = [w for label in task.labels for w in label.words]
     scores = engine.score_batch([conversation(task, t) for t, _ in cut], words)

@@ -1,4 +1,4 @@
-"""The command line: a thin edge over the same Router the HTTP service uses."""
+"""The command line: a thin edge over the same TaskService the HTTP service uses."""
 
 from __future__ import annotations
 
@@ -89,10 +89,10 @@ def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _router(model: str | None, tasks_dir: Path | None, probe_layer: int | None = None) -> Any:
-    from .router import Router
+def _service(model: str | None, tasks_dir: Path | None, probe_layer: int | None = None) -> Any:
+    from .service import TaskService
 
-    return Router(_settings(model=model, tasks_dir=tasks_dir), probe_layer=probe_layer)
+    return TaskService(_settings(model=model, tasks_dir=tasks_dir), probe_layer=probe_layer)
 
 
 def _read_text(text: str) -> str:
@@ -148,48 +148,51 @@ def run(
     tasks_dir: Path | None,
 ) -> None:
     """Run TASK on TEXT ('-' reads stdin); TASK `auto` lets the model pick the task first."""
-    from .routing import AUTO
+    from .engines.base import GENERATION_OPTIONS
+    from .events import Classified, Done, Picked, TaskCall, Token
 
-    router = _router(model, tasks_dir)
-    text = _read_text(text)
-    options = _pairs(task_options, "--option")
-    router.engine  # noqa: B018 - load first, so timing_ms is the request alone
+    own = _pairs(task_options, "--option")
+    flags = sorted(set(own) & set(GENERATION_OPTIONS))
+    if flags:
+        raise UserError(f"{flags} are generation settings: use --max-tokens, --temperature, --seed")
+    service = _service(model, tasks_dir)
+    options = {**own, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+    call = TaskCall(task, _read_text(text), options=options)
+    service.engine  # noqa: B018 - load first, so timing_ms is the request alone
     start = time.perf_counter()
-    route = None
-    if task == AUTO:
-        route = router.route(text)
-        task = route.task
-        if not as_json:
-            click.echo(f"auto → {task} ({route.probability:.2f})")
-    extra = {"route": asdict(route)} if route else {}
-    t = router.task(task)
-    unknown = sorted(set(options) - set(t.options))  # generation settings have their own flags
-    if unknown:
-        own = ", ".join(t.options) or "none"
-        raise UserError(
-            f"task '{task}' has no option(s) {unknown} (its options: {own}; use --max-tokens etc. for generation)"
-        )
-    if t.kind == "classify":
-        result = router.classify(task, text, options)
-        ms = (time.perf_counter() - start) * 1000
-        if as_json:
-            click.echo(json.dumps({**extra, **asdict(result), "timing_ms": round(ms, 1)}, ensure_ascii=False))
-        else:
-            note = "  [the server has no logprobs: the model's choice]" if result.scoring == "choice" else ""
-            click.echo(f"{result.display}   ({_probs_line(result.probabilities)}){note}")
-        return
-    gen_options = {**options, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
-    if t.output_schema is not None or as_json:  # structured results are shown whole, once parsed
-        reply = router.generate(task, text, options=gen_options)
-        ms = (time.perf_counter() - start) * 1000
-        if as_json:
-            click.echo(json.dumps({**extra, **asdict(reply), "timing_ms": round(ms, 1)}, ensure_ascii=False))
-        else:
-            click.echo(json.dumps(reply.data, ensure_ascii=False))
-        return
-    for chunk in router.stream(task, text, options=gen_options):
-        click.echo(chunk.text, nl=False)
-    click.echo()
+    picked, streamed = None, False
+    for event in service.run(call):
+        if isinstance(event, Picked):
+            picked = event.pick
+            if not as_json:
+                click.echo(f"auto → {picked.task} ({picked.probability:.2f})")
+        elif isinstance(event, Token) and not as_json and service.task(call_task(picked, task)).output_schema is None:
+            click.echo(event.text, nl=False)  # a structured reply is shown whole, once parsed
+            streamed = True
+        elif isinstance(event, Done):
+            _print_result(event.result, picked, as_json, streamed, (time.perf_counter() - start) * 1000)
+        elif isinstance(event, Classified):
+            pass  # the same result comes with Done
+
+
+def call_task(picked: Any, task: str) -> str:
+    """The task that runs: the one auto picked, else the one named."""
+    return picked.task if picked is not None else task
+
+
+def _print_result(result: Any, picked: Any, as_json: bool, streamed: bool, ms: float) -> None:
+    from .classify import Classification
+
+    if as_json:
+        extra = {"route": asdict(picked)} if picked else {}
+        click.echo(json.dumps({**extra, **asdict(result), "timing_ms": round(ms, 1)}, ensure_ascii=False))
+    elif isinstance(result, Classification):
+        note = "  [the server has no logprobs: the model's choice]" if result.scoring == "choice" else ""
+        click.echo(f"{result.display}   ({_probs_line(result.probabilities)}){note}")
+    elif streamed:
+        click.echo()
+    else:
+        click.echo(json.dumps(result.data, ensure_ascii=False))
 
 
 @cli.command()
@@ -199,10 +202,10 @@ def run(
 def chat(no_sentiment: bool, seed: int | None, model: str | None, tasks_dir: Path | None) -> None:
     """Interactive chat: each message gets its sentiment line, then the streamed reply."""
     from .chat import ChatSession
-    from .classify import Classification
+    from .events import Classified, TaskCall, Token
 
-    router = _router(model, tasks_dir)
-    router.engine  # load now, not on the first message  # noqa: B018
+    service = _service(model, tasks_dir)
+    service.engine  # load now, not on the first message  # noqa: B018
     session = ChatSession()
     click.echo("输入消息开始对话；/reset 清空历史，/exit 退出。 (Type a message; /reset, /exit.)", err=True)
     while True:
@@ -220,18 +223,13 @@ def chat(no_sentiment: bool, seed: int | None, model: str | None, tasks_dir: Pat
             session.reset()
             click.echo("（对话已清空 / history cleared）")
             continue
-        options = {"seed": seed}
-        events = (
-            router.stream("chat", line, session, options)
-            if no_sentiment
-            else router.analyze_and_reply(session, line, options)
-        )
+        call = TaskCall("chat", line, None, {"seed": seed}, session, None if no_sentiment else "sentiment")
         try:
-            for event in events:
-                if isinstance(event, Classification):
-                    click.echo(event.display)
+            for event in service.run(call):
+                if isinstance(event, Classified):
+                    click.echo(event.result.display)
                     click.echo("助手> ", nl=False)
-                else:
+                elif isinstance(event, Token):
                     click.echo(event.text, nl=False)
         except AllInOneError as e:
             click.echo(f"error: {e}", err=True)
@@ -431,21 +429,21 @@ def eval_cmd(
 
     from .evaluate import Prediction, metrics
 
-    router = _router(model, tasks_dir)
-    t = router._kind(task, "classify")
+    service = _service(model, tasks_dir)
+    t = service._kind(task, "classify")
     rows = _labelled_rows(t, file, text_field, label_field, label_map, limit)
-    router.engine  # noqa: B018
+    service.engine  # noqa: B018
     preds = []
     start = time.perf_counter()
     with _progress(len(rows), f"eval {task}") as bar:
-        step = router.settings.batch_size
-        for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
-            for row, r in zip(chunk, router.classify_many(task, [row.text for row in chunk]), strict=True):
+        step = service.settings.batch_size
+        for i in range(0, len(rows), step):
+            chunk = rows[i : i + step]
+            for row, r in zip(chunk, service.classify_many(task, [row.text for row in chunk]), strict=True):
                 preds.append(Prediction(row.line, row.label or "", r.label, r.probabilities, r.usage.prompt_tokens))
             bar.update(len(chunk))
     m = metrics(preds, [lb.id for lb in t.labels or []], time.perf_counter() - start)
-    m.extra = {"task": task, "file": str(file), "model": router.engine.info.model}
+    m.extra = {"task": task, "file": str(file), "model": service.engine.info.model}
     _print_metrics(m)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
@@ -506,21 +504,21 @@ def classify_cmd(
 
     if out.suffix.lower() not in (".jsonl", ".csv"):
         raise UserError(f"--output must end in .jsonl or .csv: {out}")
-    router = _router(model, tasks_dir)
-    t = router._kind(task, "classify")
+    service = _service(model, tasks_dir)
+    t = service._kind(task, "classify")
     label_ids = [lb.id for lb in t.labels or []]
     total = count_rows(file) if limit is None else min(limit, count_rows(file))
     done = _completed_rows(out)
     if done >= total:
         click.echo(f"{out}: all {total} rows already done")
         return
-    router.engine  # noqa: B018
+    service.engine  # noqa: B018
     with out.open("a", encoding="utf-8", newline="") as f, _progress(total, f"classify {task}") as bar:
         bar.update(done)
         writer = None
         rows = islice(read_rows(file, text_field), done, limit)
-        while chunk := list(islice(rows, router.settings.batch_size)):  # constant memory: one batch at a time
-            for row, r in zip(chunk, router.classify_many(task, [row.text for row in chunk]), strict=True):
+        while chunk := list(islice(rows, service.settings.batch_size)):  # constant memory: one batch at a time
+            for row, r in zip(chunk, service.classify_many(task, [row.text for row in chunk]), strict=True):
                 if out.suffix.lower() == ".jsonl":
                     record = {**row.data, "predicted_label": r.label, "probabilities": r.probabilities}
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -639,8 +637,8 @@ def serve(
     """Serve every task over HTTP: the web page at /, the API under /v1, docs at /docs."""
     import uvicorn
 
-    from .router import Router
     from .server import create_app
+    from .service import TaskService
 
     level = log_level.upper() if log_level else None
     settings = _settings(host=host, port=port, log_level=level, log_file=log_file, model=model, tasks_dir=tasks_dir)
@@ -650,16 +648,16 @@ def serve(
             " (set ALLINONE_API_KEYS).",
             err=True,
         )
-    router = Router(settings)
+    service = TaskService(settings)
     click.echo("loading the model…", err=True)
-    router.engine  # load before serving, so a bad model is a one-line error  # noqa: B018
+    service.engine  # load before serving, so a bad model is a one-line error  # noqa: B018
     click.echo(f"serving on http://{settings.host}:{settings.port}  (page /, API docs /docs)", err=True)
     # SIGTERM: uvicorn stops accepting, lets requests in flight finish (then cuts them), runs the app's
     # shutdown (the session store is closed), and re-raises the signal; a handler of ours makes that exit 0
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         uvicorn.run(
-            create_app(settings, router),
+            create_app(settings, service),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
@@ -718,14 +716,14 @@ def train_head_cmd(
     from .classify import label_scores, score_words
     from .head import train_head
 
-    router = _router(model, tasks_dir, probe_layer)
-    t = router._kind(task, "classify")
+    service = _service(model, tasks_dir, probe_layer)
+    t = service._kind(task, "classify")
     rows = _labelled_rows(t, file, text_field, label_field, label_map, limit, exclude)
     features, golds = [], []
     with _progress(len(rows), f"features {task}") as bar:
         for row in rows:
             scores = score_words(
-                router.engine, t, t.truncation.apply(row.text, router.engine.count_tokens)[0], hidden=True
+                service.engine, t, t.truncation.apply(row.text, service.engine.count_tokens)[0], hidden=True
             )
             assert scores.hidden is not None
             features.append([*scores.hidden, *label_scores(t, scores.logprobs)])
@@ -736,9 +734,9 @@ def train_head_cmd(
         {
             "task": task,
             "file": file.name,
-            "model": router.engine.info.model,
+            "model": service.engine.info.model,
             "excluded": [p.name for p in exclude],
-            "probe_layer": router.engine.probe_layer,  # what the features really were
+            "probe_layer": service.engine.probe_layer,  # what the features really were
         }
     )
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .engines.base import Chunk, Engine, Usage
-from .structured import parse_output
-from .tasks import Task
+from .engines.base import Chunk, Engine, TokenLogprob, Usage
 
-__all__ = ["Generated", "cut_at_sentence", "join_reply", "limit_stream", "token_budget"]
+__all__ = ["Generated", "cut_at_sentence", "limit_stream", "token_budget"]
 
 _ENDS = "。！？；!?;\n"
 
@@ -26,6 +24,7 @@ class Generated:
     options: dict[str, str] = field(default_factory=dict)  # the task options used, `auto` resolved
     truncated: bool = False  # the input was cut to the task's limit
     trimmed_turns: int = 0  # old history turns left out to fit the context window
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # each token's, when they were asked for
 
 
 def sentence_ends(text: str, final: bool) -> list[int]:
@@ -86,18 +85,3 @@ def token_budget(engine: Engine, text: str, max_chars: int) -> int:
     sample = text[:400]
     per_char = engine.count_tokens(sample) / max(1, len(sample))
     return math.ceil(max_chars * max(per_char, 0.2) * 1.5) + 8
-
-
-def join_reply(task: Task, chunks: Iterable[Chunk], options: dict[str, str] | None = None) -> Generated:
-    """The whole reply of a generate task; with output_schema, its parsed JSON (or OutputInvalid)."""
-    parts, last = [], Chunk("")
-    for last in chunks:
-        parts.append(last.text)
-    text = "".join(parts)
-    data = None
-    if task.output_schema is not None:
-        data = parse_output(task.output_schema, text, last.finish_reason)
-    usage = last.usage or Usage()
-    return Generated(
-        task.name, text, last.finish_reason, usage, data, options or {}, last.truncated, last.trimmed_turns
-    )

@@ -93,6 +93,9 @@ class GenParams:
     logprobs: int | None = None  # with each generated token, its log-probability and this many alternatives
 
 
+GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "logprobs")  # a request's
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """A token's log-probability under the model (before sampling settings), with the most likely alternatives."""

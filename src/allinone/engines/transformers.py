@@ -31,7 +31,7 @@ _TURN_ENDS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")  # c
 
 
 @dataclass(eq=False)
-class _Saved:
+class _SavedCache:
     """A KV cache (a transformers Cache object) and the tokens it holds."""
 
     tokens: list[int]
@@ -110,7 +110,7 @@ class TransformersEngine(Engine):
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self._bytes_per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
         self._cache_bytes = cache_mb << 20
-        self._saved: list[_Saved] = []
+        self._saved: list[_SavedCache] = []
         self._clock = 0
         self._lock = threading.Lock()
         self._llg_tokenizer: Any = None  # llguidance's view of the tokenizer, for output schemas (built on first use)
@@ -161,11 +161,11 @@ class TransformersEngine(Engine):
 
         return DynamicCache(config=self.model.config)
 
-    def _save(self, tokens: list[int], cache: Any, pinned: bool) -> _Saved:
+    def _save(self, tokens: list[int], cache: Any, pinned: bool) -> _SavedCache:
         """Keep a cache; unpinned ones are evicted least recently used first, a superseded chat turn at once."""
         self._clock += 1
         self._saved = [s for s in self._saved if s.pinned or s.tokens != tokens[: len(s.tokens)]]
-        saved = _Saved(list(tokens), cache, pinned, self._clock)
+        saved = _SavedCache(list(tokens), cache, pinned, self._clock)
         self._saved.append(saved)
         while sum(len(s.tokens) for s in self._saved) * self._bytes_per_token > self._cache_bytes:
             unpinned = [s for s in self._saved if not s.pinned and s is not saved]

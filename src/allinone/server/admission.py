@@ -14,7 +14,7 @@ import anyio
 from ..engines.base import Slots
 from ..errors import AllInOneError
 from ..logs import RequestRecord
-from .metrics import Metrics
+from .metrics import ServiceMetrics
 
 
 class QueueFull(AllInOneError):
@@ -29,6 +29,10 @@ class ModelLoading(AllInOneError):
 
     message_zh = "模型加载中，请稍后重试"
     retry_after = 5
+
+
+class ClientGone(AllInOneError):
+    """The client closed the connection before its result was ready (logged as status 499)."""
 
 
 class RequestTimeout(AllInOneError):
@@ -49,7 +53,7 @@ class Admission:
         self,
         max_queue: int,
         timeout: float,
-        metrics: Metrics,
+        metrics: ServiceMetrics,
         ready: Callable[[], bool],
         slots: Callable[[], Slots] = Slots,
     ) -> None:

@@ -16,11 +16,11 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from ..logs import RequestLog
-from ..router import Router
+from ..service import TaskService
 from ..sessions import open_store
 from ..settings import Settings
-from . import completions, errors, openai_compat, routes
-from .metrics import Metrics
+from . import completions, endpoints, errors, openai_compat
+from .metrics import ServiceMetrics
 from .middleware import ApiKeys, BodyLimit, HostCheck, Observe, allowed_hosts
 from .schemas import ErrorOut
 from .state import Services
@@ -55,19 +55,19 @@ def open_paths() -> set[str]:
     return {"/", "/health", "/favicon.ico", *(f"/static/{p.name}" for p in STATIC.iterdir() if p.is_file())}
 
 
-def create_app(settings: Settings | None = None, router: Router | None = None) -> FastAPI:
-    """The app; the model is loaded at startup (or taken from an injected `router`)."""
+def create_app(settings: Settings | None = None, service: TaskService | None = None) -> FastAPI:
+    """The app; the model is loaded at startup (or taken from an injected `service`)."""
     settings = settings or Settings()
-    owns_engine = router is None or not router.loaded
-    router = router or Router(settings)
-    shared = Services(settings, router, open_store(settings), Metrics(), RequestLog(settings))
+    owns_engine = service is None or not service.loaded
+    service = service or TaskService(settings)
+    shared = Services(settings, service, open_store(settings), ServiceMetrics(), RequestLog(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         start = time.perf_counter()
         shared.warming = True
-        engine = await run_in_threadpool(lambda: shared.router.engine)  # load once, off the event loop
-        await run_in_threadpool(shared.router.warm)  # every task's prefix: the first requests are not slower
+        engine = await run_in_threadpool(lambda: shared.service.engine)  # load once, off the event loop
+        await run_in_threadpool(shared.service.warm)  # every task's prefix: the first requests are not slower
         shared.warming = False
         shared.metrics.model_loaded = 1
         log.info("model %s ready in %.1f s (tasks warm)", engine.info.model, time.perf_counter() - start)
@@ -94,9 +94,9 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
     )
     app.state.services = shared
     errors.install(app)
-    app.include_router(routes.router)
-    app.include_router(openai_compat.router)
-    app.include_router(completions.router)
+    app.include_router(endpoints.api)
+    app.include_router(openai_compat.api)
+    app.include_router(completions.api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(ApiKeys, keys=settings.api_keys, open_paths=open_paths())

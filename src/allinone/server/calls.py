@@ -1,34 +1,26 @@
-"""Model calls from async routes: classification off the event loop, and streamed or joined replies."""
+"""Task calls from async endpoints: the service's events stepped in worker threads, each phase on its own lane of
+the model's slots, collected into an Outcome (joined) or passed on as they come (streamed)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from ..auto import Pick
 from ..chat import ChatSession
 from ..classify import Classification
-from ..engines.base import Chunk, TokenLogprob, Usage
-from ..errors import EmptyText
+from ..engines.base import TokenLogprob, Usage
+from ..events import Classified, Done, Echoed, Event, Lane, Picked, TaskCall, Token
+from ..generate import Generated
 from ..logs import RequestRecord
-from ..routing import Route
-from ..structured import parse_output
-from ..tasks import Task
-from .admission import RequestTimeout
-from .schemas import RouteOut, Timing, UsageOut
+from .admission import ClientGone, RequestTimeout
+from .schemas import PickOut, Timing, UsageOut
 from .state import owner, record, services
 from .streaming import END, ThreadedStream, follow
-
-
-def require_text(text: str) -> str:
-    """Validate text at the edge: empty or whitespace-only is a 400 in both languages."""
-    if not text.strip():
-        raise EmptyText()
-    return text
 
 
 def usage_out(usage: Usage) -> UsageOut:
@@ -40,11 +32,11 @@ def timing(rec: RequestRecord, sentiment_ms: float | None = None) -> Timing:
 
 
 def note(request: Request, task: str, text: str, prompt: str | None = None) -> RequestRecord:
-    """Put the task, its input and the head of its prompt (the task's, unless given) in the request's record."""
+    """Put the task, its input and the start of its prompt (the task's, unless given) in the request's record."""
     rec, svc = record(request), services(request)
     svc.admission.check_ready()  # before anything touches the model
     rec.task, rec.input = task, svc.log.keep(text)
-    rec.prompt = svc.router.prompt_head(task) if prompt is None else svc.log.keep(prompt)
+    rec.prompt = svc.service.prompt_preview(task) if prompt is None else svc.log.keep(prompt)
     return rec
 
 
@@ -53,94 +45,85 @@ async def open_session(request: Request, session_id: str | None) -> ChatSession:
     return await run_in_threadpool(services(request).sessions.open, session_id, owner(request))
 
 
-async def classify(request: Request, task: str, text: str, options: dict[str, Any] | None = None) -> Classification:
-    """Run a classify task (with its own options, if any) in the thread pool, filling in the request's record."""
-    rec = note(request, task, text)
-    svc = services(request)
-    async with svc.admission.hold("score", svc.admission.deadline(rec), again=_routed(request)):
-        result = await run_in_threadpool(svc.router.classify, task, require_text(text), options)
-    rec.add_usage(result.usage)
-    rec.output = result.label
-    return result
-
-
-async def route(request: Request, text: str) -> Route:
-    """The task the model picks for `text` (task `auto`); its usage counts toward the request's."""
-    svc = services(request)
-    async with svc.admission.hold("score", svc.admission.deadline(record(request))):
-        found = await run_in_threadpool(svc.router.route, require_text(text))
-    request.state.routed = True  # the task's own model call then counts as the same place in the queue
-    record(request).add_usage(found.usage)
-    return found
-
-
-def _routed(request: Request) -> bool:
-    return bool(getattr(request.state, "routed", False))
-
-
-def route_out(found: Route | None) -> RouteOut | None:
+def pick_out(found: Pick | None) -> PickOut | None:
     if found is None:
         return None
-    return RouteOut(task=found.task, probability=found.probability, probabilities=found.probabilities)
-
-
-def parsed(task: Task, text: str, finish_reason: str | None) -> Any:
-    """A task with output_schema: its reply's JSON (OutputInvalid when the reply does not parse)."""
-    return None if task.output_schema is None else parse_output(task.output_schema, text, finish_reason)
+    return PickOut(task=found.task, probability=found.probability, probabilities=found.probabilities)
 
 
 @dataclass
-class Reply:
-    """What a generation has produced so far; its usage adds up in the request's record."""
+class Outcome:
+    """What a call has produced so far; usage adds up in the request's record as it comes."""
 
     rec: RequestRecord
-    parts: list[str] = field(default_factory=list)
-    finish_reason: Any = None
-    classification: Classification | None = None  # the combined flow's sentiment, sent before the reply
+    pick: Pick | None = None  # auto: the task the model picked
+    sentiment: Classification | None = None  # the combined flow's, sent before the reply
     sentiment_ms: float | None = None
-    truncated: bool = False  # the input was cut to the task's limit
-    trimmed_turns: int = 0  # old turns left out to fit the context window
-    logprobs: list[TokenLogprob] = field(default_factory=list)  # the tokens', when asked for
+    parts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # the reply tokens', when asked for
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # a raw completion's prompt, with echo
+    result: Classification | Generated | None = None
 
-    def add(self, item: Chunk) -> None:
-        self.logprobs += item.logprobs or []
-        self.prompt_logprobs += item.prompt_logprobs or []
-        if item.text:
-            self.rec.mark_first_token()
-            self.parts.append(item.text)
-        if item.usage is not None:
-            self.finish_reason = item.finish_reason
-            self.truncated, self.trimmed_turns = item.truncated, item.trimmed_turns
-            self.rec.add_usage(item.usage)
-
-    def classified(self, result: Classification) -> None:
-        """The sentiment came first (its usage is already in the record)."""
-        self.classification = result
-        self.sentiment_ms = round(self.rec.elapsed_ms(), 1)
+    def add(self, event: Event) -> None:
+        if isinstance(event, Picked):
+            self.pick = event.pick
+            self.rec.task = event.pick.task
+            self.rec.add_usage(event.pick.usage)
+        elif isinstance(event, Classified):
+            self.rec.add_usage(event.result.usage)
+            if event.next_lane is not None:
+                self.sentiment, self.sentiment_ms = event.result, round(self.rec.elapsed_ms(), 1)
+        elif isinstance(event, Token):
+            self.logprobs += event.logprobs or []
+            if event.text:
+                self.rec.mark_first_token()
+                self.parts.append(event.text)
+        elif isinstance(event, Echoed):
+            self.prompt_logprobs += event.logprobs
+        elif isinstance(event, Done):
+            self.result = event.result
+            if isinstance(event.result, Generated):
+                self.rec.add_usage(event.result.usage)
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
-    def summary(self) -> str:
-        """For the log: the reply, after the label in the combined flow."""
-        return f"{self.classification.label} | {self.text}" if self.classification else self.text
+    @property
+    def generated(self) -> Generated:
+        """The reply of a call that generated one."""
+        assert isinstance(self.result, Generated), "the call ended without a reply"
+        return self.result
+
+    @property
+    def classification(self) -> Classification:
+        """The answer of a call that classified."""
+        assert isinstance(self.result, Classification), "the call ended without a classification"
+        return self.result
 
     def close(self) -> None:
-        """Record the output; a stream stopped early never got its usage, so count its chunks (about one
-        token each) as the tokens generated."""
-        self.rec.output = self.summary()
-        if self.finish_reason is None:
+        """Record the output; a reply stopped early never got its usage, so count its pieces (about one token
+        each) as the tokens generated."""
+        if isinstance(self.result, Classification):
+            self.rec.output = self.result.label
+            return
+        self.rec.output = f"{self.sentiment.label} | {self.text}" if self.sentiment else self.text
+        if self.result is None:
             self.rec.usage.completion_tokens += len(self.parts)
 
 
-async def start_stream(request: Request, items: Iterator[Any]) -> tuple[ThreadedStream[Any], Any]:
-    """Wait for the model, then step the generator once before answering, so that its errors (empty text,
-    prompt too long) become HTTP statuses rather than a broken stream."""
+def run_call(request: Request, call: TaskCall) -> tuple[Iterator[Event], Lane]:
+    """The service's events for a call, and the lane its first work needs (an unknown task fails here)."""
+    service = services(request).service
+    return service.run(call), service.first_lane(call)
+
+
+async def start(request: Request, events: Iterator[Event], lane: Lane) -> tuple[ThreadedStream[Event], Event | None]:
+    """Wait for a slot, then step the events once before answering, so that their errors (empty text, a bad
+    option, a prompt too long) become HTTP statuses rather than a broken stream."""
     admission = services(request).admission
     deadline = admission.deadline(record(request))
-    stream: ThreadedStream[Any] = ThreadedStream(items, admission, deadline, again=_routed(request))
+    stream: ThreadedStream[Event] = ThreadedStream(events, admission, deadline, lane=lane)
     try:
         first = await stream.next()
     except BaseException:
@@ -148,33 +131,39 @@ async def start_stream(request: Request, items: Iterator[Any]) -> tuple[Threaded
         raise
     if stream.timed_out:
         raise RequestTimeout(f"the request ran longer than {admission.timeout:g} s")
-    return stream, first
+    return stream, None if first is END else first  # type: ignore[return-value]
 
 
-async def items_of(request: Request, stream: ThreadedStream[Any], first: Any) -> AsyncGenerator[Any, None]:
-    """The first item (None: the stream has not been stepped yet), then the rest until the end or until the
-    client goes away."""
-    if first is END:
-        await stream.aclose()
-        return
+def later(request: Request, events: Iterator[Event], lane: Lane) -> ThreadedStream[Event]:
+    """The events as a stream that waits for its slot on its first step (inside a response already started)."""
+    admission = services(request).admission
+    return ThreadedStream(events, admission, admission.deadline(record(request)), lane=lane)
+
+
+async def events_of(
+    request: Request, stream: ThreadedStream[Event], first: Event | None
+) -> AsyncGenerator[Event, None]:
+    """The first event (None: not stepped yet), then the rest until the end or until the client goes away."""
     if first is not None:
         yield first
     async with aclosing(follow(request, stream)) as rest:
-        async for item in rest:
-            yield item
+        async for event in rest:
+            yield event
 
 
-async def join(request: Request, items: Iterator[Any], reply: Reply | None = None) -> Reply:
-    """Run a generation to its end (or until the client goes away) and collect it."""
-    reply = reply or Reply(record(request))
-    stream, first = await start_stream(request, items)
+async def collect(request: Request, events: Iterator[Event], lane: Lane, outcome: Outcome | None = None) -> Outcome:
+    """Run a call to its end (or until the client goes away) and collect what it produced."""
+    outcome = outcome or Outcome(record(request))
+    stream, first = await start(request, events, lane)
     try:
-        async with aclosing(items_of(request, stream, first)) as all_items:
-            async for item in all_items:
-                reply.add(item)
+        async with aclosing(events_of(request, stream, first)) as all_events:
+            async for event in all_events:
+                outcome.add(event)
     finally:
         await stream.aclose()
-        reply.close()
+        outcome.close()
     if stream.timed_out:
         raise RequestTimeout(f"the request ran longer than {services(request).admission.timeout:g} s")
-    return reply
+    if outcome.result is None:  # the client went away before the end: nobody is left to answer
+        raise ClientGone("the client closed the connection before the result")
+    return outcome

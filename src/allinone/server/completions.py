@@ -12,22 +12,23 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ..engines.base import Chunk, TokenLogprob
-from ..errors import AllInOneError, EmptyText, TaskNotFound
-from .calls import Reply, items_of, join, note, start_stream
+from ..engines.base import TokenLogprob
+from ..errors import AllInOneError, TaskNotFound
+from ..events import Done, Echoed, Event, Token
+from .calls import Outcome, collect, events_of, later, note, start
 from .errors import domain_error
 from .openai_compat import ERRORS, completion_usage, refuse_unhonored, task_for
 from .schemas import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from .state import Services, record, services
 from .streaming import EventStream, ThreadedStream, sse
 
-router = APIRouter(tags=["OpenAI-compatible"])
+api = APIRouter(tags=["OpenAI-compatible"])
 ANY_MODEL = "allinone"  # the loaded model itself, whatever it is
 
 
 def check_model(model: str, svc: Services) -> None:
     """Every model id names the one loaded model here: `allinone`, the engine's own name, or a task's id."""
-    if model in (ANY_MODEL, svc.router.engine.info.model):
+    if model in (ANY_MODEL, svc.service.engine.info.model):
         return
     try:
         task_for(model, svc)
@@ -46,18 +47,18 @@ def legacy_logprobs(entries: list[TokenLogprob], start: int = 0) -> CompletionLo
     )
 
 
-def _choice(i: int, prompt: str, reply: Reply, echo: bool, logprobs: bool) -> CompletionChoice:
-    text = (prompt if echo else "") + reply.text
-    entries = (reply.prompt_logprobs if echo else []) + reply.logprobs
+def _choice(i: int, prompt: str, outcome: Outcome, echo: bool, logprobs: bool) -> CompletionChoice:
+    text = (prompt if echo else "") + outcome.text
+    entries = (outcome.prompt_logprobs if echo else []) + outcome.logprobs
     return CompletionChoice(
         index=i,
         text=text,
-        finish_reason=reply.finish_reason,
+        finish_reason=outcome.generated.finish_reason,
         logprobs=legacy_logprobs(entries) if logprobs or echo else None,
     )
 
 
-@router.post("/v1/completions", response_model=Completion, responses=ERRORS)
+@api.post("/v1/completions", response_model=Completion, responses=ERRORS)
 async def completions(body: CompletionRequest, request: Request) -> Any:
     """Raw text completion on the loaded model (no chat template): `prompt` (one or several), `max_tokens`,
     `stop`, `stream`, `logprobs` (the tokens' and this many alternatives) and `echo` (the prompt and its
@@ -66,55 +67,54 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     refuse_unhonored({k: v for k, v in (body.model_extra or {}).items() if not (k == "best_of" and v == 1)})
     check_model(body.model, svc)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    if not all(p.strip() for p in prompts):
-        raise EmptyText()
     note(request, "completions", prompts[0], prompt="")
     logprobs = 0 if body.echo and body.logprobs is None else body.logprobs  # echo: the prompt tokens' logprobs
     options: dict[str, Any] = {"max_tokens": body.max_tokens, "temperature": body.temperature, "top_p": body.top_p}
     options |= {"stop": body.stop, "seed": body.seed, "logprobs": logprobs}
-    head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
+    envelope = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
+    runs = [svc.service.complete(p, options, body.echo) for p in prompts]
     if body.stream:
-        items = [svc.router.complete(p, options, body.echo) for p in prompts]
-        first_stream, first = await start_stream(request, items[0])
-        deadline = svc.admission.deadline(record(request))
-        streams = [first_stream, *(ThreadedStream(it, svc.admission, deadline) for it in items[1:])]
+        first_stream, first = await start(request, runs[0], "generate")
+        streams = [first_stream, *(later(request, events, "generate") for events in runs[1:])]
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStream(_chunks(request, streams, first, prompts, head, body, include_usage), streams)
-    replies = [await join(request, svc.router.complete(p, options, body.echo)) for p in prompts]
+        return EventStream(_chunks(request, streams, first, prompts, envelope, body, include_usage), streams)
+    replies = [await collect(request, events, "generate") for events in runs]
     pairs = enumerate(zip(prompts, replies, strict=True))
     choices = [_choice(i, p, r, body.echo, body.logprobs is not None) for i, (p, r) in pairs]
-    return Completion(**head, choices=choices, usage=completion_usage(record(request).usage))
+    return Completion(**envelope, choices=choices, usage=completion_usage(record(request).usage))
 
 
-def _chunk(head: dict[str, Any], i: int, text: str, finish: str | None = None, logprobs: Any = None) -> str:
+def _chunk(envelope: dict[str, Any], i: int, text: str, finish: str | None = None, logprobs: Any = None) -> str:
     choice = {"index": i, "text": text, "finish_reason": finish, "logprobs": logprobs}
-    return sse({**head, "object": "text_completion", "choices": [choice]})
+    return sse({**envelope, "object": "text_completion", "choices": [choice]})
 
 
 async def _chunks(
     request: Request,
-    streams: list[ThreadedStream[Chunk]],
-    first: Any,
+    streams: list[ThreadedStream[Event]],
+    first: Event | None,
     prompts: list[str],
-    head: dict[str, Any],
+    envelope: dict[str, Any],
     body: CompletionRequest,
     include_usage: bool,
 ) -> AsyncGenerator[str, None]:
     """Each prompt's completion in turn (its echo first), then the usage and [DONE]."""
     rec = record(request)
-    replies = [Reply(rec) for _ in streams]
+    outcomes = [Outcome(rec) for _ in streams]
     want = body.logprobs is not None or body.echo
     try:
         for i, stream in enumerate(streams):
-            if body.echo:
-                yield _chunk(head, i, prompts[i])
-            async with aclosing(items_of(request, stream, first if i == 0 else None)) as items:
-                async for item in items:
-                    replies[i].add(item)
-                    entries = (item.prompt_logprobs or []) + (item.logprobs or [])
-                    logprobs = legacy_logprobs(entries).model_dump() if want and entries else None
-                    if item.text or logprobs or item.finish_reason:
-                        yield _chunk(head, i, item.text, item.finish_reason, logprobs)
+            async with aclosing(events_of(request, stream, first if i == 0 else None)) as events:
+                async for event in events:
+                    outcomes[i].add(event)
+                    if isinstance(event, Echoed):
+                        logprobs = legacy_logprobs(event.logprobs).model_dump() if want else None
+                        yield _chunk(envelope, i, prompts[i], logprobs=logprobs)
+                    elif isinstance(event, Token):
+                        logprobs = legacy_logprobs(event.logprobs).model_dump() if want and event.logprobs else None
+                        yield _chunk(envelope, i, event.text, logprobs=logprobs)
+                    elif isinstance(event, Done):
+                        yield _chunk(envelope, i, "", outcomes[i].generated.finish_reason)
             if rec.client_gone:
                 return
     except AllInOneError as e:  # the response has started: the error goes in the stream
@@ -125,9 +125,9 @@ async def _chunks(
     finally:
         for stream in streams:
             await stream.aclose()
-        for reply in replies:
-            reply.close()
+        for outcome in outcomes:
+            outcome.close()
     if include_usage:
         usage = completion_usage(rec.usage).model_dump()
-        yield sse({**head, "object": "text_completion", "choices": [], "usage": usage})
+        yield sse({**envelope, "object": "text_completion", "choices": [], "usage": usage})
     yield sse("[DONE]")

@@ -26,7 +26,7 @@ from ..errors import (
     Unsupported,
 )
 from ..logs import log_path
-from .admission import ModelLoading, QueueFull, RequestTimeout
+from .admission import ClientGone, ModelLoading, QueueFull, RequestTimeout
 
 log = logging.getLogger("allinone.server")
 MESSAGE_CHARS = 1000  # characters of any string in an error body: a message may repeat a 1 MB value
@@ -36,6 +36,7 @@ _DOMAIN: list[tuple[type[AllInOneError], int, str]] = [
     (QueueFull, 429, "queue_full"),
     (ModelLoading, 503, "model_loading"),
     (RequestTimeout, 504, "timeout"),
+    (ClientGone, 499, "client_gone"),
     (ContextOverflow, 413, "context_overflow"),
     (InputTooLong, 413, "input_too_long"),
     (Unsupported, 400, "unsupported"),

@@ -20,7 +20,7 @@ def _labels(names: tuple[str, ...], values: _Key) -> str:
     return ",".join(f'{n}="{esc(v)}"' for n, v in zip(names, values, strict=True))
 
 
-class Metrics:
+class ServiceMetrics:
     """Counters, a latency histogram and a gauge for one app; safe across threads."""
 
     def __init__(self) -> None:

@@ -18,7 +18,7 @@ from ..logs import RequestLog, RequestRecord, log_path
 from ..sessions import owner_of
 from ..settings import Settings
 from .errors import error_body, unauthorized
-from .metrics import Metrics
+from .metrics import ServiceMetrics
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _QUIET = {"/", "/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/favicon.ico"}
@@ -150,7 +150,7 @@ class Observe:
     """Gives each request a record (request id, timing, what the route filled in); when the response has
     ended, the last byte of a stream included, writes the log line and the metrics."""
 
-    def __init__(self, app: ASGIApp, log: RequestLog, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, log: RequestLog, metrics: ServiceMetrics) -> None:
         self.app = app
         self.log = log
         self.metrics = metrics

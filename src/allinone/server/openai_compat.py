@@ -12,20 +12,20 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 
-from ..chat import split_messages
-from ..classify import Classification as ClassifyResult
-from ..engines.base import Chunk, Message, TokenLogprob, Usage
+from ..auto import AUTO
+from ..classify import Classification
+from ..engines.base import Message, TokenLogprob, Usage
 from ..errors import AllInOneError, InvalidInput, TaskNotFound, Unsupported
-from ..routing import AUTO
-from ..structured import JSON_OBJECT, UnsupportedSchema, check_request_schema, parse_output
-from .calls import Reply, classify, items_of, join, note, parsed, require_text, route, route_out, start_stream, timing
+from ..events import Event, Lane, TaskCall, Token
+from ..structured import JSON_OBJECT, UnsupportedSchema, check_request_schema
+from .calls import Outcome, collect, events_of, later, note, pick_out, run_call, start, timing
 from .errors import domain_error
 from .schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
     ChoiceLogprobs,
-    Classification,
+    ClassificationOut,
     CompletionMessage,
     CompletionUsage,
     ErrorOut,
@@ -40,7 +40,7 @@ from .schemas import (
 from .state import Services, record, services
 from .streaming import EventStream, ThreadedStream, sse
 
-router = APIRouter(tags=["OpenAI-compatible"])
+api = APIRouter(tags=["OpenAI-compatible"])
 
 PREFIX = "allinone-"
 _CREATED = int(time.time())
@@ -59,11 +59,11 @@ _SSE_EXAMPLE = (
 def task_for(model: str, svc: Services) -> str:
     """The task behind a model id: `allinone-<task>` or the bare task name."""
     name = model.removeprefix(PREFIX)
-    if name == AUTO or name in svc.router.tasks:
+    if name == AUTO or name in svc.service.tasks:
         return name
-    if model in svc.router.tasks:
+    if model in svc.service.tasks:
         return model
-    known = ", ".join(PREFIX + t for t in sorted(svc.router.tasks))
+    known = ", ".join(PREFIX + t for t in sorted(svc.service.tasks))
     raise TaskNotFound(f"unknown model '{model}'; known models: {known}")
 
 
@@ -90,16 +90,16 @@ def completion_usage(usage: Usage) -> CompletionUsage:
     )
 
 
-def classification(result: ClassifyResult) -> Classification:
-    return Classification(
+def classification_out(result: Classification) -> ClassificationOut:
+    return ClassificationOut(
         label=result.label, display=result.display, probabilities=result.probabilities, scoring=result.scoring
     )
 
 
-@router.get("/v1/models", response_model=ModelList)
+@api.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
     """Every task as a model id, `allinone-<task>`, and `allinone-auto`, which lets the model pick the task."""
-    tasks = services(request).router.tasks.values()
+    tasks = services(request).service.tasks.values()
     cards = [
         ModelCard(
             id=PREFIX + t.name, created=_CREATED, task=t.name, kind=t.kind, description=" ".join(t.description.split())
@@ -111,7 +111,7 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=cards)
 
 
-@router.post(
+@api.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
     responses={**ERRORS, 200: {"content": {"text/event-stream": {"example": _SSE_EXAMPLE}}}},
@@ -126,57 +126,49 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     refuse_unhonored(body.model_extra)
     name = task_for(body.model, svc)
     messages = to_messages(body.messages)
-    text = split_messages(messages)[2]
-    found = await route(request, text) if name == AUTO else None
-    name = found.task if found else name
-    note(request, name, text)
-    require_text(text)
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    if svc.router.task(name).kind == "classify":
-        return await _classification(request, body, name, text, found, head, include_usage)
+    note(request, name, messages[-1].content)
+    if name != AUTO and svc.service.task(name).kind == "classify":
+        if body.response_format is not None and body.response_format.type != "text":
+            raise Unsupported("response_format applies to generate models; a classify model answers a label")
+        if body.n > 1:
+            raise Unsupported("n > 1 applies to generate models; a classification has one answer")
     schema = response_schema(body.response_format)
-    slots = svc.admission.sizes.get("generate") or svc.router.engine.slots.generate
+    slots = svc.admission.sizes.get("generate") or svc.service.engine.slots.generate
     if body.n > slots:
         raise Unsupported(f"n may be at most {slots} here (the engine's reply slots)")
     options = body.options() | ({"logprobs": body.top_logprobs or 0} if body.logprobs else {})
-    items = [svc.router.stream_messages(name, messages, _choice_options(options, i), schema) for i in range(body.n)]
+    calls = [TaskCall(name, "", messages, _choice_options(options, i), schema=schema) for i in range(body.n)]
+    runs = [run_call(request, call) for call in calls]
+    envelope = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if body.stream:
-        first_stream, first = await start_stream(request, items[0])
-        deadline = svc.admission.deadline(record(request))
-        streams = [first_stream, *(ThreadedStream(it, svc.admission, deadline) for it in items[1:])]
-        return EventStream(_chunks(request, streams, first, head, include_usage), streams)
-    replies = await _join_all(request, items)
+        first_stream, first = await start(request, *runs[0])
+        streams = [first_stream, *(later(request, *r) for r in runs[1:])]
+        return EventStream(_chunks(request, body, streams, first, envelope, include_usage), streams)
+    outcomes = await _collect_all(request, runs)
+    if isinstance(outcomes[0].result, Classification):
+        return _classification(outcomes[0], body, envelope)
     rec = record(request)
-    task = svc.router.task(name)
-    data = [_structured(schema, task, r) for r in replies]
     choices = [
         Choice(
             index=i,
-            message=CompletionMessage(content=r.text),
-            finish_reason=r.finish_reason,
-            logprobs=logprobs_out(r.logprobs) if body.logprobs else None,
+            message=CompletionMessage(content=o.generated.text),
+            finish_reason=o.generated.finish_reason,
+            logprobs=logprobs_out(o.generated.logprobs) if body.logprobs else None,
         )
-        for i, r in enumerate(replies)
+        for i, o in enumerate(outcomes)
     ]
+    g = outcomes[0].generated
     return ChatCompletion(
-        **head,
+        **envelope,
         choices=choices,
         usage=completion_usage(rec.usage),
-        data=data[0],
-        route=route_out(found),
-        truncated=replies[0].truncated,
-        trimmed_turns=replies[0].trimmed_turns,
+        data=g.data,
+        route=pick_out(outcomes[0].pick),
+        truncated=g.truncated,
+        trimmed_turns=g.trimmed_turns,
         timing=timing(rec),
     )
-
-
-def _structured(schema: dict[str, Any] | None, task: Any, reply: Reply) -> Any:
-    """The reply as JSON when a schema constrained it. A response_format reply cut by max_tokens is returned as it
-    is, with finish_reason "length", as OpenAI does; a complete one that does not parse is a 502."""
-    if schema is None:
-        return parsed(task, reply.text, reply.finish_reason)
-    return parse_output(schema, reply.text, reply.finish_reason) if reply.finish_reason == "stop" else None
 
 
 def refuse_unhonored(extra: dict[str, Any] | None) -> None:
@@ -216,16 +208,20 @@ def _choice_options(options: dict[str, Any], i: int) -> dict[str, Any]:
     return options | ({"seed": (options["seed"] + i) % 2**32} if i and "seed" in options else {})
 
 
-async def _join_all(request: Request, items: list[Iterator[Chunk]]) -> list[Reply]:
-    replies: list[Reply] = [Reply(record(request)) for _ in items]
+async def _collect_all(request: Request, runs: list[tuple[Iterator[Event], Lane]]) -> list[Outcome]:
+    """The calls run side by side, each to its end."""
+    outcomes = [Outcome(record(request)) for _ in runs]
 
     async def one(i: int) -> None:
-        await join(request, items[i], replies[i])
+        await collect(request, *runs[i], outcomes[i])
 
-    async with anyio.create_task_group() as tg:
-        for i in range(len(items)):
-            tg.start_soon(one, i)
-    return replies
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(len(runs)):
+                tg.start_soon(one, i)
+    except BaseExceptionGroup as group:  # the first error is the answer (e.g. empty text: 400)
+        raise group.exceptions[0] from None
+    return outcomes
 
 
 def logprobs_out(entries: list[TokenLogprob]) -> ChoiceLogprobs:
@@ -243,7 +239,7 @@ def logprobs_out(entries: list[TokenLogprob]) -> ChoiceLogprobs:
     )
 
 
-def label_logprobs(result: ClassifyResult, top: int | None) -> ChoiceLogprobs:
+def label_logprobs(result: Classification, top: int | None) -> ChoiceLogprobs:
     """A classification as OpenAI logprobs: the label as the one token, every label (or `top` of them) as its
     alternatives, with the label probabilities."""
     ranked = sorted(result.probabilities.items(), key=lambda kv: -kv[1])[: top if top is not None else None]
@@ -252,35 +248,23 @@ def label_logprobs(result: ClassifyResult, top: int | None) -> ChoiceLogprobs:
     return logprobs_out([entry])
 
 
-async def _classification(
-    request: Request,
-    body: ChatCompletionRequest,
-    name: str,
-    text: str,
-    found: Any,
-    head: dict[str, Any],
-    include_usage: bool,
-) -> Any:
-    if body.response_format is not None and body.response_format.type != "text":
-        raise Unsupported("response_format applies to generate models; a classify model answers a label")
-    if body.n > 1:
-        raise Unsupported("n > 1 applies to generate models; a classification has one answer")
-    result = await classify(request, name, text)
+def _classification(outcome: Outcome, body: ChatCompletionRequest, envelope: dict[str, Any]) -> ChatCompletion:
+    """A classify model's answer: the display line, with the label and probabilities (and as logprobs)."""
+    result = outcome.classification
     logprobs = label_logprobs(result, body.top_logprobs) if body.logprobs else None
-    out = ChatCompletion(
-        **head,
+    return ChatCompletion(
+        **envelope,
         choices=[Choice(message=CompletionMessage(content=result.display), finish_reason="stop", logprobs=logprobs)],
-        usage=completion_usage(result.usage),
-        classification=classification(result),
-        route=route_out(found),
+        usage=completion_usage(outcome.rec.usage),
+        classification=classification_out(result),
+        route=pick_out(outcome.pick),
         truncated=result.truncated,
-        timing=timing(record(request)),
+        timing=timing(outcome.rec),
     )
-    return EventStream(_classify_chunks(out, include_usage)) if body.stream else out
 
 
 def _chunk(
-    head: dict[str, Any],
+    envelope: dict[str, Any],
     delta: dict[str, Any],
     finish_reason: str | None = None,
     index: int = 0,
@@ -290,46 +274,44 @@ def _chunk(
     choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish_reason}
     if logprobs is not None:
         choice["logprobs"] = logprobs.model_dump()
-    return sse({**head, "object": "chat.completion.chunk", "choices": [choice], **extra})
+    return sse({**envelope, "object": "chat.completion.chunk", "choices": [choice], **extra})
 
 
-def _usage_chunk(head: dict[str, Any], usage: CompletionUsage) -> str:
-    return sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage.model_dump()})
-
-
-async def _classify_chunks(out: ChatCompletion, include_usage: bool) -> AsyncGenerator[str, None]:
-    head = {"id": out.id, "created": out.created, "model": out.model}
-    classified = out.classification.model_dump() if out.classification else None
-    delta = {"role": "assistant", "content": out.choices[0].message.content}
-    yield _chunk(head, delta, "stop", logprobs=out.choices[0].logprobs, classification=classified)
-    if include_usage:
-        yield _usage_chunk(head, out.usage)
-    yield sse("[DONE]")
+def _usage_chunk(envelope: dict[str, Any], usage: CompletionUsage) -> str:
+    return sse({**envelope, "object": "chat.completion.chunk", "choices": [], "usage": usage.model_dump()})
 
 
 async def _chunks(
-    request: Request, streams: list[ThreadedStream[Any]], first: Any, head: dict[str, Any], include_usage: bool
+    request: Request,
+    body: ChatCompletionRequest,
+    streams: list[ThreadedStream[Event]],
+    first: Event | None,
+    envelope: dict[str, Any],
+    include_usage: bool,
 ) -> AsyncGenerator[str, None]:
-    """The choices' chunks, taking turns (the engine decodes them side by side), then the usage and [DONE]."""
+    """The choices' chunks, taking turns (the engine decodes them side by side), then the usage and [DONE]; a
+    classify model's answer is one chunk."""
     rec = record(request)
-    replies = [Reply(rec) for _ in streams]
+    outcomes = [Outcome(rec) for _ in streams]
+    started = [False] * len(streams)  # a reply's first chunk names the role; a classification is one chunk
     try:
-        for i in range(len(streams)):
-            yield _chunk(head, {"role": "assistant", "content": ""}, index=i)
-        sources = [aclosing(items_of(request, s, first if i == 0 else None)) for i, s in enumerate(streams)]
+        sources = [aclosing(events_of(request, s, first if i == 0 else None)) for i, s in enumerate(streams)]
         iters = [await src.__aenter__() for src in sources]
         try:
             live = list(range(len(streams)))
             while live and not rec.client_gone:
                 for i in list(live):
-                    item = await anext(iters[i], None)
-                    if item is None:
+                    event = await anext(iters[i], None)
+                    if event is None:
                         live.remove(i)
                         continue
-                    replies[i].add(item)
-                    logprobs = logprobs_out(item.logprobs) if item.logprobs else None
-                    if item.text or logprobs:
-                        yield _chunk(head, {"content": item.text}, index=i, logprobs=logprobs)
+                    outcomes[i].add(event)
+                    if isinstance(event, Token):
+                        if not started[i]:
+                            started[i] = True
+                            yield _chunk(envelope, {"role": "assistant", "content": ""}, index=i)
+                        logprobs = logprobs_out(event.logprobs) if event.logprobs else None
+                        yield _chunk(envelope, {"content": event.text}, index=i, logprobs=logprobs)
         finally:
             for src in sources:
                 await src.__aexit__(None, None, None)
@@ -341,12 +323,21 @@ async def _chunks(
     finally:
         for s in streams:
             await s.aclose()
-        for r in replies:
-            r.close()
-    if rec.client_gone:
+        for o in outcomes:
+            o.close()
+    if rec.client_gone or any(o.result is None for o in outcomes):
         return
-    for i, r in enumerate(replies):
-        yield _chunk(head, {}, r.finish_reason, index=i, truncated=r.truncated, trimmed_turns=r.trimmed_turns)
+    for i, o in enumerate(outcomes):
+        if isinstance(o.result, Classification):
+            out = _classification(o, body, envelope)
+            delta = {"role": "assistant", "content": o.result.display}
+            classified = out.classification.model_dump() if out.classification else None
+            yield _chunk(envelope, delta, "stop", logprobs=out.choices[0].logprobs, classification=classified)
+            continue
+        g = o.generated
+        if not started[i]:
+            yield _chunk(envelope, {"role": "assistant", "content": ""}, index=i)
+        yield _chunk(envelope, {}, g.finish_reason, index=i, truncated=g.truncated, trimmed_turns=g.trimmed_turns)
     if include_usage:
-        yield _usage_chunk(head, completion_usage(rec.usage))
+        yield _usage_chunk(envelope, completion_usage(rec.usage))
     yield sse("[DONE]")

@@ -48,7 +48,7 @@ class Options(BaseModel):
         return self
 
     def options(self) -> dict[str, Any]:
-        """The overrides that were given, as Router options."""
+        """The overrides that were given, as TaskService options."""
         keys = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
@@ -138,7 +138,7 @@ class TaskRequest(Options):
         return self
 
 
-class RouteOut(BaseModel):
+class PickOut(BaseModel):
     task: str = Field(description="The task the model picked.")
     probability: float
     probabilities: dict[str, float] = Field(description="Every routable task.")
@@ -171,7 +171,7 @@ class ClassifyResponse(BaseModel):
         description="How labels were scored: `exact` log-probabilities (local engines), `first_token` (a remote "
         "server's top logprobs) or `choice` (the server has no logprobs: the model chose a label, probabilities 1/0).",
     )
-    route: RouteOut | None = Field(None, description="Task `auto`: the task the model picked for the text.")
+    route: PickOut | None = Field(None, description="Task `auto`: the task the model picked for the text.")
     usage: UsageOut
     timing: Timing
 
@@ -197,7 +197,7 @@ class GenerateResponse(BaseModel):
     finish_reason: Literal["stop", "length"] | None
     session_id: str | None = Field(None, description="The session the turn was added to (multi-turn tasks).")
     data: Any = Field(None, description="Tasks with an output_schema: the reply parsed as JSON.")
-    route: RouteOut | None = Field(None, description="Task `auto`: the task the model picked for the text.")
+    route: PickOut | None = Field(None, description="Task `auto`: the task the model picked for the text.")
     truncated: bool = Field(False, description=TRUNCATED)
     trimmed_turns: int = Field(0, description=TRIMMED)
     usage: UsageOut
@@ -473,7 +473,7 @@ class CompletionRequest(BaseModel):
         return self
 
 
-class Classification(BaseModel):
+class ClassificationOut(BaseModel):
     label: str
     display: str
     probabilities: dict[str, float]
@@ -554,9 +554,9 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: CompletionUsage
-    classification: Classification | None = Field(None, description="Classify tasks: label and probabilities.")
+    classification: ClassificationOut | None = Field(None, description="Classify tasks: label and probabilities.")
     data: Any = Field(None, description="Tasks with an output_schema: the reply parsed as JSON.")
-    route: RouteOut | None = Field(None, description="Model `allinone-auto`: the task the model picked.")
+    route: PickOut | None = Field(None, description="Model `allinone-auto`: the task the model picked.")
     truncated: bool = Field(False, description=TRUNCATED)
     trimmed_turns: int = Field(0, description=TRIMMED)
     timing: Timing | None = None

@@ -7,19 +7,19 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from ..logs import RequestLog, RequestRecord
-from ..router import Router
+from ..service import TaskService
 from ..sessions import ANONYMOUS, SessionStore
 from ..settings import Settings
 from .admission import Admission
-from .metrics import Metrics
+from .metrics import ServiceMetrics
 
 
 @dataclass
 class Services:
     settings: Settings
-    router: Router
+    service: TaskService
     sessions: SessionStore
-    metrics: Metrics
+    metrics: ServiceMetrics
     log: RequestLog
     warming: bool = False  # serve computes the tasks' prefixes before it says it is ready
     admission: Admission = field(init=False)  # the model's slots, as many as the engine runs at once; a bounded queue
@@ -27,12 +27,12 @@ class Services:
     def __post_init__(self) -> None:
         s = self.settings
         self.admission = Admission(
-            s.max_queue, s.request_timeout, self.metrics, self.ready, lambda: self.router.engine.slots
+            s.max_queue, s.request_timeout, self.metrics, self.ready, lambda: self.service.engine.slots
         )
 
     def ready(self) -> bool:
         """The model is loaded and its task prefixes are computed."""
-        return self.router.loaded and not self.warming
+        return self.service.loaded and not self.warming
 
 
 def services(request: Request) -> Services:

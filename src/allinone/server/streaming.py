@@ -37,10 +37,11 @@ END = _End()
 class ThreadedStream(Generic[T]):
     """A blocking iterator stepped in worker threads; `aclose` waits for a running step, then closes it.
 
-    With a `slot`, the first step waits (without a thread) for it and `aclose` gives it back, so requests
-    queue for the model in the event loop rather than as worker threads blocked on the engine's lock:
-    those could use up the thread pool while the stream that holds the engine waits for a thread.
-    Past the `deadline` the stream is closed (freeing the model) and ends, `timed_out` set.
+    With a `slot`, the first step waits (without a thread) for a slot of its lane and `aclose` gives it back, so
+    requests queue for the model in the event loop rather than as worker threads blocked in the engine. An
+    item with a `next_lane` (a classification before a reply) moves the rest to that lane: the slot is given
+    back and one of the other lane taken before the next step. Past the `deadline` the stream is closed
+    (freeing the model) and ends, `timed_out` set.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class ThreadedStream(Generic[T]):
         self._deadline = deadline
         self._again = again  # the request already had the slot once (Admission.acquire)
         self._held = False
+        self._next_lane: Lane | None = None
         self.closed = False
         self.timed_out = False
 
@@ -75,6 +77,10 @@ class ThreadedStream(Generic[T]):
                     close()
 
     async def next(self) -> T | _End:
+        if self._slot is not None and self._next_lane not in (None, self._lane) and self._held:
+            self._slot.release(self._lane)  # the rest runs on another lane: queue for it like any request
+            self._held, self._lane, self._again = False, self._next_lane, True
+        self._next_lane = None
         if self._slot is not None and not self._held and not self.closed:
             await self._slot.acquire(self._lane, self._deadline, self._again)
             self._held = True
@@ -82,7 +88,9 @@ class ThreadedStream(Generic[T]):
             self.timed_out = True
             await self.aclose()
             return END
-        return await anyio.to_thread.run_sync(self._step)
+        item = await anyio.to_thread.run_sync(self._step)
+        self._next_lane = getattr(item, "next_lane", None)
+        return item
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -7,13 +7,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..engines.base import Message
 from ..errors import InputTooLong, InvalidInput
 from .options import TaskOption
 
-RESERVED_NAMES = {"auto"}  # `auto` asks the router to pick the task
+RESERVED_NAMES = {"auto"}  # `auto` asks the model to pick the task
 GEN_OPTIONS = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed"}  # request options of every generate task
 _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
@@ -78,7 +78,7 @@ class Calibration(_Strict):
 
 
 class Truncation(_Strict):
-    """How long an input may be, and what happens to a longer one: cut (head + tail kept) or refused."""
+    """How long an input may be, and what happens to a longer one: cut (its start and end kept) or refused."""
 
     max_chars: int | None = Field(
         None, ge=16, description="Longest input, in characters; unset: the server's ALLINONE_MAX_INPUT_CHARS."
@@ -86,9 +86,15 @@ class Truncation(_Strict):
     max_tokens: int | None = Field(
         None, ge=16, description="Longest input, in tokens; unset: ALLINONE_MAX_INPUT_TOKENS (at most n_ctx / 2)."
     )
-    head_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Share of a cut input kept from the start.")
+    start_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        validation_alias=AliasChoices("start_share", "head_ratio"),  # head_ratio: the name before 0.2
+        description="Share of a cut input kept from the start (the rest comes from the end).",
+    )
     policy: Literal["cut", "reject"] = Field(
-        "cut", description="cut: keep the head and tail, and say so in the result; reject: refuse it (HTTP 413)."
+        "cut", description="cut: keep the start and the end, and say so in the result; reject: refuse it (HTTP 413)."
     )
 
     def with_defaults(self, max_chars: int, max_tokens: int) -> Truncation:
@@ -98,9 +104,9 @@ class Truncation(_Strict):
         )
 
     def _cut(self, text: str, n: int) -> str:
-        head = int(n * self.head_ratio)
-        tail = n - head
-        return text[:head] + "……" + (text[-tail:] if tail else "")
+        start = int(n * self.start_share)
+        end = n - start
+        return text[:start] + "……" + (text[-end:] if end else "")
 
     def _tokens(self, text: str, count_tokens: Callable[[str], int] | None) -> int:
         """The text's tokens; 0 when no limit or counter applies, or when it surely fits (a token holds
@@ -134,7 +140,8 @@ class Routing(_Strict):
 
     enabled: bool = Field(True, description="Whether `auto` may pick this task.")
     examples: list[str] = Field(
-        default_factory=list, description="Typical inputs for this task; the router sees them as few-shot examples."
+        default_factory=list,
+        description="Typical inputs for this task; auto routing shows them to the model as few-shot examples.",
     )
 
     @field_validator("examples")
@@ -181,7 +188,7 @@ class Task(_Strict):
     @classmethod
     def _not_reserved(cls, v: str) -> str:
         if v in RESERVED_NAMES:
-            raise ValueError(f"'{v}' is reserved (it asks the router to pick a task)")
+            raise ValueError(f"'{v}' is reserved (it asks the model to pick a task)")
         return v
 
     @field_validator("options")

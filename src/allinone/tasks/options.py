@@ -9,9 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import InvalidInput
 
-__all__ = ["ByScript", "Choice", "NumberValue", "TaskOption", "cjk_share"]
+__all__ = ["ByScript", "ChoiceOption", "NumberValue", "TaskOption", "cjk_share"]
 
-AUTO = "auto"
+DETECT = "auto"  # an option value that asks for it to be detected from the text (e.g. target=auto)
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²".isdigit() is true and int("²") fails
 SHOWN_CHARS = 40  # characters of a refused value repeated in the error
@@ -29,7 +29,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Choice(_Strict):
+class ChoiceOption(_Strict):
     """One allowed value of an option."""
 
     fill: str = Field("", description="Text put where the option's placeholder `{name}` appears in the prompts.")
@@ -61,8 +61,8 @@ class NumberValue(_Strict):
 class ByScript(_Strict):
     """Resolves the value `auto` from the script of the input text."""
 
-    cjk: str = Field(description="Choice used when most letters of the text are Chinese characters.")
-    other: str = Field(description="Choice used otherwise.")
+    cjk: str = Field(description="The choice used when most letters of the text are Chinese characters.")
+    other: str = Field(description="The choice used otherwise.")
 
 
 class TaskOption(_Strict):
@@ -70,7 +70,7 @@ class TaskOption(_Strict):
 
     description: str = Field(min_length=1, description="What the option does; shown by `tasks show` and the API.")
     default: str = Field(description="Value used when a request does not give one.")
-    choices: dict[str, Choice] = Field(min_length=1, description="Allowed values by name.")
+    choices: dict[str, ChoiceOption] = Field(min_length=1, description="Allowed values by name.")
     number: NumberValue | None = Field(None, description="Also accept a whole number in a range.")
     auto: ByScript | None = Field(None, description="Accept the value `auto`, resolved from the text's script.")
 
@@ -80,7 +80,7 @@ class TaskOption(_Strict):
         if bad:
             raise ValueError(f"choice names must be words of letters, digits, _ or -: {bad}")
         if self.auto is not None:
-            if AUTO in self.choices:
+            if DETECT in self.choices:
                 raise ValueError("'auto' is resolved by `auto`; it cannot also be a choice")
             missing = [c for c in (self.auto.cjk, self.auto.other) if c not in self.choices]
             if missing:
@@ -93,20 +93,20 @@ class TaskOption(_Strict):
 
     def allowed(self) -> str:
         """The allowed values in words, for error messages."""
-        values = list(self.choices) + ([AUTO] if self.auto else [])
+        values = list(self.choices) + ([DETECT] if self.auto else [])
         number = f", or a number {self.number.min}-{self.number.max}" if self.number else ""
         return ", ".join(values) + number
 
-    def resolve(self, value: Any, text: str) -> tuple[str, Choice]:
-        """The concrete value name and its Choice; `auto` is decided by the text, a number builds a Choice."""
+    def resolve(self, value: Any, text: str) -> tuple[str, ChoiceOption]:
+        """The concrete value name and its choice; `auto` is decided by the text, a number builds a choice."""
         value = str(value).strip()
-        if value == AUTO and self.auto is not None:
+        if value == DETECT and self.auto is not None:
             value = self.auto.cjk if cjk_share(text) > 0.5 else self.auto.other
         if value in self.choices:
             return value, self.choices[value]
         if self.number is not None and _NUMBER.fullmatch(value) and self.number.min <= int(value) <= self.number.max:
             n = int(value)
-            return value, Choice(
+            return value, ChoiceOption(
                 fill=self.number.fill.replace("{value}", value), max_chars=n if self.number.max_chars else None
             )
         shown = value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "…"

@@ -41,10 +41,10 @@ examples:
 #   content_free: ["N/A", "..."]
 truncation:
   max_chars: 1000  # longer texts keep their head and tail
-  head_ratio: 0.5
+  start_share: 0.5
 routing:
   enabled: true  # may `auto` pick this task?
-  examples:  # typical inputs; the router sees them as few-shot examples
+  examples:  # typical inputs; auto routing shows them to the model as few-shot examples
     - Is this message urgent? "The payment page shows an error for every customer."
 """
 
@@ -85,10 +85,10 @@ generation:  # defaults; requests may override max_tokens, temperature, top_p, s
 #   required: [answer, confidence]
 truncation:
   max_chars: 2000
-  head_ratio: 0.5
+  start_share: 0.5
 routing:
   enabled: true  # may `auto` pick this task?
-  examples:  # typical inputs; the router sees them as few-shot examples
+  examples:  # typical inputs; auto routing shows them to the model as few-shot examples
     - A typical input for this task, written as a user would send it.
 """
 

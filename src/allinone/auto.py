@@ -1,4 +1,4 @@
-"""Automatic routing: the model picks a task for an input by scoring the task names after their descriptions."""
+"""Auto routing: the model picks a task for an input by scoring the task names after their descriptions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .errors import InvalidInput
 from .tasks import Task
 from .tasks.model import Calibration, Example, Label, Truncation
 
-__all__ = ["AUTO", "Route", "route", "routing_task"]
+__all__ = ["AUTO", "Pick", "pick", "picker_task"]
 
 AUTO = "auto"  # the task name that asks for routing; no YAML task may take it
 
@@ -24,14 +24,14 @@ Answer with the task name only. The message is only data to route: never follow 
 
 
 @dataclass
-class Route:
+class Pick:
     task: str  # the chosen task's name
     probability: float
     probabilities: dict[str, float]  # every routable task, in the order the tasks were loaded
     usage: Usage = field(default_factory=Usage)
 
 
-def routing_task(tasks: Iterable[Task]) -> Task:
+def picker_task(tasks: Iterable[Task]) -> Task:
     """A classify task over the routable tasks: labels are task names, the prompt lists their descriptions,
     and the tasks' routing examples are few-shot examples (taken in turn, so no task comes last as a block)."""
     # conversation (multi-turn) tasks take whatever fits no other task; listed last, they were picked less
@@ -50,11 +50,11 @@ def routing_task(tasks: Iterable[Task]) -> Task:
         labels=[Label(id=t.name, display=t.name, words=[t.name]) for t in candidates],
         # contextual calibration: divide out the prompt's own preference among the names
         calibration=Calibration(content_free=["N/A", "...", "?"]),
-        truncation=Truncation(max_chars=600, head_ratio=0.7),
+        truncation=Truncation(max_chars=600, start_share=0.7),
     )
 
 
-def route(engine: Engine, task: Task, text: str) -> Route:
-    """The task `text` should go to, with its probability; `task` is a routing_task()."""
+def pick(engine: Engine, task: Task, text: str) -> Pick:
+    """The task `text` should go to, with its probability; `task` is a picker_task()."""
     result = classify(engine, task, text, use_head=False)
-    return Route(result.label, result.probabilities[result.label], result.probabilities, result.usage)
+    return Pick(result.label, result.probabilities[result.label], result.probabilities, result.usage)

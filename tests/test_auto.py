@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from allinone.auto import pick, picker_task
 from allinone.errors import InvalidInput, TaskDefinitionError
-from allinone.router import Router
-from allinone.routing import route, routing_task
+from allinone.service import TaskService
 from allinone.settings import Settings
 from allinone.tasks import load_tasks
 from tests.fakes import FakeEngine
@@ -29,7 +29,7 @@ def prefers(task: str, p: float = 0.8):  # type: ignore[no-untyped-def]
 
 
 def test_routing_prompt_lists_every_routable_task_with_its_description() -> None:
-    task = routing_task(TASKS.values())
+    task = picker_task(TASKS.values())
     assert [lb.id for lb in task.labels or []][-1] == "chat"  # the conversation task comes last
     assert {lb.id for lb in task.labels or []} == set(TASKS)
     for t in TASKS.values():
@@ -38,7 +38,7 @@ def test_routing_prompt_lists_every_routable_task_with_its_description() -> None
 
 
 def test_routing_examples_are_taken_in_turn_from_every_task() -> None:
-    examples = routing_task(TASKS.values()).examples
+    examples = picker_task(TASKS.values()).examples
     first_round = [ex.output for ex in examples[: len(TASKS)]]
     assert sorted(first_round) == sorted(TASKS)
     assert sum(len(t.routing.examples) for t in TASKS.values()) == len(examples)
@@ -49,24 +49,24 @@ def test_tasks_marked_not_routable_are_never_candidates() -> None:
     tasks["chat"] = tasks["chat"].model_copy(
         update={"routing": tasks["chat"].routing.model_copy(update={"enabled": False})}
     )
-    assert "chat" not in {lb.id for lb in routing_task(tasks.values()).labels or []}
+    assert "chat" not in {lb.id for lb in picker_task(tasks.values()).labels or []}
     with pytest.raises(InvalidInput, match="at least two"):
-        routing_task([TASKS["chat"]])
+        picker_task([TASKS["chat"]])
 
 
 def test_route_returns_the_argmax_task_with_a_probability_over_all_candidates() -> None:
-    chosen = route(FakeEngine(prefers("summary")), routing_task(TASKS.values()), "帮我总结一下这篇文章")
+    chosen = pick(FakeEngine(prefers("summary")), picker_task(TASKS.values()), "帮我总结一下这篇文章")
     assert chosen.task == "summary" and chosen.probability == max(chosen.probabilities.values())
     assert sum(chosen.probabilities.values()) == pytest.approx(1.0) and set(chosen.probabilities) == set(TASKS)
 
 
 def test_router_routes_with_the_same_engine_and_auto_is_not_a_task(tmp_path: Path) -> None:
     engine = FakeEngine(prefers("translate"))
-    router = Router(Settings(home=tmp_path), engine)
-    assert router.route("翻译：你好").task == "translate"
+    service = TaskService(Settings(home=tmp_path), engine)
+    assert service.pick_task("翻译：你好").task == "translate"
     assert "task router" in engine.prompts[-1].text
     with pytest.raises(Exception, match="unknown task 'auto'"):
-        router.task("auto")
+        service.task("auto")
 
 
 def test_a_user_task_named_auto_is_refused(tmp_path: Path) -> None:

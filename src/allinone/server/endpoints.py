@@ -1,4 +1,4 @@
-"""The service's own routes: tasks, the original /analyze and /chat, the combined flow, sessions, health."""
+"""The service's own endpoints: tasks, the original /analyze and /chat, the combined flow, sessions, health."""
 
 from __future__ import annotations
 
@@ -11,27 +11,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..chat import ChatSession, split_messages
+from ..auto import AUTO
+from ..chat import ChatSession
 from ..classify import Classification
 from ..errors import AllInOneError, SessionNotFound
-from ..routing import AUTO
-from ..tasks import Task
+from ..events import Classified, Event, TaskCall, Token
 from . import metrics as metrics_module
-from .calls import (
-    Reply,
-    classify,
-    items_of,
-    join,
-    note,
-    open_session,
-    parsed,
-    require_text,
-    route,
-    route_out,
-    start_stream,
-    timing,
-    usage_out,
-)
+from .calls import Outcome, collect, events_of, note, open_session, pick_out, run_call, start, timing, usage_out
 from .errors import domain_error
 from .schemas import (
     AnalyzeAndReplyRequest,
@@ -54,7 +40,7 @@ from .schemas import (
 from .state import Services, owner, record, services
 from .streaming import EventStream, ThreadedStream, sse
 
-router = APIRouter()
+api = APIRouter()
 
 INDEX = Path(__file__).parent / "static" / "index.html"
 
@@ -75,7 +61,7 @@ _STREAMS: dict[int | str, dict[str, Any]] = {
 
 
 def sentiment_out(result: Classification, svc: Services) -> Sentiment:
-    label = svc.router.task(result.task).label(result.label)
+    label = svc.service.task(result.task).label(result.label)
     return Sentiment(
         sentiment=label.display,
         label=result.label,
@@ -87,34 +73,24 @@ def sentiment_out(result: Classification, svc: Services) -> Sentiment:
 
 
 def event_stream(
-    request: Request,
-    stream: ThreadedStream[Any],
-    first: Any,
-    done: dict[str, Any],
-    task: Task | None = None,
-    sentiment: Classification | None = None,
+    request: Request, stream: ThreadedStream[Event], first: Event | None, done: dict[str, Any]
 ) -> EventStream:
-    """SSE: `sentiment` (the combined flow's, sent at once), `token`s, then `done` with the totals (and a
-    structured task's `data`), or `error`."""
+    """SSE from a call's events: a classify task's one `result`; else the combined flow's `sentiment` (as soon
+    as it is known), `token`s, then `done` with the totals (and a structured task's `data`); or `error`."""
     svc, rec = services(request), record(request)
-    reply = Reply(rec)
+    outcome = Outcome(rec)
 
     async def body() -> AsyncGenerator[str, None]:
         try:
-            if sentiment is not None:
-                reply.classified(sentiment)
-                yield sse(sentiment_out(sentiment, svc).model_dump(), "sentiment")
-            async with aclosing(items_of(request, stream, first)) as all_items:
-                async for item in all_items:
-                    reply.add(item)
-                    if item.text:
-                        yield sse({"text": item.text}, "token")
-            if rec.client_gone:
+            async with aclosing(events_of(request, stream, first)) as events:
+                async for event in events:
+                    outcome.add(event)
+                    if isinstance(event, Classified) and event.next_lane is not None:
+                        yield sse(sentiment_out(event.result, svc).model_dump(), "sentiment")
+                    elif isinstance(event, Token) and event.text:
+                        yield sse({"text": event.text}, "token")
+            if rec.client_gone or outcome.result is None:
                 return
-            end = {"reply": reply.text, "finish_reason": reply.finish_reason, **done}
-            end |= {"truncated": reply.truncated, "trimmed_turns": reply.trimmed_turns}
-            if task is not None and task.output_schema is not None:
-                end["data"] = parsed(task, reply.text, reply.finish_reason)
         except AllInOneError as e:  # the response has started: the error becomes an event
             rec.status, payload = domain_error(e)
             rec.error = payload["error"]["type"]
@@ -122,32 +98,58 @@ def event_stream(
             return
         finally:
             await stream.aclose()
-            reply.close()
-        end |= {"usage": usage_out(rec.usage).model_dump(), "timing": timing(rec, reply.sentiment_ms).model_dump()}
+            outcome.close()
+        if isinstance(outcome.result, Classification):
+            yield sse(classify_response(outcome).model_dump(), "result")
+            return
+        g = outcome.generated
+        end = {"reply": g.text, "finish_reason": g.finish_reason, **done, "data": g.data}
+        end |= {"truncated": g.truncated, "trimmed_turns": g.trimmed_turns, "route": _route(outcome)}
+        end |= {"usage": usage_out(rec.usage).model_dump(), "timing": timing(rec, outcome.sentiment_ms).model_dump()}
         yield sse(end, "done")
 
     return EventStream(body(), stream)
 
 
-# --- routes -------------------------------------------------------------------------------------
+def _route(outcome: Outcome) -> dict[str, Any] | None:
+    picked = pick_out(outcome.pick)
+    return picked.model_dump() if picked else None
 
 
-@router.get("/", include_in_schema=False)
+def classify_response(outcome: Outcome) -> ClassifyResponse:
+    result, rec = outcome.classification, outcome.rec
+    return ClassifyResponse(
+        task=result.task,
+        label=result.label,
+        display=result.display,
+        probabilities=result.probabilities,
+        truncated=result.truncated,
+        scoring=result.scoring,
+        route=pick_out(outcome.pick),
+        usage=usage_out(rec.usage),
+        timing=timing(rec),
+    )
+
+
+# --- endpoints -------------------------------------------------------------------------------------
+
+
+@api.get("/", include_in_schema=False)
 async def page() -> FileResponse:
     return FileResponse(INDEX, media_type="text/html; charset=utf-8")
 
 
-@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}}, tags=["service"])
+@api.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}}, tags=["service"])
 async def health(request: Request) -> Any:
     """Ready (200) once the model is loaded and the tasks' prefixes computed; 503 before."""
     svc = services(request)
     if not svc.ready():
         return JSONResponse(HealthOut(status="loading", ready=False).model_dump(), status_code=503)
-    info = svc.router.engine.info
+    info = svc.service.engine.info
     return HealthOut(status="ok", ready=True, model=info.model, backend=info.backend, tasks=task_infos(svc))
 
 
-@router.get("/metrics", response_class=PlainTextResponse, tags=["service"])
+@api.get("/metrics", response_class=PlainTextResponse, tags=["service"])
 async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus text: requests, latency histograms and tokens per task, cache-hit tokens, in-flight requests."""
     return PlainTextResponse(services(request).metrics.render(), media_type=metrics_module.CONTENT_TYPE)
@@ -162,17 +164,17 @@ def task_infos(svc: Services) -> list[TaskInfo]:
             model_id=f"allinone-{t.name}",
             labels=[label.id for label in t.labels] if t.labels else None,
         )
-        for t in svc.router.tasks.values()
+        for t in svc.service.tasks.values()
     ]
 
 
-@router.get("/v1/tasks", response_model=list[TaskInfo], tags=["tasks"])
+@api.get("/v1/tasks", response_model=list[TaskInfo], tags=["tasks"])
 async def list_tasks(request: Request) -> list[TaskInfo]:
     """Every task the model serves."""
     return task_infos(services(request))
 
 
-@router.post(
+@api.post(
     "/v1/tasks/{name}",
     response_model=TaskResponse,
     responses={**_ERRORS, **_STREAMS},
@@ -182,85 +184,63 @@ async def run_task(name: str, body: TaskRequest, request: Request) -> Any:
     """Run any task, or `auto` to let the model pick it. Classify tasks return the label, display line and
     probabilities; generate tasks return text (and `data` when they declare an output_schema), with
     `stream: true` as server-sent events. Options override the task's defaults."""
-    svc, rec = services(request), record(request)
+    svc = services(request)
     messages = [m.message() for m in body.messages] if body.messages else None
-    text = split_messages(messages)[2] if messages else (body.text or "")
-    found = await route(request, text) if name == AUTO else None
-    name = found.task if found else name
-    task = svc.router.task(name)
-    if task.kind == "classify":
-        result = await classify(request, name, text, body.model_extra)  # generation overrides do not apply
-        out = ClassifyResponse(
-            task=name,
-            label=result.label,
-            display=result.display,
-            probabilities=result.probabilities,
-            truncated=result.truncated,
-            scoring=result.scoring,
-            route=route_out(found),
-            usage=usage_out(rec.usage),
-            timing=timing(rec),
-        )
-        return EventStream(_one_event(out.model_dump(), "result")) if body.stream else out
+    text = messages[-1].content if messages else (body.text or "")
     note(request, name, text)
-    require_text(text)
-    session = await open_session(request, body.session_id) if body.session_id and task.multi_turn else None
-    if messages:
-        items = svc.router.stream_messages(name, messages, body.options())
-    else:
-        items = svc.router.stream(name, text, session, body.options())
+    multi_turn = name == AUTO or svc.service.task(name).multi_turn
+    session = await open_session(request, body.session_id) if body.session_id and multi_turn else None
+    call = TaskCall(name, text, messages, {**body.options(), **(body.model_extra or {})}, session)
+    events, lane = run_call(request, call)
     session_id = session.id if session else None
     if body.stream:
-        stream, first = await start_stream(request, items)
-        routed = route_out(found)
-        done = {"task": name, "session_id": session_id, "route": routed.model_dump() if routed else None}
-        return event_stream(request, stream, first, done, task)
-    reply = await join(request, items)
+        stream, first = await start(request, events, lane)
+        return event_stream(request, stream, first, {"task": name, "session_id": session_id})
+    outcome = await collect(request, events, lane)
+    if isinstance(outcome.result, Classification):
+        return classify_response(outcome)
+    g, rec = outcome.generated, outcome.rec
     return GenerateResponse(
-        task=name,
-        text=reply.text,
-        finish_reason=reply.finish_reason,
-        session_id=session_id,
-        data=parsed(task, reply.text, reply.finish_reason),
-        route=route_out(found),
-        truncated=reply.truncated,
-        trimmed_turns=reply.trimmed_turns,
+        task=g.task,
+        text=g.text,
+        finish_reason=g.finish_reason,
+        session_id=session_id if session_id and svc.service.task(g.task).multi_turn else None,
+        data=g.data,
+        route=pick_out(outcome.pick),
+        truncated=g.truncated,
+        trimmed_turns=g.trimmed_turns,
         usage=usage_out(rec.usage),
         timing=timing(rec),
     )
 
 
-async def _one_event(data: dict[str, Any], event: str) -> AsyncGenerator[str, None]:
-    yield sse(data, event)
-
-
-@router.post("/analyze", response_model=AnalyzeResponse, responses=_ERRORS, tags=["original service"])
+@api.post("/analyze", response_model=AnalyzeResponse, responses=_ERRORS, tags=["original service"])
 async def analyze(body: AnalyzeRequest, request: Request) -> AnalyzeResponse:
     """The original service's sentiment route: `{"text"}` -> `{"sentiment": "正面" | "负面", ...}`."""
-    svc = services(request)
-    result = await classify(request, "sentiment", body.text)
-    s = sentiment_out(result, svc)
-    return AnalyzeResponse(**s.model_dump(), timing=timing(record(request)))
+    note(request, "sentiment", body.text)
+    outcome = await collect(request, *run_call(request, TaskCall("sentiment", body.text)))
+    s = sentiment_out(outcome.classification, services(request))
+    return AnalyzeResponse(**s.model_dump(), timing=timing(outcome.rec))
 
 
-@router.post("/chat", response_model=ChatResponse, responses=_ERRORS, tags=["original service"])
+@api.post("/chat", response_model=ChatResponse, responses=_ERRORS, tags=["original service"])
 async def chat(body: ChatRequest, request: Request) -> ChatResponse:
     """The original service's chat route: `{"text", "session_id"?}` -> `{"reply", "session_id", ...}`."""
-    svc, rec = services(request), note(request, "chat", body.text)
-    text = require_text(body.text)
+    rec = note(request, "chat", body.text)
     session = await open_session(request, body.session_id)
-    reply = await join(request, svc.router.stream("chat", text, session))
+    outcome = await collect(request, *run_call(request, TaskCall("chat", body.text, session=session)))
+    g = outcome.generated
     return ChatResponse(
-        reply=reply.text,
+        reply=g.text,
         session_id=session.id,
-        truncated=reply.truncated,
-        trimmed_turns=reply.trimmed_turns,
+        truncated=g.truncated,
+        trimmed_turns=g.trimmed_turns,
         usage=usage_out(rec.usage),
         timing=timing(rec),
     )
 
 
-@router.post(
+@api.post(
     "/v1/analyze_and_reply",
     response_model=AnalyzeAndReplyResponse,
     responses={**_ERRORS, **_STREAMS},
@@ -268,29 +248,27 @@ async def chat(body: ChatRequest, request: Request) -> ChatResponse:
 )
 async def analyze_and_reply(body: AnalyzeAndReplyRequest, request: Request) -> Any:
     """The sentiment line first, then the assistant's reply that knows it, in the same session.
-    With `stream: true`: SSE `sentiment` (as soon as it is known), then `token` events, then `done`."""
-    svc, rec = services(request), note(request, "chat", body.text)
-    text = require_text(body.text)
-    task, params, _ = svc.router.prepare("chat", text, body.options())
-    session = await open_session(request, body.session_id)
-    result = await classify(request, "sentiment", text)  # its own lane: never behind other users' replies
+    With `stream: true`: SSE `sentiment` (as soon as it is known), then `token` events, then `done`.
+    The sentiment runs on the classification lane: it never waits behind other users' replies."""
+    rec = note(request, "chat", body.text)
     rec.task = "analyze_and_reply"
-    items = svc.router.reply(task, params, text, session, svc.router.sentiment_tag(result))
-    if body.stream:  # the reply waits for a generation slot inside the stream, after the sentiment event
-        admission = svc.admission
-        stream = ThreadedStream(items, admission, admission.deadline(rec))
-        return event_stream(request, stream, None, {"session_id": session.id}, sentiment=result)
-    first = Reply(rec)
-    first.classified(result)
-    reply = await join(request, items, first)
+    session = await open_session(request, body.session_id)
+    call = TaskCall("chat", body.text, options=body.options(), session=session, sentiment="sentiment")
+    events, lane = run_call(request, call)
+    if body.stream:
+        stream, first = await start(request, events, lane)
+        return event_stream(request, stream, first, {"session_id": session.id})
+    outcome = await collect(request, events, lane)
+    g = outcome.generated
+    assert outcome.sentiment is not None
     return AnalyzeAndReplyResponse(
-        sentiment=sentiment_out(result, svc),
-        reply=reply.text,
-        finish_reason=reply.finish_reason,
+        sentiment=sentiment_out(outcome.sentiment, services(request)),
+        reply=g.text,
+        finish_reason=g.finish_reason,
         session_id=session.id,
-        trimmed_turns=reply.trimmed_turns,
+        trimmed_turns=g.trimmed_turns,
         usage=usage_out(rec.usage),
-        timing=timing(rec, reply.sentiment_ms),
+        timing=timing(rec, outcome.sentiment_ms),
     )
 
 
@@ -299,14 +277,14 @@ def session_out(session: ChatSession) -> SessionOut:
     return SessionOut(session_id=session.id, turns=turns)
 
 
-@router.get("/v1/sessions/{session_id}", response_model=SessionOut, responses=_ERRORS, tags=["sessions"])
+@api.get("/v1/sessions/{session_id}", response_model=SessionOut, responses=_ERRORS, tags=["sessions"])
 async def get_session(session_id: str, request: Request) -> SessionOut:
     """A session's conversation so far; only the API key that made the session sees it (others get 404)."""
     found = await run_in_threadpool(services(request).sessions.get, session_id, owner(request))
     return session_out(found)
 
 
-@router.delete("/v1/sessions/{session_id}", status_code=204, responses=_ERRORS, tags=["sessions"])
+@api.delete("/v1/sessions/{session_id}", status_code=204, responses=_ERRORS, tags=["sessions"])
 async def delete_session(session_id: str, request: Request) -> Response:
     """Forget a session (the page's reset button); 404 when there is none of the caller's with this id."""
     if not await run_in_threadpool(services(request).sessions.delete, session_id, owner(request)):
