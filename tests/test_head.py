@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,24 +85,57 @@ def test_train_head_command_writes_a_head_the_task_can_use(tmp_path: Path, monke
     assert head.labels == ["positive", "negative"] and head.info["n_train"] == 20
 
 
-def test_a_head_reads_the_layer_it_was_trained_on(tmp_path: Path) -> None:
+def test_a_head_is_used_only_where_the_engine_can_feed_it(tmp_path: Path) -> None:
     weight = np.array([[0.0, 5.0, 0.0, 0.0], [0.0, -5.0, 0.0, 0.0]])
-    head = LinearHead(["positive", "negative"], np.zeros(4), np.ones(4), weight, np.zeros(2), {"probe_layer": 12})
+    info = {"probe_layer": 12, "model": "fake-model"}
+    head = LinearHead(["positive", "negative"], np.zeros(4), np.ones(4), weight, np.zeros(2), info)
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
     task = load_task_file(sentiment_with_head(tasks_dir, head))
     engine = FakeEngine(scorer)
-    with pytest.raises(TaskDefinitionError, match="layer 12, but the engine probes None"):
-        classify(engine, task, "好", use_head=True)
+    # heads are on by default: an engine without the head's layer gives the prompt's answer, not an error
+    assert classify(engine, task, "好", use_head=True).method == "prompt"
     engine.probe_layer = 12
     assert classify(engine, task, "好", use_head=True).method == "prompt+head"
-    # the service asks the engine it loads for the heads' layer, only when heads are in use
+    engine.info = replace(engine.info, model="another-model")  # features of another model mean nothing to it
+    assert classify(engine, task, "好", use_head=True).method == "prompt"
+    # the service asks the engine it loads for the heads' layer, only when heads are in use (the default)
     from allinone.service import TaskService
     from allinone.settings import Settings
 
     assert TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir, use_heads=True)).probe_layer() == 12
-    assert TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir)).probe_layer() is None
+    assert TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir, use_heads=False)).probe_layer() is None
+    assert (
+        TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir, model="openai:m", use_heads=True)).probe_layer()
+        is None
+    )
     assert TaskService(Settings(home=tmp_path, tasks_dir=tasks_dir), probe_layer=3).probe_layer() == 3
+
+
+def test_mixing_and_gating_fall_back_to_the_prompt_where_the_head_is_unsure(tmp_path: Path) -> None:
+    # hidden = [prompt length, count of 好]: z = 2 * count - 3, so one 好 gives P(positive) = 0.27, three 0.95
+    weight = np.array([[0.0, 1.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0]])
+    info = {"probe_layer": None, "model": "fake-model", "mix": 0.5, "gate": 0.8}
+    head = LinearHead(["positive", "negative"], np.zeros(4), np.ones(4), weight, np.array([-1.5, 1.5]), info)
+    task = load_task_file(sentiment_with_head(tmp_path, head))
+    unsure = classify(FakeEngine(scorer), task, "好", use_head=True)
+    assert unsure.probabilities == pytest.approx({"positive": 0.7, "negative": 0.3})  # the prompt's (gate)
+    sure = classify(FakeEngine(scorer), task, "好好好", use_head=True)
+    p_head = 1 / (1 + math.exp(-3.0))
+    assert sure.probabilities["positive"] == pytest.approx(0.5 * p_head + 0.5 * 0.7)  # mixed half and half
+    assert sure.method == "prompt+head"
+
+
+def test_toward_the_prompt_a_strong_penalty_keeps_the_label_scores_and_drops_the_rest() -> None:
+    rng = np.random.default_rng(2)
+    hidden = rng.normal(size=(400, 6))
+    prompt = rng.normal(size=(400, 1))
+    golds = ["a" if row[0] + 0.3 * p[0] > 0 else "b" for row, p in zip(hidden, prompt, strict=True)]
+    x = np.hstack([hidden, prompt, -prompt]).tolist()
+    free = train_head(x, golds, ["a", "b"], l2=1e6, free=2)
+    assert np.abs(free.weight[0, :6]).max() < 1e-3 < np.abs(free.weight[0, 6:]).max()
+    plain = train_head(x, golds, ["a", "b"], l2=1e6)
+    assert np.abs(plain.weight).max() < 1e-3  # penalising every weight shrinks toward a constant instead
 
 
 def test_training_finds_the_penalised_optimum_for_two_and_three_labels() -> None:
@@ -122,3 +156,20 @@ def test_training_finds_the_penalised_optimum_for_two_and_three_labels() -> None
     three = ["a" if row[0] > 0.5 else "b" if row[0] < -0.5 else "c" for row in x]
     head3 = train_head(x.tolist(), three, ["a", "b", "c"], l2=0.01)
     assert head3.weight.shape == (3, 6) and head3.info["train_accuracy"] >= 0.9
+
+
+def test_the_head_is_on_by_default_and_no_head_gives_the_prompts_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weight = np.array([[0.0, 5.0, 0.0, 0.0], [0.0, -5.0, 0.0, 0.0]])
+    head = LinearHead(["positive", "negative"], np.zeros(4), np.ones(4), weight, np.array([-5.0, 5.0]), {})
+    sentiment_with_head(tmp_path, head)
+    monkeypatch.setenv("ALLINONE_USE_HEADS", "1")  # TODO(issue 16): the default once the new head is trained
+    patch_cli_engine(monkeypatch, FakeEngine(scorer), tmp_path)
+    args = ["run", "sentiment", "一般般", "--json", "--tasks-dir", str(tmp_path)]
+    default = json.loads(CliRunner().invoke(cli_module.cli, args).output)
+    assert default["method"] == "prompt+head" and default["label"] == "negative"
+    plain = json.loads(CliRunner().invoke(cli_module.cli, [*args, "--no-head"]).output)
+    assert plain["method"] == "prompt" and plain["label"] == "positive"
+    monkeypatch.setenv("ALLINONE_USE_HEADS", "0")
+    assert json.loads(CliRunner().invoke(cli_module.cli, args).output)["method"] == "prompt"

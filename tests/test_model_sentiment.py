@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from allinone.chat import ChatSession, Turn, model_messages
+from allinone.classify import load_head
 from allinone.engines import Conversation
 from allinone.events import Classified, TaskCall, Token
 from allinone.service import TaskService
@@ -133,10 +134,11 @@ def test_eval_command_on_other_domains_with_the_real_model(tmp_path: Path, setti
     assert len(preds) == 48 and all(abs(sum(p["probabilities"].values()) - 1) < 1e-6 for p in preds)
 
 
-def test_the_shipped_head_runs_on_the_probed_engine_and_stays_right_on_clear_sentences(settings: Settings) -> None:
-    heads = TaskService(settings.model_copy(update={"use_heads": True, "n_ctx": 2048}))
+def test_the_shipped_head_is_on_by_default_and_stays_right_on_clear_sentences(settings: Settings) -> None:
+    heads = TaskService(settings.model_copy(update={"n_ctx": 2048, "use_heads": True}))
     try:
-        assert heads.engine.probe_layer == 15  # what sentiment.head.json was trained on
+        head = load_head(heads.task("sentiment"))
+        assert head is not None and heads.engine.probe_layer == head.probe_layer  # the layer it was trained on
         results = [(heads.classify("sentiment", text), want, text) for text, want in CLEAR]
         assert all(r.method == "prompt+head" and r.prompt_probabilities is not None for r, _, _ in results)
         wrong = [(t, r.label) for r, want, t in results if r.label != want]

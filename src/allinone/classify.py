@@ -101,6 +101,18 @@ def load_head(task: Task) -> LinearHead | None:
     return _heads[key]
 
 
+def usable_head(engine: Engine, task: Task) -> LinearHead | None:
+    """The task's learned head if this engine can feed it: the model it was trained on, probing its layer.
+
+    Heads are on by default, so another model or an engine without hidden states (openai) gets the
+    prompt's answer instead of an error; `Classification.method` says which was given.
+    """
+    head = load_head(task)
+    if head is None or head.probe_layer != engine.probe_layer:
+        return None
+    return head if head.info.get("model", engine.info.model) == engine.info.model else None
+
+
 _biases: weakref.WeakKeyDictionary[Engine, dict[str, list[float]]] = weakref.WeakKeyDictionary()
 _bias_lock = threading.Lock()
 
@@ -129,12 +141,7 @@ def classify(engine: Engine, task: Task, text: str, use_head: bool = False) -> C
     if task.kind != "classify" or task.labels is None:
         raise InvalidInput(f"task '{task.name}' is not a classify task")
     text, truncated = task.truncation.apply(text, engine.count_tokens)
-    head = load_head(task) if use_head else None
-    if head is not None and head.probe_layer != engine.probe_layer:
-        raise TaskDefinitionError(
-            f"task '{task.name}': its head reads hidden-state layer {head.probe_layer}, "
-            f"but the engine probes {engine.probe_layer}"
-        )
+    head = usable_head(engine, task) if use_head else None
     return _result(task, score_words(engine, task, text, hidden=head is not None), truncated, engine, head)
 
 
@@ -147,7 +154,7 @@ def classify_many(engine: Engine, task: Task, texts: Sequence[str], use_head: bo
     """
     if task.kind != "classify" or task.labels is None:
         raise InvalidInput(f"task '{task.name}' is not a classify task")
-    head = load_head(task) if use_head else None
+    head = usable_head(engine, task) if use_head else None
     if head is not None or len(texts) < 2:
         return [classify(engine, task, require_text(t), use_head) for t in texts]
     cut = [task.truncation.apply(require_text(t), engine.count_tokens) for t in texts]
@@ -162,7 +169,7 @@ def _result(task: Task, scores: Scores, truncated: bool, engine: Engine, head: L
     result = Classification(task.name, "", "", probs, scores.usage, truncated, scoring=scores.scoring)
     if head is not None and scores.hidden is not None:
         result.prompt_probabilities = probs
-        result.probabilities = head.probabilities(scores.hidden, label_scores(task, scores.logprobs))
+        result.probabilities = head.answer(scores.hidden, label_scores(task, scores.logprobs), probs)
         result.method = "prompt+head"
     result.label = max(result.probabilities, key=result.probabilities.__getitem__)
     result.display = display_line(task, result.label)

@@ -42,8 +42,21 @@ def _remember_engine(ctx: click.Context, param: click.Parameter, value: str | No
         ctx.meta["allinone.engine"] = value
 
 
+def _remember_no_head(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta["allinone.use_heads"] = False
+
+
 def model_options(f: F) -> F:
-    """--model, --engine and --tasks-dir, which override ALLINONE_MODEL / ALLINONE_ENGINE / ALLINONE_TASKS_DIR."""
+    """--model, --engine, --tasks-dir and --no-head, which override ALLINONE_MODEL / ALLINONE_ENGINE /
+    ALLINONE_TASKS_DIR / ALLINONE_USE_HEADS."""
+    f = click.option(
+        "--no-head",
+        is_flag=True,
+        expose_value=False,  # read by _settings, like --engine
+        callback=_remember_no_head,
+        help="Classify tasks: label scoring alone, without the task's learned head [env ALLINONE_USE_HEADS=0].",
+    )(f)
     f = click.option(
         "--engine",
         type=click.Choice(["auto", "llamacpp", "transformers", "openai"]),
@@ -72,6 +85,7 @@ def _settings(**overrides: Any) -> Settings:
     ctx = click.get_current_context(silent=True)
     overrides.setdefault("engine", ctx.meta.get("allinone.engine") if ctx else None)
     overrides.setdefault("batch_size", ctx.meta.get("allinone.batch_size") if ctx else None)
+    overrides.setdefault("use_heads", ctx.meta.get("allinone.use_heads") if ctx else None)
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -43,6 +43,23 @@ class LinearHead:
         p /= p.sum()
         return {label: float(v) for label, v in zip(self.labels, p, strict=True)}
 
+    @property
+    def mix(self) -> float:
+        """Weight of the head's probabilities against the prompt's (1: the head alone)."""
+        return float(self.info.get("mix", 1.0))
+
+    @property
+    def gate(self) -> float:
+        """The head answers only where its top probability reaches this; elsewhere the prompt does."""
+        return float(self.info.get("gate", 0.0))
+
+    def answer(self, hidden: list[float], label_scores: list[float], prompt: dict[str, float]) -> dict[str, float]:
+        """The head's probabilities mixed with the prompt's (`mix`), where the head is confident (`gate`)."""
+        own = self.probabilities(hidden, label_scores)
+        if max(own.values()) < self.gate:
+            return prompt
+        return {k: self.mix * own[k] + (1 - self.mix) * prompt[k] for k in own}
+
     def save(self, path: Path) -> None:
         data = {
             "format": "allinone-linear-head/1",
@@ -74,13 +91,14 @@ class LinearHead:
         return head
 
 
-def _newton(x: Array, y: Array, l2: float, iters: int = 50) -> tuple[Array, float]:
-    """L2-penalised binary logistic regression (penalty on the weights, not the bias), by Newton's method."""
+def _newton(x: Array, y: Array, l2: float, free: int = 0, iters: int = 50) -> tuple[Array, float]:
+    """L2-penalised binary logistic regression by Newton's method; the bias and the last `free` weights are
+    not penalised."""
     n, d = x.shape
     xb = np.hstack([x, np.ones((n, 1))])
     w = np.zeros(d + 1)
     penalty = np.full(d + 1, l2)
-    penalty[-1] = 0.0
+    penalty[d - free :] = 0.0
     for _ in range(iters):
         p = 1.0 / (1.0 + np.exp(-np.clip(xb @ w, -50, 50)))
         grad = xb.T @ (p - y) + penalty * w
@@ -92,8 +110,13 @@ def _newton(x: Array, y: Array, l2: float, iters: int = 50) -> tuple[Array, floa
     return w[:-1], float(w[-1])
 
 
-def train_head(features: list[list[float]], golds: list[str], labels: list[str], l2: float = 1.0) -> LinearHead:
+def train_head(
+    features: list[list[float]], golds: list[str], labels: list[str], l2: float = 1.0, free: int = 0
+) -> LinearHead:
     """Logistic regression on standardized features with an L2 penalty, solved exactly (Newton's method).
+
+    `free`: the last features (the prompt's label scores) are not penalised, so a strong penalty shrinks the
+    head toward the prompt's own answer (recalibrated) rather than toward a constant.
 
     Two labels: one binary model, split as +z/2 and -z/2 so the softmax is its sigmoid. More labels: one
     model per label against the rest, softmax over their scores.
@@ -103,12 +126,17 @@ def train_head(features: list[list[float]], golds: list[str], labels: list[str],
     x = (x - mean) / scale
     gold = np.asarray([labels.index(g) for g in golds])
     if len(labels) == 2:
-        w, b = _newton(x, (gold == 0).astype(np.float64), l2)
+        w, b = _newton(x, (gold == 0).astype(np.float64), l2, free)
         weight, bias = np.stack([w / 2, -w / 2]), np.asarray([b / 2, -b / 2])
     else:
-        fits = [_newton(x, (gold == k).astype(np.float64), l2) for k in range(len(labels))]
+        fits = [_newton(x, (gold == k).astype(np.float64), l2, free) for k in range(len(labels))]
         weight, bias = np.stack([w for w, _ in fits]), np.asarray([b for _, b in fits])
     train_acc = float(((x @ weight.T + bias).argmax(axis=1) == gold).mean())
     return LinearHead(
-        labels, mean, scale, weight, bias, {"n_train": len(golds), "train_accuracy": round(train_acc, 4), "l2": l2}
+        labels,
+        mean,
+        scale,
+        weight,
+        bias,
+        {"n_train": len(golds), "train_accuracy": round(train_acc, 4), "l2": l2, "free": free},
     )

@@ -15,6 +15,7 @@ from .engines.base import GENERATION_OPTIONS, TokenLogprob, Usage
 from .errors import EngineError, InvalidInput, TaskDefinitionError, TaskNotFound, Unsupported
 from .events import Classified, Done, Echoed, Event, Lane, Picked, TaskCall, Token
 from .generate import Generated, limit_stream, token_budget
+from .models import engine_for
 from .settings import Settings
 from .structured import parse_output
 from .tasks import Task, load_tasks
@@ -56,6 +57,9 @@ class TaskService:
         the tasks' learned heads were trained on."""
         if self._probe_layer is not None or not self.settings.use_heads:
             return self._probe_layer
+        kind = engine_for(self.settings.model) if self.settings.engine == "auto" else self.settings.engine
+        if kind == "openai":
+            return None  # no hidden states there: classify gives the prompt's answer
         layers = {head.probe_layer for t in self.tasks.values() if (head := load_head(t)) is not None}
         if len(layers) > 1:
             raise TaskDefinitionError(

@@ -82,7 +82,11 @@ class Settings(BaseSettings):
         description="openai engine: context size in tokens when the server does not report one (vLLM's max_model_len, "
         "llama.cpp's n_ctx); chat history is trimmed to fit it.",
     )
-    use_heads: bool = Field(False, description="Apply the learned head a classify task declares (opt-in: see README).")
+    use_heads: bool = Field(
+        False,
+        description="Apply the learned head a classify task declares, where the engine can (the model it was "
+        "trained on, hidden states); false or --no-head: label scoring alone (see README, Accuracy).",
+    )
     seed: int = Field(-1, description="Default sampling seed; -1 draws a fresh one per request.")
     host: str = Field("127.0.0.1", description="HTTP bind address.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port.")

@@ -158,7 +158,7 @@ class Engine(ABC):
     # What `score(..., hidden=True)` returns: the final hidden state at the last prompt token, preceded,
     # when probe_layer is L, by the mean over the prompt's own tokens (after the cached task prefix) of the
     # hidden state after transformer layer L (0-based). A learned head says which one it was trained on.
-    probe_layer: int | None = None
+    probe_layer: int | tuple[int, ...] | None = None  # a tuple (llama.cpp): each layer's mean in turn
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:

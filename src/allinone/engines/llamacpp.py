@@ -203,7 +203,7 @@ class LlamaCppEngine(Engine):
         n_batch: int = 512,
         parallel: int = 4,
         prefill_chunk: int = 128,
-        probe_layer: int | None = None,
+        probe_layer: int | tuple[int, ...] | None = None,
         kv_f16: bool = True,
         flash_attn: bool = True,
         repack: bool = False,
@@ -253,7 +253,8 @@ class LlamaCppEngine(Engine):
         details: dict[str, str | int] = {"path": str(path), "cache_mb": cache_mb, "n_threads": n_threads}
         details |= {"n_batch": n_batch, "parallel": parallel, "kv": "f16" if kv_f16 else "f32"}
         details |= {"flash_attn": int(flash_attn), "repack": int(repack)}
-        details |= {"probe_layer": probe_layer} if probe_layer is not None else {}
+        if probe_layer is not None:
+            details["probe_layer"] = probe_layer if isinstance(probe_layer, int) else str(probe_layer)
         self.info = EngineInfo("llama.cpp", name, self._n_ctx, details)
         self._scheduler = Scheduler(
             self._ctx, parallel=parallel, cache_bytes=cache_mb << 20, prefill_chunk=prefill_chunk

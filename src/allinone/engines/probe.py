@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +15,25 @@ Rows = np.ndarray[Any, np.dtype[np.float32]]
 
 
 class Probe:
-    """Copies out, during one decode, the hidden state after layer `layer` (a row per token of the batch) and the
-    final normed hidden state (`result_norm`: a row per token that outputs logits, in batch order).
+    """Copies out, during one decode, the hidden state after each of `layers` (a row per token of the batch) and
+    the final normed hidden state (`result_norm`: a row per token that outputs logits, in batch order).
 
     Only installed when a learned head asks for it: the callback runs for every graph node of every decode,
     which costs a few per cent of speed; between `start` and `stop` it copies the two tensors.
     """
 
-    def __init__(self, ll: Any, layer: int, n_layer: int, n_embd: int) -> None:
-        if not 0 <= layer < n_layer - 1:  # the last layer's output keeps only the rows asked for
-            raise ModelError(f"probe layer must be in 0..{n_layer - 2} for this model, not {layer}")
+    def __init__(self, ll: Any, layers: int | Sequence[int], n_layer: int, n_embd: int) -> None:
+        self.layers = [layers] if isinstance(layers, int) else list(layers)
+        for layer in self.layers:
+            if not 0 <= layer < n_layer - 1:  # the last layer's output keeps only the rows asked for
+                raise ModelError(f"probe layer must be in 0..{n_layer - 2} for this model, not {layer}")
         lib = ctypes.CDLL(str(Path(ll.__file__).parent / "lib" / "libggml-base.so"))
         lib.ggml_get_name.restype, lib.ggml_get_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
         lib.ggml_nelements.restype, lib.ggml_nelements.argtypes = ctypes.c_int64, [ctypes.c_void_p]
         lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
         self._lib, self._n_embd = lib, n_embd
-        self._names = {f"l_out-{layer}".encode(): "layer", b"result_norm": "final"}
+        self._names = {f"l_out-{layer}".encode(): f"layer{layer}" for layer in self.layers}
+        self._names[b"result_norm"] = "final"
         self._on = False
         self.rows: dict[str, Rows] = {}
         self.callback = ll.ggml_backend_sched_eval_callback(self._eval)  # kept alive with the engine

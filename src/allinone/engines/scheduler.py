@@ -509,12 +509,13 @@ class Scheduler:
             self._finish(job)
 
     def _probe_rows(self, job: ScoreJob, part: Part) -> None:
-        """Add the probed layer's rows of the job's own tokens (not the task prefix) to its running mean."""
-        rows = self.ctx.probe.rows.get("layer")
-        if rows is None:
+        """Add the probed layers' rows of the job's own tokens (not the task prefix) to its running mean."""
+        probe = self.ctx.probe
+        layers = [probe.rows.get(f"layer{layer}") for layer in probe.layers]
+        if not layers or any(rows is None for rows in layers):
             return
         skip = max(0, job.n_prefix - job.n_past)
-        mine = rows[part.start + skip : part.start + part.n].astype(np.float64)
+        mine = np.hstack([rows[part.start + skip : part.start + part.n] for rows in layers]).astype(np.float64)
         if len(mine):
             total = mine.sum(axis=0)
             job.layer_sum = total if job.layer_sum is None else job.layer_sum + total

@@ -220,7 +220,7 @@ class TransformersEngine(Engine):
             out = self._forward(tokens[n_cached:], cache, hidden)
             first = torch.log_softmax(out.logits[0, -1].double(), -1)
             state = out.hidden_states[-1][0, -1].double().tolist() if hidden else None
-            if state is not None and self.probe_layer is not None:  # hidden_states[0] is the embeddings
+            if state is not None and isinstance(self.probe_layer, int):  # hidden_states[0] is the embeddings
                 state = out.hidden_states[self.probe_layer + 1][0].double().mean(0).tolist() + state
             scores = []
             for text in continuations:
