@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from allinone import cli as cli_module
+from allinone.errors import InvalidInput
 from allinone.evaluate import Prediction, metrics
 from tests.fakes import FakeEngine, patch_cli_engine
 
@@ -172,3 +173,24 @@ def test_eval_and_classify_score_in_batches_of_batch_size(fake: FakeEngine, tmp_
         "positive",
     ]
     assert invoke("eval", "sentiment", str(data), "--batch-size", "0").exit_code == 2
+
+
+def test_batch_functions_give_the_python_api_plain_results(tmp_path: Path) -> None:
+    from allinone.batch import classify_file, evaluate
+    from allinone.service import TaskService
+    from allinone.settings import Settings
+
+    service = TaskService(Settings(home=tmp_path), FakeEngine(scorer))
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    result = evaluate(service, "sentiment", data, limit=4)
+    assert result.metrics.n == 4 and result.metrics.accuracy == 0.5
+    assert [p.line for p in result.predictions] == [1, 2, 3, 4]
+    out = tmp_path / "out.jsonl"
+    first = classify_file(service, "sentiment", data, out, limit=2)
+    assert (first.total, first.resumed_from, first.already_done) == (2, 0, False)
+    again = classify_file(service, "sentiment", data, out)
+    assert (again.total, again.resumed_from) == (5, 2) and len(out.read_text().splitlines()) == 5
+    with pytest.raises(InvalidInput, match=r"\.jsonl or \.csv"):
+        classify_file(service, "sentiment", data, tmp_path / "out.txt")
+    with pytest.raises(InvalidInput, match="generate task, not classify"):
+        evaluate(service, "chat", data)

@@ -247,6 +247,13 @@ def test_sessions_cli_lists_shows_exports_and_deletes(tmp_path: Path) -> None:
     assert [i.id for i in SqliteSessions(tmp_path / "sessions.sqlite3").summaries()] == ["b"]
 
 
+def test_sessions_cli_with_the_memory_store_says_it_cannot_see_them(tmp_path: Path) -> None:
+    env = {"ALLINONE_HOME": str(tmp_path), "ALLINONE_SESSION_STORE": "memory"}
+    result = CliRunner().invoke(cli_module.cli, ["sessions", "list"], env=env)
+    assert result.exit_code == 2 and "server's memory" in result.output
+    assert not (tmp_path / "sessions.sqlite3").exists()  # no empty store made as a side effect
+
+
 @pytest.mark.parametrize("command", ["show", "export", "delete"])
 def test_sessions_cli_unknown_id_is_a_one_line_error_with_exit_2(tmp_path: Path, command: str) -> None:
     result = _cli(tmp_path, "sessions", command, "nope")

@@ -8,12 +8,15 @@ ai.generate("summary", long_text, length="short").text
 chat = ai.chat()
 sentiment, reply = chat.send("今天工作好累")        # the combined flow: sentiment first, then the reply
 for piece in chat.stream("谢谢你"): ...            # a Classification, then the reply's text pieces
+ai.evaluate("sentiment", Path("dev.jsonl")).metrics.accuracy
+ai.classify_file("sentiment", Path("in.csv"), Path("out.csv"))   # resumes after the rows already written
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .chat import ChatSession
 from .classify import Classification
@@ -21,6 +24,10 @@ from .events import Classified, TaskCall, Token
 from .generate import Generated
 from .service import TaskService
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .batch import Evaluation, FileResult
+    from .head import LinearHead
 
 __all__ = ["AllInOne", "Chat"]
 
@@ -53,6 +60,44 @@ class AllInOne:
         for event in self.service.run(TaskCall(task, text, options=options)):
             if isinstance(event, Token) and event.text:
                 yield event.text
+
+    def evaluate(
+        self,
+        task: str,
+        file: Path,
+        text_field: str = "text",
+        label_field: str = "label",
+        label_map: Mapping[str, str] | None = None,
+        limit: int | None = None,
+    ) -> Evaluation:
+        """A classify task's metrics (accuracy, macro-F1, calibration, speed) and predictions on a labelled
+        JSONL/CSV file; `label_map` maps the file's labels to the task's (e.g. {"1": "positive"})."""
+        from .batch import evaluate
+
+        return evaluate(self.service, task, file, text_field, label_field, label_map, limit)
+
+    def classify_file(
+        self, task: str, file: Path, output: Path, text_field: str = "text", limit: int | None = None
+    ) -> FileResult:
+        """Label every row of a JSONL/CSV file into `output` (.jsonl or .csv); rerunning resumes."""
+        from .batch import classify_file
+
+        return classify_file(self.service, task, file, output, text_field, limit)
+
+    def train_head(
+        self,
+        task: str,
+        file: Path,
+        output: Path,
+        exclude: Iterable[Path] = (),
+        l2: float = 300.0,
+        **fields: Any,
+    ) -> LinearHead:
+        """Train and save a classify task's linear head on a labelled file, minus texts in `exclude` files;
+        `fields`: text_field, label_field, label_map, limit as for `evaluate`."""
+        from .batch import train_head_on_file
+
+        return train_head_on_file(self.service, task, file, output, exclude=exclude, l2=l2, **fields)
 
     def chat(self, sentiment: bool = True, task: str = "chat") -> Chat:
         """A new conversation; with `sentiment`, each message gets its sentiment first (the combined flow)."""

@@ -386,25 +386,6 @@ def labelled_options(f: F) -> F:
     return f
 
 
-def _labelled_rows(
-    task: Any,
-    file: Path,
-    text_field: str,
-    label_field: str,
-    label_map: tuple[str, ...],
-    limit: int | None,
-    exclude: tuple[Path, ...] = (),
-) -> list[Any]:
-    """Every labelled row (checked before any model work), minus texts that occur in `exclude` files."""
-    from itertools import islice
-
-    from .dataset import label_lookup, read_rows
-
-    held_out = {row.text for path in exclude for row in read_rows(path, text_field)}
-    rows = read_rows(file, text_field, label_field, label_lookup(task, _label_map(label_map)))
-    return list(islice((r for r in rows if r.text not in held_out), limit))
-
-
 @cli.command("eval")
 @click.argument("task")
 @click.argument("file", type=click.Path(path_type=Path))
@@ -426,32 +407,14 @@ def eval_cmd(
     tasks_dir: Path | None,
 ) -> None:
     """Measure a classify TASK on a labelled JSONL/CSV FILE: accuracy, macro-F1, calibration, speed."""
-
-    from .evaluate import Prediction, metrics
+    from .batch import evaluate
 
     service = _service(model, tasks_dir)
-    t = service._kind(task, "classify")
-    rows = _labelled_rows(t, file, text_field, label_field, label_map, limit)
-    service.engine  # noqa: B018
-    preds = []
-    start = time.perf_counter()
-    with _progress(len(rows), f"eval {task}") as bar:
-        step = service.settings.batch_size
-        for i in range(0, len(rows), step):
-            chunk = rows[i : i + step]
-            for row, r in zip(chunk, service.classify_many(task, [row.text for row in chunk]), strict=True):
-                preds.append(Prediction(row.line, row.label or "", r.label, r.probabilities, r.usage.prompt_tokens))
-            bar.update(len(chunk))
-    m = metrics(preds, [lb.id for lb in t.labels or []], time.perf_counter() - start)
-    m.extra = {"task": task, "file": str(file), "model": service.engine.info.model}
-    _print_metrics(m)
+    result = evaluate(service, task, file, text_field, label_field, _label_map(label_map), limit, _progress)
+    _print_metrics(result.metrics)
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "metrics.json").write_text(json.dumps(asdict(m), ensure_ascii=False, indent=2) + "\n")
-        with (output / "predictions.jsonl").open("w", encoding="utf-8") as f:
-            for p in preds:
-                f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
-        click.echo(f"wrote {output / 'metrics.json'} and {output / 'predictions.jsonl'}")
+        metrics_file, predictions_file = result.save(output)
+        click.echo(f"wrote {metrics_file} and {predictions_file}")
 
 
 def _print_metrics(m: Any) -> None:
@@ -465,19 +428,6 @@ def _print_metrics(m: Any) -> None:
     click.echo(" " * 14 + "".join(f"{lab:>12}" for lab in labels))
     for gold in labels:
         click.echo(f"{gold:<14}" + "".join(f"{m.confusion[gold][p]:>12}" for p in labels))
-
-
-def _completed_rows(out: Path) -> int:
-    """Rows already written by an earlier run; a half-written last line is cut off."""
-    if not out.exists():
-        return 0
-    data = out.read_bytes()
-    keep = data.rfind(b"\n") + 1
-    if keep < len(data):
-        with out.open("r+b") as f:
-            f.truncate(keep)
-    n = data[:keep].count(b"\n")
-    return max(0, n - 1) if out.suffix.lower() == ".csv" else n
 
 
 @cli.command("classify")
@@ -497,43 +447,15 @@ def classify_cmd(
     task: str, file: Path, out: Path, text_field: str, limit: int | None, model: str | None, tasks_dir: Path | None
 ) -> None:
     """Label every row of a JSONL/CSV FILE with a classify TASK: each row plus predicted_label and probabilities."""
-    import csv
-    from itertools import islice
-
-    from .dataset import count_rows, read_rows
+    from .batch import classify_file
 
     if out.suffix.lower() not in (".jsonl", ".csv"):
         raise UserError(f"--output must end in .jsonl or .csv: {out}")
-    service = _service(model, tasks_dir)
-    t = service._kind(task, "classify")
-    label_ids = [lb.id for lb in t.labels or []]
-    total = count_rows(file) if limit is None else min(limit, count_rows(file))
-    done = _completed_rows(out)
-    if done >= total:
-        click.echo(f"{out}: all {total} rows already done")
-        return
-    service.engine  # noqa: B018
-    with out.open("a", encoding="utf-8", newline="") as f, _progress(total, f"classify {task}") as bar:
-        bar.update(done)
-        writer = None
-        rows = islice(read_rows(file, text_field), done, limit)
-        while chunk := list(islice(rows, service.settings.batch_size)):  # constant memory: one batch at a time
-            for row, r in zip(chunk, service.classify_many(task, [row.text for row in chunk]), strict=True):
-                if out.suffix.lower() == ".jsonl":
-                    record = {**row.data, "predicted_label": r.label, "probabilities": r.probabilities}
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                else:
-                    if writer is None:
-                        fields = [*row.data, "predicted_label", *(f"p_{lab}" for lab in label_ids)]
-                        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-                        if done == 0:
-                            writer.writeheader()
-                    writer.writerow(
-                        {**row.data, "predicted_label": r.label, **{f"p_{k}": v for k, v in r.probabilities.items()}}
-                    )
-            f.flush()
-            bar.update(len(chunk))
-    click.echo(f"wrote {total} rows to {out}")
+    result = classify_file(_service(model, tasks_dir), task, file, out, text_field, limit, _progress)
+    if result.already_done:
+        click.echo(f"{out}: all {result.total} rows already done")
+    else:
+        click.echo(f"wrote {result.total} rows to {out}")
 
 
 @cli.group(cls=_Group)
@@ -546,6 +468,11 @@ def _store() -> Any:
     from .sessions import SqliteSessions
 
     settings = _settings()
+    if settings.session_store != "sqlite":  # an empty sqlite file here would wrongly say there are none
+        raise UserError(
+            f"ALLINONE_SESSION_STORE is {settings.session_store}: the sessions live in the server's memory and end"
+            " with it; only the sqlite store can be read from here"
+        )
     return SqliteSessions(settings.home / "sessions.sqlite3", settings.session_retention_days)
 
 
@@ -712,36 +639,14 @@ def train_head_cmd(
     tasks_dir: Path | None,
 ) -> None:
     """Train a classify TASK's optional linear head on a labelled JSONL/CSV FILE."""
-
-    from .classify import label_scores, score_words
-    from .head import train_head
+    from .batch import train_head_on_file
 
     service = _service(model, tasks_dir, probe_layer)
-    t = service._kind(task, "classify")
-    rows = _labelled_rows(t, file, text_field, label_field, label_map, limit, exclude)
-    features, golds = [], []
-    with _progress(len(rows), f"features {task}") as bar:
-        for row in rows:
-            scores = score_words(
-                service.engine, t, t.truncation.apply(row.text, service.engine.count_tokens)[0], hidden=True
-            )
-            assert scores.hidden is not None
-            features.append([*scores.hidden, *label_scores(t, scores.logprobs)])
-            golds.append(row.label or "")
-            bar.update()
-    head = train_head(features, golds, [lb.id for lb in t.labels or []], l2=l2)
-    head.info.update(
-        {
-            "task": task,
-            "file": file.name,
-            "model": service.engine.info.model,
-            "excluded": [p.name for p in exclude],
-            "probe_layer": service.engine.probe_layer,  # what the features really were
-        }
+    head = train_head_on_file(
+        service, task, file, output, text_field, label_field, _label_map(label_map), limit, exclude, l2, _progress
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    head.save(output)
-    click.echo(f"trained on {len(rows)} texts (train accuracy {head.info['train_accuracy']:.4f}); wrote {output}")
+    n, accuracy = head.info["n_train"], head.info["train_accuracy"]
+    click.echo(f"trained on {n} texts (train accuracy {accuracy:.4f}); wrote {output}")
     click.echo(f"use it: add `head: {output.name}` to {task}.yaml, next to the file")
 
 

@@ -71,13 +71,17 @@ class TaskService:
     def loaded(self) -> bool:
         return self._engine is not None
 
-    def task(self, name: str) -> Task:
+    def task(self, name: str, kind: str | None = None) -> Task:
+        """The task called `name`; with `kind`, it must be of that kind (classify or generate)."""
         try:
-            return self.tasks[name]
+            task = self.tasks[name]
         except KeyError:
             known = ", ".join(sorted(self.tasks))
             hint = f" (or '{AUTO}' to let the model pick)" if name != AUTO else ""
             raise TaskNotFound(f"unknown task '{name}'; known tasks: {known}{hint}") from None
+        if kind is not None and task.kind != kind:
+            raise InvalidInput(f"task '{name}' is a {task.kind} task, not {kind}")
+        return task
 
     def pick_task(self, text: str) -> Pick:
         """The task the model picks for `text` by scoring the routable tasks' descriptions."""
@@ -123,7 +127,7 @@ class TaskService:
             task = task.model_copy(update={"system": system, "examples": []})
         tag = None
         if call.sentiment:
-            sentiment = classify(self.engine, self._kind(call.sentiment, "classify"), text, self.settings.use_heads)
+            sentiment = classify(self.engine, self.task(call.sentiment, "classify"), text, self.settings.use_heads)
             yield Classified(sentiment, next_lane="generate")
             tag = self.task(call.sentiment).label(sentiment.label).display
         session = call.session if call.session is not None else ChatSession(turns=turns)
@@ -210,12 +214,12 @@ class TaskService:
     # --- the same, for callers that want one result --------------------------------------------------
 
     def classify(self, name: str, text: str, options: Mapping[str, Any] | None = None) -> Classification:
-        task, _ = self._kind(name, "classify").with_options(options or {}, text)
+        task, _ = self.task(name, "classify").with_options(options or {}, text)
         return classify(self.engine, task, require_text(text), self.settings.use_heads)
 
     def classify_many(self, name: str, texts: Sequence[str]) -> list[Classification]:
         """Classify several texts with one task, scored side by side where the engine can."""
-        return classify_many(self.engine, self._kind(name, "classify"), texts, self.settings.use_heads)
+        return classify_many(self.engine, self.task(name, "classify"), texts, self.settings.use_heads)
 
     def generate(
         self,
@@ -226,7 +230,7 @@ class TaskService:
     ) -> Generated:
         """A generate task's whole reply; `data` holds the parsed JSON of a task with output_schema."""
         result: Generated = result_of(
-            self.run(TaskCall(self._kind(name, "generate").name, text, None, options or {}, session))
+            self.run(TaskCall(self.task(name, "generate").name, text, None, options or {}, session))
         )
         return result
 
@@ -251,12 +255,6 @@ class TaskService:
             fixed = (self._picker_task() if name == AUTO else self.task(name)).fixed_messages()
             preview = self._previews[name] = self.engine.preview(Conversation.of(fixed, len(fixed)))[:n]
         return preview[:n]
-
-    def _kind(self, name: str, kind: str) -> Task:
-        task = self.task(name)
-        if task.kind != kind:
-            raise InvalidInput(f"task '{name}' is a {task.kind} task, not {kind}")
-        return task
 
 
 def result_of(events: Iterable[Event]) -> Any:
