@@ -4,6 +4,7 @@ validates against a request schema or fails with a validation error; no generate
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,15 @@ from allinone.service import TaskService
 from allinone.settings import Settings
 from allinone.tasks import builtin_dir, load_task_file
 from tests.fakes import FakeEngine
+
+# `make check`, the fast lane, sets ALLINONE_FAST_LANE=1 and draws half of each test's examples;
+# `make test` (and CI) draws them all
+FAST_LANE = os.environ.get("ALLINONE_FAST_LANE") == "1"
+
+
+def examples(n: int) -> int:
+    return n // 2 if FAST_LANE else n
+
 
 scalars = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=30)
 json_values = st.recursive(
@@ -70,19 +80,19 @@ def _load(content: str, name: str = "t") -> None:
             assert str(e).startswith(str(path)), e  # the message names the file
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.text(max_size=300))
 def test_any_text_as_a_task_file_loads_or_fails_with_a_task_error(content: str) -> None:
     _load(content)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.dictionaries(st.sampled_from(TASK_KEYS) | st.text(max_size=10), json_values, max_size=8))
 def test_any_mapping_of_task_keys_loads_or_fails_with_a_task_error(data: dict[str, Any]) -> None:
     _load(yaml.safe_dump(data, allow_unicode=True))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.sampled_from([SENTIMENT, SUMMARY]),
     st.lists(st.tuples(st.sampled_from(TASK_KEYS), json_values), min_size=1, max_size=3),
@@ -121,7 +131,7 @@ bodies = st.dictionaries(st.sampled_from(FIELDS), json_values | messages, max_si
 
 
 @pytest.mark.parametrize("schema", REQUESTS, ids=lambda s: s.__name__)
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=bodies)
 def test_any_json_body_validates_or_fails_with_a_validation_error(schema: type[pydantic.BaseModel], body: Any) -> None:
     try:
@@ -164,7 +174,7 @@ API = schemathesis.openapi.from_asgi("/openapi.json", APPS[0][0], headers={"Host
 
 
 @API.parametrize()
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_generated_api_request_gets_a_server_error(case: Any) -> None:
     for app, headers in APPS:
         response = case.call(base_url=LOCAL, app=app, headers=headers)
@@ -289,7 +299,7 @@ def any_input_client() -> Any:
 
 
 @pytest.mark.parametrize(("route", "field"), ROUTE_FIELDS)
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_no_request_to_any_route_with_any_unicode_in_any_field_gets_a_5xx(
     any_input_client: TestClient, route: str, field: str, data: st.DataObject

@@ -51,6 +51,13 @@ def client(tmp_path: Path, engine: FakeEngine) -> Iterator[TestClient]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def shared_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """One app for the many requests that only check an error's status and shape (a new app costs ~70 ms)."""
+    with make_client(tmp_path_factory.mktemp("shared")) as c:
+        yield c
+
+
 def events(body: str) -> list[tuple[str, Any]]:
     """Server-sent events as (event, data); `message` when unnamed, data JSON-decoded unless [DONE]."""
     out = []
@@ -331,8 +338,8 @@ EMPTY_TEXT_REQUESTS = [
 
 
 @pytest.mark.parametrize(("path", "body"), EMPTY_TEXT_REQUESTS)
-def test_empty_text_is_400_in_chinese_and_english(client: TestClient, path: str, body: dict[str, Any]) -> None:
-    r = client.post(path, json=body)
+def test_empty_text_is_400_in_chinese_and_english(shared_client: TestClient, path: str, body: dict[str, Any]) -> None:
+    r = shared_client.post(path, json=body)
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["type"] == "invalid_input"
@@ -370,8 +377,8 @@ def test_unknown_task_is_404(client: TestClient, path: str, body: dict[str, Any]
         ("/v1/chat/completions", {**chat_body("allinone-chat"), "n": 9}),
     ],
 )
-def test_malformed_json_or_fields_are_422(client: TestClient, path: str, body: Any) -> None:
-    r = client.post(path, content=body) if isinstance(body, bytes) else client.post(path, json=body)
+def test_malformed_json_or_fields_are_422(shared_client: TestClient, path: str, body: Any) -> None:
+    r = shared_client.post(path, content=body) if isinstance(body, bytes) else shared_client.post(path, json=body)
     assert r.status_code == 422
     error = r.json()["error"]
     assert error["type"] == "validation_error" and error["message"] and error["details"]
@@ -454,8 +461,8 @@ def test_unknown_route_and_wrong_method_have_the_error_shape(client: TestClient)
         b"\xff\xfe",
     ],
 )
-def test_bad_input_never_yields_a_500(client: TestClient, path: str, body: bytes) -> None:
-    r = client.post(path, content=body, headers={"content-type": "application/json"})
+def test_bad_input_never_yields_a_500(shared_client: TestClient, path: str, body: bytes) -> None:
+    r = shared_client.post(path, content=body, headers={"content-type": "application/json"})
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         assert set(r.json()["error"]) >= {"type", "message"}
@@ -806,7 +813,7 @@ class GatedEngine(LockingEngine):
 
     def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
         with self.lock:
-            self.gate.wait(10)
+            assert self.gate.wait(10), "the test never opened the gate"  # not a hidden 10 s wait
             yield Chunk("ok")
             yield Chunk("", "stop", Usage(1, 0, 1))
 
@@ -840,9 +847,16 @@ def test_a_full_queue_answers_429_with_retry_after_at_once(tmp_path: Path) -> No
             await _until(lambda: admission.waiting == 1)
             during = (await c.get("/metrics")).text
             refused = await c.post("/v1/tasks/chat", json={"text": "好"})
-            classified = await c.post("/analyze", json={"text": "好"})  # its own lane: not behind the replies
+            analyzed: list[httpx.Response] = []
+
+            async def analyze() -> None:
+                analyzed.append(await c.post("/analyze", json={"text": "好"}))
+
+            tg.start_soon(analyze)  # its own lane: admitted although the replies' queue is full
+            score = admission.lane("score")
+            await _until(lambda: score.value < admission.sizes["score"])  # then it waits for the engine's lock
             engine.gate.set()
-        return statuses, refused, during, (await _metrics(app)), classified
+        return statuses, refused, during, (await _metrics(app)), analyzed[0]
 
     statuses, refused, during, after, classified = anyio.run(main)
     assert classified.status_code == 200

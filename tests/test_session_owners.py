@@ -169,8 +169,7 @@ def test_only_the_turns_that_can_fit_the_context_are_loaded(tmp_path: Path) -> N
     assert limits.history == 4096 // 6 // 2 * 2  # each turn costs the model at least 6 tokens
     store = SqliteSessions(tmp_path / "s.sqlite3", limits=limits)
     whole = store.open(None, ANONYMOUS)
-    for i in range(1000):
-        whole.append(Turn("user", f"q{i}"), Turn("assistant", f"a{i}"))
+    whole.append(*[t for i in range(1000) for t in (Turn("user", f"q{i}"), Turn("assistant", f"a{i}"))])
     loaded = store.open(whole.id, ANONYMOUS)
     assert len(loaded.turns) == limits.history and loaded.turns == whole.turns[-limits.history :]
     assert len(store.get(whole.id).turns) == 2000  # the conversation itself is whole
