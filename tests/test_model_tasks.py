@@ -10,6 +10,7 @@ import pytest
 
 from allinone.chat import ChatSession
 from allinone.errors import InvalidInput
+from allinone.events import TaskCall, Token
 from allinone.service import TaskService
 from allinone.structured import validate
 from allinone.tasks import cjk_share
@@ -180,7 +181,8 @@ def test_auto_routing_reaches_the_target_accuracy_on_the_routing_set(service: Ta
 
 
 def chat_reply(service: TaskService, session: ChatSession, text: str, seed: int) -> str:
-    return "".join(c.text for c in service.stream("chat", text, session, {"seed": seed, "max_tokens": 40}))
+    call = TaskCall("chat", text, options={"seed": seed, "max_tokens": 40}, session=session)
+    return "".join(e.text for e in service.run(call) if isinstance(e, Token))
 
 
 def test_other_tasks_between_chat_turns_leave_the_reply_identical(service: TaskService) -> None:
