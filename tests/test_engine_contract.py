@@ -259,7 +259,7 @@ def test_stream_with_a_stop_string_ends_just_before_it(eng: Engine) -> None:
 
 @pytest.mark.parametrize("eng", REAL, indirect=True)
 def test_repeat_penalty_keeps_a_greedy_reply_from_repeating_itself(eng: Engine) -> None:
-    prompt = eng.render([Message("user", "Write the word 'hello' forty times, separated by spaces.")], n_fixed=0)
+    prompt = Conversation.of([Message("user", "Write the word 'hello' forty times, separated by spaces.")])
     plain = GenParams(max_tokens=40, temperature=0.0)
     looped = eng.generate(prompt, plain).text
     assert eng.generate(prompt, replace(plain, repeat_penalty=1.0)).text == looped  # 1.0 is off
