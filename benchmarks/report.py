@@ -97,6 +97,18 @@ def warm_start() -> str:
     return _rows(["request", "first after ready", f"next {res['later']}, p50"], ["---", "---:", "---:"], rows)
 
 
+def chat_quality() -> str:
+    before, now = _json("chat_quality_before"), _json("chat_quality_current")
+    checks = ["language", "boilerplate", "code", "complete", "length", "tag", "repetition", "role", "all"]
+    rows = []
+    for split, name in (("tune", "tuning half"), ("held", "held-out half")):
+        for label, res in (("before", before), ("now", now)):
+            s = res["summary"][f"{split}/all"]
+            rows.append([f"{name}, {label}", str(s["n"]), *(f"{s[c]:.1%}" for c in checks)])
+    header = ["replies (48 messages × 2 seeds)", "n", *checks[:-1], "**every check**"]
+    return _rows(header, ["---", "---:", *["---:"] * len(checks)], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "concurrency": concurrency,
     "load": load,
@@ -104,6 +116,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "engine_config": engine_config,
     "structured": structured,
     "warm_start": warm_start,
+    "chat_quality": chat_quality,
 }
 
 

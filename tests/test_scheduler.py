@@ -252,13 +252,17 @@ def test_a_job_waits_for_room_in_the_kv_cache_and_one_that_never_fits_fails() ->
         sched.close()
 
 
-def test_a_prefix_is_unpinned_when_its_cells_are_needed() -> None:
+def test_a_cached_prefix_holds_no_kv_cells_between_requests() -> None:
+    """Prefixes wait in host memory: parked in the KV cache they would slow every decode step (see the module)."""
     ctx = FakeContext(n_cells=64)
     sched = Scheduler(ctx, parallel=2, cache_bytes=1 << 20)
     try:
-        score(sched, "x" * 30 + "q", 30, ["a"])  # pins 30 cells
-        job = score(sched, "y" * 50, 0, ["a"])  # needs 51: the unused prefix goes
+        score(sched, "x" * 30 + "q", 30, ["a"])
+        assert ctx.cells == []  # the job is done and its prefix is cached, in host memory
+        job = score(sched, "y" * 50, 0, ["a"])  # needs 51 of the 64 cells
         assert job.result is not None and len(ctx.cells) <= 64
+        again = score(sched, "x" * 30 + "r", 30, ["a"])
+        assert again.usage.cached_tokens == 30  # restored, not recomputed
     finally:
         sched.close()
 
