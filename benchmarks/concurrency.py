@@ -33,7 +33,7 @@ from serving import wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 N_SENTIMENT = 30  # ChnSentiCorp dev texts for idle latency
-ROUNDS = 3  # rounds of each streaming scenario per server; medians are reported
+ROUNDS = 4  # rounds of each streaming scenario per server, the order alternating; medians are reported
 STREAMS = 4
 CHAT_MAX_TOKENS = 256
 N_THREADS = 2
@@ -146,11 +146,12 @@ async def measure(urls: dict[str, str], texts: list[str]) -> dict[str, Any]:
         many: dict[str, list[dict[str, Any]]] = {"ours": [], "peer": [], "scaleout": []}
         busy: dict[str, list[float]] = {"ours": [], "peer": []}
         for r in range(ROUNDS):
-            for name in ("ours", "peer"):
+            pair = ("ours", "peer") if r % 2 == 0 else ("peer", "ours")  # who goes first alternates by round
+            for name in pair:
                 one[name].append((await streams(client, urls[name], model[name], 1))["decode_tok_s"][0])
-            for name in ("ours", "peer", "scaleout"):
+            for name in (*pair, "scaleout") if r % 2 == 0 else ("scaleout", *pair):
                 many[name].append(await streams(client, urls[name], model[name], STREAMS))
-            for name in ("ours", "peer"):
+            for name in pair:
                 sample = texts[3 * r : 3 * r + 3]
 
                 async def three(name: str = name, sample: list[str] = sample) -> list[float]:

@@ -12,6 +12,7 @@ Run: python benchmarks/head_features.py [SET ...]   (default: every set)
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +26,13 @@ LAYERS = (9, 12, 15, 18, 21)  # of 24; the shipped head read 15
 CHUNK = 50  # texts between saves and CPU checks
 THREADS = 2  # concurrent score calls; the scheduler decodes them together
 N_THREADS = 2  # llama.cpp threads
-CACHE_DIR = Path("/work/data/features")
-DATA_DIR = Path("/work/data/sentiment")
-SIGNAL = Path("/work/signals/cpu-ok")
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("ALLINONE_BENCH_DATA", ROOT.parent / "data"))  # outside the clone: not redistributed
+CACHE_DIR = DATA / "features"
+DATA_DIR = DATA / "sentiment"  # written by benchmarks/sentiment_data.py
+# On a shared machine, heavy work runs only while this file exists (unset: always).
+SIGNAL = Path(os.environ["ALLINONE_CPU_SIGNAL"]) if os.environ.get("ALLINONE_CPU_SIGNAL") else None
 SETS = [
     "train_chnsenticorp",
     "train_weibo",
@@ -49,7 +51,7 @@ def rows_of(name: str) -> list[dict[str, str]]:
 
 
 def wait_for_cpu() -> None:
-    while not SIGNAL.exists():
+    while SIGNAL is not None and not SIGNAL.exists():
         time.sleep(30)
 
 

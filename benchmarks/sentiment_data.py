@@ -6,7 +6,7 @@ movie reviews with their star ratings (DMR-Dataset), read from git snapshots of 
 below at pinned commits. Nothing here comes from waimai_10k, online_shopping_10_cats or SST-2 (or Rotten
 Tomatoes, SST-2's source), which the team keeps for its own checks.
 
-Run: python benchmarks/sentiment_data.py UCI_GIT_DIR DMR_GIT_DIR [OUT_DIR]   (default OUT_DIR /work/data/sentiment)
+Run: python benchmarks/sentiment_data.py UCI_GIT_DIR DMR_GIT_DIR [OUT_DIR]   (default OUT_DIR ../data/sentiment, next to the clone)
 Writes one JSONL per set: {"text", "label": positive|negative, "domain"}; prints rows and sha256 of each file.
 """
 
@@ -82,7 +82,7 @@ def build(uci_dir: Path, dmr_dir: Path) -> dict[str, list[Row]]:
 
 def main() -> None:
     uci_dir, dmr_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    out = Path(sys.argv[3]) if len(sys.argv) > 3 else Path("/work/data/sentiment")
+    out = Path(sys.argv[3]) if len(sys.argv) > 3 else ROOT.parent / "data" / "sentiment"
     out.mkdir(parents=True, exist_ok=True)
     sets = build(uci_dir, dmr_dir)
     seen: set[str] = set()
