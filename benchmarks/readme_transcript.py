@@ -31,6 +31,14 @@ README = ROOT / "README.md"
 START, END = "<!-- transcript: benchmarks/readme_transcript.py -->", "<!-- /transcript -->"
 
 
+def cpu_model() -> str:
+    """The CPU that produced the replies: other SIMD units round differently, and a sampled token can flip."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
 def run(service: TaskService, turns: list[str]) -> list[dict[str, str]]:
     session, out = ChatSession(), []
     for text in turns:
@@ -63,7 +71,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     model = service.engine.info.model
     text = markdown(conversations, model, commit.strip() or "unknown")
-    data = {"seed": SEED, "model": model, "commit": commit.strip(), "conversations": conversations}
+    data = {"seed": SEED, "model": model, "commit": commit.strip(), "cpu": cpu_model(), "conversations": conversations}
     OUT.with_suffix(".json").write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     OUT.with_suffix(".md").write_text(text, encoding="utf-8")
     readme = README.read_text(encoding="utf-8")

@@ -6,7 +6,7 @@ movie reviews with their star ratings (DMR-Dataset), read from git snapshots of 
 below at pinned commits. Nothing here comes from waimai_10k, online_shopping_10_cats or SST-2 (or Rotten
 Tomatoes, SST-2's source), which the team keeps for its own checks.
 
-Run: python benchmarks/sentiment_data.py UCI_GIT_DIR DMR_GIT_DIR [OUT_DIR]   (default OUT_DIR ../data/sentiment, next to the clone)
+Run: python benchmarks/sentiment_data.py UCI_GIT_DIR DMR_GIT_DIR [OUT_DIR]   (default: ../data/sentiment)
 Writes one JSONL per set: {"text", "label": positive|negative, "domain"}; prints rows and sha256 of each file.
 """
 
