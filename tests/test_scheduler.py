@@ -83,12 +83,6 @@ class FakeContext:
                     c[2].discard(seq)
             self.cells = [c for c in self.cells if c[2]]
 
-    def seq_cp(self, src: int, dst: int, n: int) -> None:
-        with self.lock:
-            for c in self.cells:
-                if src in c[2] and c[0] < n:
-                    c[2].add(dst)
-
     def save(self, seq: int) -> Any:
         return bytes(self.seq_tokens(seq))
 

@@ -166,9 +166,6 @@ class _Context:
     def seq_rm(self, seq: int, start: int) -> None:
         self._ll.llama_memory_seq_rm(self._mem, seq, start, -1)
 
-    def seq_cp(self, src: int, dst: int, n: int) -> None:
-        self._ll.llama_memory_seq_cp(self._mem, src, dst, 0, n)
-
     def save(self, seq: int) -> Any:
         size = self._ll.llama_state_seq_get_size(self._ctx, seq)
         buf = (ctypes.c_uint8 * size)()

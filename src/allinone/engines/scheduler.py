@@ -34,7 +34,7 @@ from .base import Chunk, GenParams, Scores, TokenLogprob, Usage
 from .stops import StopBuffer
 
 Item = tuple[int, int, int, bool]  # token, position, sequence, wants logits
-MAX_PINNED = 16  # task prefixes kept in host memory (least recently used are dropped; ~8 MB each on the default)
+MAX_PREFIXES = 16  # task prefixes kept in host memory (least recently used are dropped; ~8 MB each on the default)
 ECHO_CHUNK = 64  # prompt tokens per step when every one needs its logits (echo): 64 x vocab floats of output
 
 
@@ -54,27 +54,18 @@ class Context(Protocol):
     def piece(self, token: int) -> bytes: ...
     def tokenize(self, text: str) -> list[int]: ...
     def seq_rm(self, seq: int, start: int) -> None: ...
-    def seq_cp(self, src: int, dst: int, n: int) -> None: ...
     def save(self, seq: int) -> Any: ...
     def restore(self, seq: int, state: Any) -> bool: ...
 
 
 @dataclass(eq=False)
-class Pinned:
-    """A task's fixed prefix: its KV state in host memory, restored into each request's sequence."""
+class Saved:
+    """A sequence's KV state in host memory and the tokens it holds: a task's fixed prefix, or a chat after a
+    reply. A request whose prompt starts with those tokens restores it into its own sequence."""
 
     tokens: list[int]
     state: Any
     used: int = 0  # LRU clock
-
-
-@dataclass(eq=False)
-class Saved:
-    """A sequence's KV state in host memory (a chat after a reply) and the tokens it holds."""
-
-    tokens: list[int]
-    state: Any
-    used: int = 0
 
 
 @dataclass(eq=False)
@@ -84,7 +75,7 @@ class Job:
     usage: Usage = field(default_factory=Usage)
     seq: int = -1
     n_past: int = 0  # prompt (and reply) tokens the sequence holds
-    pin: bool = False  # compute the prefix as a chunk of its own, then pin it
+    keep_prefix: bool = False  # compute the task prefix as a chunk of its own, then keep its state
     reserve: int = 0  # KV cells set aside for it
     cancelled: bool = False
 
@@ -171,7 +162,7 @@ class Scheduler:
         self._gens: deque[GenJob] = deque()
         self._active: list[Job] = []
         self._free = list(range(2 * parallel))  # work sequences
-        self._pinned: dict[tuple[int, ...], Pinned] = {}
+        self._prefixes: dict[tuple[int, ...], Saved] = {}  # task prefixes by their tokens
         self._saved: list[Saved] = []
         self._clock = 0
         self.steps = 0  # decodes run, for tests and metrics
@@ -303,12 +294,12 @@ class Scheduler:
                     self._active.append(job)
                     running += 1
 
-    def _base(self, job: Job) -> Pinned | Saved | None:
+    def _base(self, job: Job) -> Saved | None:
         """The longest saved state that is a whole prefix of the prompt (and shorter than it)."""
         tokens = job.tokens
-        best: Pinned | Saved | None = None
+        best: Saved | None = None
         if 0 < job.n_prefix < len(tokens):
-            best = self._pinned.get(tuple(tokens[: job.n_prefix]))
+            best = self._prefixes.get(tuple(tokens[: job.n_prefix]))
         if isinstance(job, GenJob) and not job.echo:  # echo needs the logits of every prompt token
             for s in self._saved:
                 if (
@@ -342,24 +333,24 @@ class Scheduler:
                 base.used = self._tick()
                 job.n_past = len(base.tokens)
             else:  # no room for it as one block of cells: compute the prompt instead
-                if isinstance(base, Pinned):
-                    self._pinned.pop(tuple(base.tokens), None)
+                if self._prefixes.get(tuple(base.tokens)) is base:
+                    del self._prefixes[tuple(base.tokens)]
                 else:
                     self._saved.remove(base)
                 self.ctx.seq_rm(job.seq, 0)
         job.usage.cached_tokens = job.n_past
-        job.pin = job.n_past == 0 and 0 < job.n_prefix < len(job.tokens)
+        job.keep_prefix = job.n_past == 0 and 0 < job.n_prefix < len(job.tokens)
         return True
 
-    def _pin(self, job: Job) -> None:
+    def _keep_prefix(self, job: Job) -> None:
         """The job has just computed its task prefix (its sequence holds exactly that): keep its KV state."""
-        job.pin = False
+        job.keep_prefix = False
         key = tuple(job.tokens[: job.n_prefix])
-        if key in self._pinned:
+        if key in self._prefixes:
             return
-        if len(self._pinned) >= MAX_PINNED:
-            del self._pinned[min(self._pinned, key=lambda k: self._pinned[k].used)]
-        self._pinned[key] = Pinned(list(key), self.ctx.save(job.seq), used=self._tick())
+        if len(self._prefixes) >= MAX_PREFIXES:
+            del self._prefixes[min(self._prefixes, key=lambda k: self._prefixes[k].used)]
+        self._prefixes[key] = Saved(list(key), self.ctx.save(job.seq), used=self._tick())
 
     # --- building a batch ---------------------------------------------------------------------------
 
@@ -396,7 +387,7 @@ class Scheduler:
         return parts
 
     def _add_prompt(self, job: Job, budget: int, add: Callable[..., None]) -> None:
-        end = job.n_prefix if job.pin else len(job.tokens)  # a prefix to pin is computed on its own
+        end = job.n_prefix if job.keep_prefix else len(job.tokens)  # a prefix to keep is computed on its own
         echo = isinstance(job, GenJob) and job.echo
         chunk = job.tokens[job.n_past : min(end, job.n_past + (min(budget, ECHO_CHUNK) if echo else budget))]
         last = job.n_past + len(chunk) == len(job.tokens)
@@ -418,8 +409,8 @@ class Scheduler:
         else:
             if job.echo:
                 self._echo(job, part)
-            if job.pin and job.n_past == job.n_prefix:
-                self._pin(job)
+            if job.keep_prefix and job.n_past == job.n_prefix:
+                self._keep_prefix(job)
         if job.n_past < len(job.tokens):
             return
         if part.kind == "prompt" and job.echo:
@@ -463,8 +454,8 @@ class Scheduler:
             if job.hidden:
                 self._probe_rows(job, part)
             job.n_past += part.n
-            if job.pin and job.n_past == job.n_prefix:
-                self._pin(job)
+            if job.keep_prefix and job.n_past == job.n_prefix:
+                self._keep_prefix(job)
             if job.n_past < len(job.tokens):
                 return
             first = self.ctx.logprobs(last)
@@ -572,5 +563,5 @@ class Scheduler:
 
     def clear(self) -> None:
         """Drop every cached prefix and saved state (on the scheduler thread, between steps)."""
-        self._pinned.clear()
+        self._prefixes.clear()
         self._saved = []
