@@ -11,12 +11,14 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
+HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -24,9 +26,17 @@ def _json(name: str) -> Any:
     return json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
 
 
+def _pct(x: float, places: int = 1) -> str:
+    """x as a percentage, a half rounded up as written (0.8825 -> 88.3%; format() gives 88.2% from the binary)."""
+    return f"{(Decimal(repr(x)) * 100).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)}%"
+
+
 def _rows(header: list[str], align: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+# --- tables --------------------------------------------------------------------------------------
 
 
 def concurrency() -> str:
@@ -109,6 +119,97 @@ def chat_quality() -> str:
     return _rows(header, ["---", "---:", *["---:"] * len(checks)], rows)
 
 
+def tasks() -> str:
+    res = _json("tasks")
+    rows = [[t["task"], f"{t['p50_s']:.2f} s", f"{t['max_s']:.2f} s",
+             f"{t['prompt_tokens']:.0f} ({t['cached_tokens']})", f"{t['completion_tokens']:.0f}",
+             "–" if t["tokens_per_s"] is None else f"{t['tokens_per_s']:.1f}"] for t in res["tasks"]]  # fmt: skip
+    header = ["task", "p50 latency", "max", "prompt tokens (cached)", "output tokens", "output tokens/s"]
+    return _rows(header, ["---", "---:", "---:", "---:", "---:", "---:"], rows)
+
+
+# Published figures the measured ones are compared with; nothing here reproduces them.
+PUBLISHED = [
+    ["claimed prompted Qwen1.5-0.5B (unreproducible)", "-", "89.3%", "-"],
+    ["fine-tuned BERT-base (ymcui/Chinese-BERT-wwm)", "-", "95.0%", "-"],
+]
+
+
+def accuracy() -> str:
+    r = _json("accuracy")
+    dev, test = r["dev"], r["test"]
+    rate = f"{test['texts_per_s']:.1f}"  # both answers come from the test run's one pass
+    rows = [
+        ["this project, prompt-only", _pct(dev["prompt_only"]), _pct(test["prompt_only"]), rate],
+        ["this project, prompt + learned head (`ALLINONE_USE_HEADS=1`)", _pct(dev["with_head"]),
+         f"**{_pct(test['with_head'])}**", rate],
+    ]  # fmt: skip
+    return _rows(["system", "ChnSentiCorp dev", "ChnSentiCorp test", "texts/s"], ["---"] * 4, rows + PUBLISHED)
+
+
+def accuracy_domains() -> str:
+    domains = _json("accuracy")["domains"]
+    rows = [[f"{name} ({d['n']})", _pct(d["prompt_only"]), _pct(d["with_head"])] for name, d in domains.items()]
+    header = [f"other domains ({sum(d['n'] for d in domains.values())} texts written for the tests)"]
+    return _rows([*header, "prompt-only", "with head"], ["---"] * 3, rows)
+
+
+def _features(key: str) -> str:
+    """head_features.py's name of a feature set as the README says it: mean15+final, final, ..."""
+    if key == "final":
+        return "final hidden state (answer position)"
+    names = {"final": "final hidden state"}
+    return " + ".join(names.get(k, f"mean after layer {k.removeprefix('mean')}") for k in key.split("+"))
+
+
+def _shipped_head() -> tuple[str, float]:
+    """The features and L2 penalty of the head the sentiment task ships (head.py: the probe layer's mean + final)."""
+    info = json.loads(HEAD.read_text(encoding="utf-8"))["info"]
+    return f"mean{info['probe_layer']}+final", info["l2"]
+
+
+def head_features() -> str:
+    results = _json("head_features")["results"]
+    penalties = sorted({r["l2"] for r in results})
+    chosen = _shipped_head()
+    rows = []
+    for key in dict.fromkeys(r["features"] for r in results):  # in the order the script ran them
+        dev = {r["l2"]: r["dev"] for r in results if r["features"] == key}
+        cells = [f"**{_pct(dev[l2])}**" if (key, l2) == chosen else _pct(dev[l2]) for l2 in penalties]
+        rows.append([_features(key) + (" (chosen)" if key == chosen[0] else ""), *cells])
+    header = ["features (each + label scores)", *(f"L2 {l2:.0f}" for l2 in penalties)]
+    return _rows(header, ["---"] * (1 + len(penalties)), rows)
+
+
+def core() -> str:
+    r = _json("core")
+    rows = [
+        [f"sentiment latency p50 / p95 ({r['sentiment_texts']} ChnSentiCorp dev texts, "
+         f"~{r['sentiment_mean_new_tokens']:.0f} new tokens each)",
+         f"{r['sentiment_p50_s']:.3f} s / {r['sentiment_p95_s']:.3f} s", "p50 ≤ 0.45 s"],
+        ["sentiment throughput", f"{r['sentiment_texts_per_s']:.2f} texts/s", ""],
+        ["chat decode speed", f"{r['chat_tokens_per_s']:.1f} tokens/s", "≥ 25"],
+        ["chat first token (cached prefix)", f"{r['chat_first_token_s']:.3f} s", ""],
+        ["cold start, process start to first sentiment result (model file already assembled)",
+         f"{r['cold_start_s']:.2f} s (import + load {r['import_and_load_s']:.2f} s)", "≤ 3 s"],
+        ["peak RSS", f"{r['peak_rss_mb']:.0f} MB", "≤ 1200 MB"],
+    ]  # fmt: skip
+    return _rows(["metric", "measured", "target"], ["---"] * 3, rows)
+
+
+def engines() -> str:
+    res = _json("engines")["engines"]
+    llama, hf = res["llamacpp"], res["transformers"]
+    rows = [
+        ["llama.cpp", "GGUF Q4_K_M", llama],
+        ["transformers (the original stack)", f"the same GGUF dequantized to {hf['details']['dtype']}", hf],
+    ]
+    out = [[name, weights, f"{r['p50_s']:.3f} s", f"{r['load_s']:.1f} s", f"{r['peak_rss_mb']:.0f} MB"]
+           for name, weights, r in rows]  # fmt: skip
+    header = ["engine", "weights", "sentiment p50", "load", "peak RSS"]
+    return _rows(header, ["---", "---", "---:", "---:", "---:"], out)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "concurrency": concurrency,
     "load": load,
@@ -117,6 +218,12 @@ TABLES: dict[str, Callable[[], str]] = {
     "structured": structured,
     "warm_start": warm_start,
     "chat_quality": chat_quality,
+    "tasks": tasks,
+    "accuracy": accuracy,
+    "accuracy_domains": accuracy_domains,
+    "head_features": head_features,
+    "core": core,
+    "engines": engines,
 }
 
 
