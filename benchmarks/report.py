@@ -1,16 +1,22 @@
-"""The README's tables, made from `benchmarks/results/*.json`, so that every figure in them is a measured one.
+"""The README's figures, made from `benchmarks/results/*.json`, so that every figure in it is a measured one.
 
-Each table sits in the README between `<!-- table: NAME -->` and `<!-- /table -->`.
-`python benchmarks/report.py` rewrites them from the JSON files; `tests/test_readme.py` fails when the README
-holds anything else (a figure edited by hand, a JSON file rerun without updating the README).
+Tables sit in the README between `<!-- table: NAME -->` and `<!-- /table -->`; `TABLES` makes each anew.
+A figure in the prose sits in a phrase: `PHRASES` gives each phrase as README text with `{}` where its figures
+go, and the figures formatted from the JSON; the README holds each phrase once, wrapped where it likes.
+
+`python benchmarks/report.py` rewrites the tables and the phrases' figures from the JSON files; `tests/test_readme.py`
+fails when the README holds anything else (a figure edited by hand, a JSON file rerun without updating the README).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,19 @@ BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /ta
 
 def _json(name: str) -> Any:
     return json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def _json_at(commit: str, name: str) -> Any:
+    """A results file as an earlier commit left it: the README compares some figures with an earlier run."""
+    path = f"benchmarks/results/{name}.json"
+    out = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{path} at {commit} needs the git history (git fetch --unshallow): {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def _jsonl(path: Path) -> list[Any]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _pct(x: float, places: int = 1) -> str:
@@ -227,9 +246,299 @@ TABLES: dict[str, Callable[[], str]] = {
 }
 
 
+# --- figures in the prose ------------------------------------------------------------------------
+
+FIGURE = r"[-+]?[\w.,]*\w%?"  # a figure as the README writes it: 1.83, +0.4, 31,000, 2.7%, five, e46253d
+WORDS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def loose(text: str) -> str:
+    """A regex for text as the README may wrap it: a space matches any run of whitespace, a line break too."""
+    return r"\s+".join(map(re.escape, text.split(" ")))
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """README text with `{}` where each figure goes, and the figures as they should read."""
+
+    template: str
+    figures: tuple[str, ...]
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        """The phrase with any figure in place of each `{}`."""
+        return re.compile(f"({FIGURE})".join(loose(part) for part in self.template.split("{}")))
+
+
+def phrase(template: str, *figures: object) -> Phrase:
+    if template.count("{}") != len(figures):
+        raise ValueError(f"{template!r} has {template.count('{}')} places for {len(figures)} figures")
+    return Phrase(template, tuple(map(str, figures)))
+
+
+def lean_install_prose() -> list[Phrase]:
+    r = _json("lean_install")
+    return [
+        phrase("its install step took {} s with llama-cpp-python's wheel cached and left a {} MB venv of {} packages, "
+               "{} MB of it the model's part packages", f"{r['make_setup_s']:.1f}", r["venv_mb"], r["packages"],
+               r["model_parts_mb"]),
+    ]  # fmt: skip
+
+
+def routing_prose() -> list[Phrase]:
+    r = _json("routing")
+    held_out = sum(row["split"] == "test" for row in _jsonl(ROOT / "tests" / "data" / "routing.jsonl"))
+    return [
+        phrase("On the {}-input routing set", r["n"]),
+        phrase("it picks the right task for {} of inputs ({} on the {} held out from tuning", _pct(r["accuracy"]),
+               _pct(r["by_split"]["test"]), held_out),
+    ]  # fmt: skip
+
+
+def tasks_prose() -> list[Phrase]:
+    return [phrase("(`benchmarks/tasks.py`, {} threads, quiet machine", _json("tasks")["n_threads"])]
+
+
+def http_overhead_prose() -> list[Phrase]:
+    r = _json("http_overhead")
+    n, over = r["config"]["n_texts"], r["overhead"]
+    return [
+        phrase("(`benchmarks/http_overhead.py`, {} ChnSentiCorp dev texts", n),
+        phrase("direct p50 {} ms, HTTP p50 {} ms; median paired difference {} ms", f"{r['direct']['p50_ms']:.1f}",
+               f"{r['http']['p50_ms']:.1f}", f"{over['median_paired_ms']:+.1f}"),
+        phrase("= {} ms. Labels agree on {}/{}.", f"{over['budget_ms']:.1f}", round(r["labels_agree"] * n), n),
+    ]  # fmt: skip
+
+
+def concurrency_prose() -> list[Phrase]:
+    r, earlier = _json("concurrency"), "e46253d"  # the run before the last engine change
+    knobs, o, p = r["knobs"], r["ours"], r["peer"]
+    peer = knobs["peer_args"]
+    scaleout = [x["scaleout"]["four_streams_aggregate_tok_s"] / x["peer"]["four_streams_aggregate_tok_s"]
+                for x in (r, _json_at(earlier, "concurrency"))]  # fmt: skip
+    aggregate = o["four_streams_aggregate_tok_s"] / p["four_streams_aggregate_tok_s"]
+    return [
+        phrase("both running at once with {} threads each (`-c {} -np {}`", knobs["n_threads"],
+               peer[peer.index("-c") + 1], peer[peer.index("-np") + 1]),
+        phrase("medians of {} rounds", knobs["rounds"]),
+        phrase("llama-server makes it wait for the replies ({} s)",
+               f"{p['three_sentiments_under_four_streams_slowest_s']:.0f}"),
+        phrase("Four streams together reach {} of llama-server's aggregate", f"{aggregate:.2f}"),
+        phrase("it is noisy: {} in this run, {} in the run before the last engine change (the results file at "
+               "commit {})", f"{scaleout[0]:.2f}", f"{scaleout[1]:.2f}", earlier),
+        phrase("The first token of four streams comes at {} s", f"{o['four_streams_ttft_p50_s']:.2f}"),
+    ]  # fmt: skip
+
+
+def batching_prose() -> list[Phrase]:
+    n = _json("batching")["n_texts"]
+    return [
+        phrase("measured on {} dev texts (see Serving many users)", n),
+        phrase("`benchmarks/batching.py` scores {} ChnSentiCorp dev texts alone", n),
+    ]
+
+
+def engine_config_prose() -> list[Phrase]:
+    r = _json("engine_config")
+    default = next(row for row in r["rows"] if row["kv_f16"] and row["flash_attn"])  # the context's default
+    others = [row for row in r["rows"] if row is not default]
+    fastest = min(row["sentiment_p50_s"] for row in r["rows"])
+    slower = math.ceil(100 * (default["sentiment_p50_s"] / fastest - 1))  # "within": rounded up, never down
+    return [
+        phrase("(`benchmarks/engine_config.py`, {} dev texts idle, {}-token decodes", r["knobs"]["n_sentiment"],
+               r["knobs"]["decode_tokens"]),
+        phrase("with one stream and with four ({} and {} tokens/s, against at most {} and {}) and within {}% of the "
+               "fastest idle sentiment ({} against {} s)", f"{default['decode_tok_s']:.1f}",
+               f"{default['aggregate_4_streams_tok_s']:.1f}", f"{max(x['decode_tok_s'] for x in others):.1f}",
+               f"{max(x['aggregate_4_streams_tok_s'] for x in others):.1f}", slower,
+               f"{default['sentiment_p50_s']:.3f}", f"{fastest:.3f}"),
+    ]  # fmt: skip
+
+
+def load_prose() -> list[Phrase]:
+    r, before = _json("load"), "2e98757"  # the last run before continuous batching
+    lat = {row["kind"]: row for row in r["latency"]}
+    earlier = {row["kind"]: row for row in _json_at(before, "load")["latency"]}
+    growth = r["rss_mb_end"] / r["rss_mb_start"] - 1  # from the RSS figures: rss_growth is rounded to 4 places
+    return [
+        phrase("(`benchmarks/load.py`: {} clients", r["clients"]),
+        phrase("half {}-token chat turns", r["chat_max_tokens"]),
+        phrase("after a {} s warm-up; {} threads, a {} MB KV-state cache", f"{r['warmup_s']:.0f}", r["n_threads"],
+               r["cache_mb"]),
+        phrase("{} answered requests a second, against {} before continuous batching", f"{lat['all']['per_s']:.2f}",
+               f"{earlier['all']['per_s']:.2f}"),
+        phrase("sentiment p50 {} s. Chat turns are slow here (p50 {} s)", f"{lat['sentiment']['p50_s']:.1f}",
+               f"{lat['chat']['p50_s']:.0f}"),
+        phrase("{} sessions' KV states do not fit the {} MB cache", r["clients"], r["cache_mb"]),
+        phrase("Server RSS grew {} after the warm-up", _pct(growth)),
+        phrase("exit code after SIGTERM {}.", r["server_exit_code_after_sigterm"]),
+    ]  # fmt: skip
+
+
+def structured_prose() -> list[Phrase]:
+    return [phrase("best of {} alternating rounds", _json("structured")["rounds"])]
+
+
+def session_sync_prose() -> list[Phrase]:
+    r, core = _json("session_sync"), _json("core")
+    tokens = r["config"]["max_tokens"]
+    quiet_turn_s = core["chat_first_token_s"] + tokens / core["chat_tokens_per_s"]  # core.json's first token + decode
+    share = math.ceil(r["full_extra_ms"] / (10 * quiet_turn_s))  # "under": the percentage rounded up
+    return [
+        phrase("{} ms per saved turn pair (p50; {} ms with NORMAL), {}% of a {}-token chat turn as measured on the "
+               "busy machine ({} s), and under {}% of the ~{} s such a turn takes on a quiet one (the Performance "
+               "table's {} tokens/s): well under the {}% that would have kept NORMAL", f"{r['full_extra_ms']:+.1f}",
+               f"{r['append']['NORMAL']['p50_ms']:.2f}", f"{r['full_extra_pct_of_turn']:.2f}", tokens,
+               f"{r['chat_turn']['NORMAL']['p50_ms'] / 1000:.1f}", share, f"{quiet_turn_s:.2f}",
+               f"{core['chat_tokens_per_s']:.1f}", f"{r['config']['threshold_pct']:.0f}"),
+    ]  # fmt: skip
+
+
+def event_loop_prose() -> list[Phrase]:
+    r = _json("event_loop")
+    kinds = dict(r["kinds"])
+    baseline, _ = kinds.pop("ordinary texts (baseline)"), kinds.pop("idle")
+    medians = [k["p50_ms"] for k in kinds.values()]
+    polls = sum(k["polls"] for k in r["kinds"].values())
+    return [
+        phrase("one body of {} KB of each kind above, `/health` polled every {} ms meanwhile, nothing else running "
+               "on the {}-core machine), `/health` took {} to {} ms at the median and at most {} ms for every kind of "
+               "body",
+               r["config"]["body_bytes"] // 1000, f"{r['config']['poll_s'] * 1000:.0f}", r["machine"]["cpus"],
+               f"{min(medians):.1f}", f"{max(medians):.1f}", f"{max(k['max_ms'] for k in kinds.values()):.1f}"),
+        phrase("against {} ms for {} ordinary short texts posted first: no poll in about {} went over",
+               f"{baseline['max_ms']:.1f}", r["config"]["baseline_posts"], f"{round(polls, -3):,}"),
+    ]  # fmt: skip
+
+
+def chat_quality_prose() -> list[Phrase]:
+    r = _json("chat_quality_current")
+    held = r["summary"]["held/all"]
+    failed = [row["failed"] for row in r["replies"] if row["split"] == "held" and row["failed"]]
+    return [
+        phrase("{} pass every check against a target of {} ({} of {} replies fail", _pct(held["all"]),
+               _pct(r["targets_held"]["all"], 0), WORDS[len(failed)], held["n"]),
+        phrase("all Chinese: {} take the user's role", WORDS[sum("role" in f for f in failed)]),
+        phrase("and {} repeat a sentence until the length limit", WORDS[sum("repetition" in f for f in failed)]),
+    ]  # fmt: skip
+
+
+def chat_preference_prose() -> list[Phrase]:
+    r = _json("chat_preference_before_vs_current_1")
+    judged, hand = r["all"], r["agreement_with_hand_labels"]
+    labelled = len(_jsonl(ROOT / "benchmarks" / "data" / "chat_preference_labels.jsonl"))  # ties included
+    return [
+        phrase("It prefers the new replies in only {} of {} held-out pairs ({}; Chinese {}, English {}), and its two "
+               "orders agree on {} of pairs", judged["b_wins"], judged["pairs"], _pct(judged["b_win_rate"]),
+               _pct(r["zh"]["b_win_rate"], 0), _pct(r["en"]["b_win_rate"], 0), _pct(judged["consistent"], 0)),
+        phrase("It agrees with our own blind labels of {} of those pairs on {} of the {} it decided ({}); those labels "
+               "prefer the new replies {} to {}, with {} ties.", labelled, hand["agree"], hand["compared"],
+               _pct(hand["rate"]), hand["hand_b_wins"], hand["labelled"] - hand["hand_b_wins"],
+               labelled - hand["labelled"]),
+    ]  # fmt: skip
+
+
+def accuracy_prose() -> list[Phrase]:
+    r = _json("accuracy")
+    domains = r["domains"].values()
+    return [
+        phrase("reaches **{} on ChnSentiCorp test** ({} dev)", _pct(r["test"]["with_head"]),
+               _pct(r["dev"]["with_head"])),
+        phrase("Prompt-only label scoring, the default, reaches {} and gets all {} other-domain texts right",
+               _pct(r["test"]["prompt_only"]), sum(d["n"] for d in domains)),
+        phrase("laptop and book reviews, gets {} of them", round(sum(d["n"] * d["with_head"] for d in domains))),
+    ]  # fmt: skip
+
+
+def tune_sentiment_prose() -> list[Phrase]:
+    results = _json("tune_sentiment")["results"]
+
+    def dev(shots: int, calibrated: bool) -> str:  # with the one-word verbaliser, the one kept
+        return _pct(next(r["dev_accuracy"] for r in results if (r["shots"], r["verbaliser"], r["calibrated"])
+                         == (shots, "one", calibrated)))  # fmt: skip
+
+    return [
+        phrase("(`benchmarks/tune_sentiment.py`, dev[:{}]): zero-shot {}, with contextual calibration {}; {} few-shot "
+               "examples {}, {} examples {}", results[0]["n_dev"], dev(0, False), dev(0, True), 4, dev(4, False), 8,
+               dev(8, False)),
+    ]  # fmt: skip
+
+
+def head_features_prose() -> list[Phrase]:
+    r = _json("head_features")
+    features, l2 = _shipped_head()
+    chosen = next(x for x in r["results"] if (x["features"], x["l2"]) == (features, l2))
+    n_domains = sum(d["n"] for d in _json("accuracy")["domains"].values())  # the same 48 texts
+    return [
+        phrase("It is a {} KB JSON file beside the task", round(HEAD.stat().st_size / 1000)),
+        phrase("(`benchmarks/head_features.py`; {} train texts)", f"{r['n_train']:,}"),
+        phrase("(dev accuracy; prompt-only is {}. The chosen head gets {} of the {} other-domain texts right.)",
+               _pct(r["dev_prompt_only"]), round(chosen["domains"] * n_domains), n_domains),
+    ]  # fmt: skip
+
+
+def warm_start_prose() -> list[Phrase]:
+    return [phrase("each kind of request once after ready, then {} more", _json("warm_start")["later"])]
+
+
+def engines_prose() -> list[Phrase]:
+    r = _json("engines")
+    return [
+        phrase("(`benchmarks/engines.py`, {} ChnSentiCorp dev texts, {} threads each", r["texts"], r["n_threads"]),
+        phrase("Sentiment labels agree on **{}** of the {} texts (target ≥ {})", _pct(r["agreement"]), r["texts"],
+               _pct(r["agreement_target"], 0)),
+    ]  # fmt: skip
+
+
+PHRASES: dict[str, Callable[[], list[Phrase]]] = {
+    "lean_install": lean_install_prose,
+    "routing": routing_prose,
+    "tasks": tasks_prose,
+    "http_overhead": http_overhead_prose,
+    "concurrency": concurrency_prose,
+    "batching": batching_prose,
+    "engine_config": engine_config_prose,
+    "load": load_prose,
+    "structured": structured_prose,
+    "session_sync": session_sync_prose,
+    "event_loop": event_loop_prose,
+    "chat_quality": chat_quality_prose,
+    "chat_preference": chat_preference_prose,
+    "accuracy": accuracy_prose,
+    "tune_sentiment": tune_sentiment_prose,
+    "head_features": head_features_prose,
+    "warm_start": warm_start_prose,
+    "engines": engines_prose,
+}
+
+
+def phrases() -> list[Phrase]:
+    return [p for make in PHRASES.values() for p in make()]
+
+
+def _found_once(p: Phrase, text: str) -> re.Match[str]:
+    found = list(p.pattern.finditer(text))
+    if len(found) != 1:
+        raise ValueError(f"the README holds {len(found)} times, not once: {p.template!r}")
+    return found[0]
+
+
+def _fill(m: re.Match[str], figures: tuple[str, ...]) -> str:
+    """The matched phrase with its figures replaced, its own text and line breaks kept."""
+    out, at = [], m.start()
+    for i, figure in enumerate(figures, 1):
+        out += [m.string[at : m.start(i)], figure]
+        at = m.end(i)
+    return "".join(out) + m.string[at : m.end()]
+
+
 def rewrite(text: str) -> str:
-    """The README text with every table block made anew from its JSON file."""
-    return BLOCK.sub(lambda m: m.group(1) + TABLES[m.group("name")]() + m.group(4), text)
+    """The README text with every table block made anew and every phrase's figures put in from the JSON files."""
+    text = BLOCK.sub(lambda m: m.group(1) + TABLES[m.group("name")]() + m.group(4), text)
+    for p in phrases():
+        m = _found_once(p, text)
+        text = text[: m.start()] + _fill(m, p.figures) + text[m.end() :]
+    return text
 
 
 def main() -> None:
@@ -237,7 +546,11 @@ def main() -> None:
     unknown = {m.group("name") for m in BLOCK.finditer(text)} - set(TABLES)
     if unknown:
         sys.exit(f"README names tables with no formatter: {sorted(unknown)}")
-    README.write_text(rewrite(text), encoding="utf-8")
+    try:
+        text = rewrite(text)
+    except ValueError as e:
+        sys.exit(f"README not rewritten: {e}")
+    README.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

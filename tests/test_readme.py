@@ -1,13 +1,25 @@
-"""The README documents every setting and its two commands are the ones CI runs."""
+"""The README documents every setting, its two commands are the ones CI runs and its figures are measured ones."""
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 from allinone.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    """benchmarks/report.py, a plain script rather than a package."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    return importlib.import_module("report")
 
 
 def test_every_setting_is_in_the_configuration_table() -> None:
@@ -20,15 +32,31 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_every_table_of_measured_figures_is_what_its_results_file_says() -> None:
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import report
-
+def test_every_table_and_phrase_of_measured_figures_is_what_its_results_file_says(report: ModuleType) -> None:
     blocks = list(report.BLOCK.finditer(README))
     assert {m.group("name") for m in blocks} <= set(report.TABLES), "a table block with no formatter"
     assert report.rewrite(README) == README, "README figures differ from benchmarks/results: run benchmarks/report.py"
+
+
+@pytest.mark.parametrize(
+    ("measured", "by_hand"),
+    [
+        ("| all | 131 | 1.83 |", "| all | 131 | 1.84 |"),  # a table block
+        ("| peak RSS | 839 MB |", "| peak RSS | 800 MB |"),  # a table block
+        ("Server RSS grew 2.7%", "Server RSS grew 1.7%"),  # a figure in the prose
+        ("(18.0 and 46.8 tokens/s", "(18.0 and 48.6 tokens/s"),  # a figure in the prose
+    ],
+)
+def test_a_figure_edited_by_hand_is_caught_and_rewritten(report: ModuleType, measured: str, by_hand: str) -> None:
+    assert README.count(measured) == 1
+    edited = README.replace(measured, by_hand)
+    assert report.rewrite(edited) == README
+
+
+def test_a_phrase_reworded_by_hand_is_caught(report: ModuleType) -> None:
+    edited = README.replace("Server RSS grew 2.7%", "The server's RSS grew 2.7%")
+    with pytest.raises(ValueError, match="Server RSS grew"):
+        report.rewrite(edited)
 
 
 def test_the_chat_transcript_is_the_output_the_script_wrote() -> None:
