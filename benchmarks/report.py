@@ -3,9 +3,12 @@
 Tables sit in the README between `<!-- table: NAME -->` and `<!-- /table -->`; `TABLES` makes each anew.
 A figure in the prose sits in a phrase: `PHRASES` gives each phrase as README text with `{}` where its figures
 go, and the figures formatted from the JSON; the README holds each phrase once, wrapped where it likes.
+Any other figure with a unit or a decimal point (`12.3 s`, `45 ms`, `2.7%`, `656 MB`, `0.88`) outside code must
+be in `NOT_MEASURED`, with the reason it is not from a results file.
 
 `python benchmarks/report.py` rewrites the tables and the phrases' figures from the JSON files; `tests/test_readme.py`
-fails when the README holds anything else (a figure edited by hand, a JSON file rerun without updating the README).
+fails when the README holds anything else (a figure edited by hand, a JSON file rerun without updating the README,
+a new figure with no source).
 """
 
 from __future__ import annotations
@@ -511,6 +514,41 @@ PHRASES: dict[str, Callable[[], list[Phrase]]] = {
     "engines": engines_prose,
 }
 
+# Figures with a unit or a decimal point outside code that are not measurements, or not yet in a results file:
+# README text around the figure -> why.
+NO_RESULTS_YET = "no results file yet: "
+NOT_MEASURED: dict[str, str] = {
+    "Python ≥ 3.11": "a requirement",
+    "about 8 minutes once": NO_RESULTS_YET + "benchmarks/lean_install.py times the install with the wheel cached, "
+    "not the build",
+    "max(10 %, 15 ms)": "the budget rule, BUDGET_REL and BUDGET_MS of benchmarks/http_overhead.py",
+    "against a target of 0.90": "a target",
+    "≥ 99% of texts, max |Δp| ≤ 0.06": "targets",
+    "clients for 60 s": "DURATION_S of benchmarks/load.py (load.json keeps the wall time that per s divides by)",
+    "(target 2.18)": "a target: twice the rate before continuous batching",
+    "(target under 10%)": "a target, RSS_GROWTH_LIMIT of benchmarks/load.py",
+    "Tested with 100 KB texts": "a test input",
+    "`/health` blocked 22 s": NO_RESULTS_YET + "benchmarks/event_loop.py, on the code before the fix of issue 12",
+    "bodies up to 1 MB of letters": "a test input",
+    "`/health` stays under 50 ms throughout": "the bound tests/test_event_loop.py asserts",
+    "a 1 MB+ file": "a test input",
+    "went over 50 ms": "TARGET_MS of benchmarks/event_loop.py",
+    "The 50 ms bound is also tested": "the bound tests/test_event_loop.py asserts",
+    "36 bodies of ~1 MB": "a test input",
+    "Temperature 0.4 and a repetition penalty of 1.1": "settings tried",
+    "temperature 0.7, top-p 0.9": "settings",
+    "above the published 89.3% claim": "a published figure, not reproduced here",
+    "(Q4_K_M, 491 MB)": "the size of the model file",
+}
+
+# A figure with a unit, or any number with a decimal point (a ratio, a rate), not inside a word or a version.
+MEASURE = re.compile(
+    r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?\s?(?:%|(?:ms|s|MB|KB|GB|tok/s|tokens/s|texts/s|minutes)\b)"
+    r"|(?<![\w.])[-+]?\d+\.\d+(?![\w.])"
+)
+# What is not prose: generated blocks, code blocks, inline code, comments.
+NOT_PROSE = re.compile(r"<!-- (table|transcript): .*?<!-- /\1 -->|```.*?```|`[^`\n]*`|<!--.*?-->", re.S)
+
 
 def phrases() -> list[Phrase]:
     return [p for make in PHRASES.values() for p in make()]
@@ -541,6 +579,22 @@ def rewrite(text: str) -> str:
     return text
 
 
+def _line(text: str, at: int) -> int:
+    return text.count("\n", 0, at) + 1
+
+
+def unchecked(text: str) -> list[str]:
+    """Figures in the prose that no phrase puts in and NOT_MEASURED does not explain, as 'line N: figure'."""
+    prose = NOT_PROSE.sub(lambda m: " " * len(m.group()), text)  # blanked, so that offsets stay the same
+    covered = {m.start(i) for p in phrases() for m in p.pattern.finditer(text) for i in range(1, len(p.figures) + 1)}
+    explained = [(m.start(), m.end()) for s in NOT_MEASURED for m in re.finditer(loose(s), text)]
+    return [
+        f"line {_line(text, m.start())}: {m.group()}"
+        for m in MEASURE.finditer(prose)
+        if m.start() not in covered and not any(a <= m.start() < b for a, b in explained)
+    ]
+
+
 def main() -> None:
     text = README.read_text(encoding="utf-8")
     unknown = {m.group("name") for m in BLOCK.finditer(text)} - set(TABLES)
@@ -551,6 +605,8 @@ def main() -> None:
     except ValueError as e:
         sys.exit(f"README not rewritten: {e}")
     README.write_text(text, encoding="utf-8")
+    if missing := unchecked(text):
+        sys.exit("figures with no results file and no reason in NOT_MEASURED:\n" + "\n".join(missing))
 
 
 if __name__ == "__main__":

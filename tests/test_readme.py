@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +39,15 @@ def test_every_table_and_phrase_of_measured_figures_is_what_its_results_file_say
     assert report.rewrite(README) == README, "README figures differ from benchmarks/results: run benchmarks/report.py"
 
 
+def test_every_figure_in_the_prose_comes_from_a_results_file_or_says_why_not(report: ModuleType) -> None:
+    assert report.unchecked(README) == [], "put each figure in a phrase of report.PHRASES, or in NOT_MEASURED"
+
+
+def test_every_figure_said_not_to_be_measured_is_still_in_the_readme(report: ModuleType) -> None:
+    stale = [text for text in report.NOT_MEASURED if not re.search(report.loose(text), README)]
+    assert not stale, f"NOT_MEASURED entries no longer in the README: {stale}"
+
+
 @pytest.mark.parametrize(
     ("measured", "by_hand"),
     [
@@ -53,10 +63,16 @@ def test_a_figure_edited_by_hand_is_caught_and_rewritten(report: ModuleType, mea
     assert report.rewrite(edited) == README
 
 
+def test_a_figure_written_by_hand_is_caught(report: ModuleType) -> None:
+    edited = README.replace("\n## Development", "\nA reply now starts after 0.8 s, 0.93 of the time.\n\n## Development")
+    assert [line.split(": ", 1)[1] for line in report.unchecked(edited)] == ["0.8 s", "0.93"]
+
+
 def test_a_phrase_reworded_by_hand_is_caught(report: ModuleType) -> None:
     edited = README.replace("Server RSS grew 2.7%", "The server's RSS grew 2.7%")
     with pytest.raises(ValueError, match="Server RSS grew"):
         report.rewrite(edited)
+    assert [line.split(": ", 1)[1] for line in report.unchecked(edited)] == ["2.7%"]
 
 
 def test_the_chat_transcript_is_the_output_the_script_wrote() -> None:
