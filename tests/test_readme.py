@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -73,6 +74,20 @@ def test_a_phrase_reworded_by_hand_is_caught(report: ModuleType) -> None:
     with pytest.raises(ValueError, match="Server RSS grew"):
         report.rewrite(edited)
     assert [line.split(": ", 1)[1] for line in report.unchecked(edited)] == ["2.7%"]
+
+
+EARLIER = sorted((ROOT / "benchmarks" / "results" / "earlier").glob("*/*.json"))
+
+
+@pytest.mark.parametrize("copy", EARLIER, ids=[f"{p.parent.name}/{p.name}" for p in EARLIER])
+def test_an_earlier_results_file_is_the_one_its_commit_wrote(copy: Path) -> None:
+    commit, name = copy.parent.name, copy.name
+    git = ["git", "-C", str(ROOT)]
+    if subprocess.run([*git, "cat-file", "-e", commit], capture_output=True).returncode:
+        pytest.skip(f"no commit {commit} in this clone's history")
+    wrote = subprocess.run([*git, "rev-parse", f"{commit}:benchmarks/results/{name}"], capture_output=True, text=True)
+    copied = subprocess.run([*git, "hash-object", str(copy)], capture_output=True, text=True)
+    assert copied.stdout == wrote.stdout
 
 
 def test_the_chat_transcript_is_the_output_the_script_wrote() -> None:
