@@ -510,13 +510,10 @@ PHRASES: dict[str, Callable[[], list[Phrase]]] = {
     "engines": engines_prose,
 }
 
-# Figures with a unit or a decimal point outside code that are not measurements, or not yet in a results file:
+# Figures with a unit or a decimal point outside code that are not measurements:
 # README text around the figure -> why.
-NO_RESULTS_YET = "no results file yet: "
 NOT_MEASURED: dict[str, str] = {
     "Python ≥ 3.11": "a requirement",
-    "about 8 minutes once": NO_RESULTS_YET + "benchmarks/lean_install.py times the install with the wheel cached, "
-    "not the build",
     "max(10 %, 15 ms)": "the budget rule, BUDGET_REL and BUDGET_MS of benchmarks/http_overhead.py",
     "against a target of 0.90": "a target",
     "≥ 99% of texts, max |Δp| ≤ 0.06": "targets",
@@ -524,7 +521,6 @@ NOT_MEASURED: dict[str, str] = {
     "(target 2.18)": "a target: twice the rate before continuous batching",
     "(target under 10%)": "a target, RSS_GROWTH_LIMIT of benchmarks/load.py",
     "Tested with 100 KB texts": "a test input",
-    "`/health` blocked 22 s": NO_RESULTS_YET + "benchmarks/event_loop.py, on the code before the fix of issue 12",
     "bodies up to 1 MB of letters": "a test input",
     "`/health` stays under 50 ms throughout": "the bound tests/test_event_loop.py asserts",
     "a 1 MB+ file": "a test input",
