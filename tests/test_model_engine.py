@@ -81,6 +81,25 @@ def test_chat_history_is_reused_across_turns(service: TaskService) -> None:
     assert second.completion_tokens > 0
 
 
+def test_a_conversation_with_the_same_start_as_a_saved_one_computes_only_what_differs(
+    engine: LlamaCppEngine,
+) -> None:
+    """As llama-server reuses a slot's cache: the same system prompt in a new conversation, or the same prompt
+    again (a regenerated reply), restores the saved state up to where the prompts part."""
+    system = Message("system", "You are a patient assistant who explains things simply. " * 4)
+    first = Conversation.of([system, Message("user", "What is rain?")], 1)
+    params = GenParams(max_tokens=12, temperature=0)
+    engine.clear_cache()
+    a = engine.generate(first, params)
+    other = engine.generate(Conversation.of([system, Message("user", "Why is the sky blue?")], 1), params)
+    assert a.usage and other.usage and a.usage.cached_tokens == 0
+    n_system = len(engine.tokenize_prompt(engine.render(Conversation.of([system], 1)))[0])
+    assert n_system - 3 <= other.usage.cached_tokens < other.usage.prompt_tokens  # the system turn, not the rest
+    again = engine.generate(first, params)
+    assert again.usage and again.usage.cached_tokens == again.usage.prompt_tokens - 1
+    assert again.text == a.text  # the first reply's tokens held by the saved state were dropped, not reused
+
+
 def test_same_seed_gives_the_same_text_and_stop_strings_cut(service: TaskService) -> None:
     engine = service.engine
     prompt = Conversation.of([Message("system", "You are helpful."), Message("user", "Count from 1 to 20.")], 1)

@@ -294,3 +294,28 @@ def test_echo_returns_the_prompts_logprobs_and_max_tokens_0_generates_nothing(sc
     high, low = np.log(0.9), np.log(0.1 / (V - 1))
     assert [e.logprob for e in first.prompt_logprobs] == [None, pytest.approx(high), pytest.approx(low)]
     assert last.finish_reason == "length" and last.usage.completion_tokens == 0 and last.text == ""
+
+
+def test_a_saved_conversation_is_reused_up_to_where_a_new_prompt_parts_from_it(
+    sched: Scheduler, ctx: FakeContext
+) -> None:
+    """The same system prompt in another conversation, or the same prompt again (a regenerated reply): only what
+    differs is computed, and what the saved state holds past that point is dropped from the sequence."""
+    system = "q" * 20
+    drain(generate(sched, system + "ab", max_tokens=3, keep=True))
+    other = generate(sched, system + "jkl", max_tokens=2, keep=True)
+    drain(other)
+    assert other.usage.cached_tokens == 20  # the shared start, not the first conversation's "ab" and reply
+    before = len(ctx.batches)
+    again = generate(sched, system + "jkl", max_tokens=2)
+    text, _ = drain(again)
+    assert again.usage.cached_tokens == 22  # all but the last prompt token, which gives the first logits
+    assert next(t for b in ctx.batches[before:] for t in ctx.tokens_in(b, again.seq)) == letters("l")[0]
+    assert text == "mn"  # computed from "l" on: the saved state's own reply was dropped from the sequence
+
+
+def test_a_short_shared_start_is_computed_rather_than_restored(sched: Scheduler) -> None:
+    drain(generate(sched, "abcdef" * 2, max_tokens=2, keep=True))
+    job = generate(sched, "abcdef" + "zz", max_tokens=2)
+    drain(job)
+    assert job.usage.cached_tokens == 0  # 6 shared tokens: under MIN_REUSE

@@ -10,7 +10,9 @@ and decodes it with one `llama_decode` call.
 Caching: a task's fixed prefix (system prompt, examples) is computed once and its KV state kept in host memory;
 a request restores it into its sequence (a copy of a few MB) and computes only its own tokens. After a reply the
 conversation's KV state is saved the same way, so the next chat turn is restored into a free sequence and
-computes only the new message. Only states that are a whole prefix of the prompt are reused.
+computes only the new message. A saved conversation is used up to where it and the new prompt part, as
+llama-server reuses a slot's cache: a regenerated reply, or another conversation with the same system prompt,
+computes only what differs.
 
 Cached prefixes are not kept in the KV cache itself: every decode step attends over the cache up to its
 highest used cell, so prefixes parked there (the built-in tasks' come to ~3,000 cells) slowed every reply's
@@ -35,6 +37,7 @@ from .stops import StopBuffer
 
 Item = tuple[int, int, int, bool]  # token, position, sequence, wants logits
 MAX_PREFIXES = 16  # task prefixes kept in host memory (least recently used are dropped; ~8 MB each on the default)
+MIN_REUSE = 16  # shared tokens worth restoring a saved conversation for (fewer are as quick to compute)
 ECHO_CHUNK = 64  # prompt tokens per step when every one needs its logits (echo): 64 x vocab floats of output
 
 
@@ -66,6 +69,17 @@ class Saved:
     tokens: list[int]
     state: Any
     used: int = 0  # LRU clock
+    array: np.ndarray[Any, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.tokens, dtype=np.int64)
+
+
+def _common_start(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> int:
+    """How many tokens two sequences share from the start."""
+    m = min(len(a), len(b))
+    differ = np.flatnonzero(a[:m] != b[:m])
+    return int(differ[0]) if len(differ) else m
 
 
 @dataclass(eq=False)
@@ -294,25 +308,28 @@ class Scheduler:
                     self._active.append(job)
                     running += 1
 
-    def _base(self, job: Job) -> Saved | None:
-        """The longest saved state that is a whole prefix of the prompt (and shorter than it)."""
+    def _base(self, job: Job) -> tuple[Saved | None, int]:
+        """The saved state sharing the longest start with the prompt, and how many tokens of it to use: a task
+        prefix or an earlier turn of the conversation whole, or another saved conversation up to where it and the
+        prompt part (as llama-server reuses a slot's cache), leaving at least the prompt's last token to compute."""
         tokens = job.tokens
         best: Saved | None = None
+        n = 0
         if 0 < job.n_prefix < len(tokens):
             best = self._prefixes.get(tuple(tokens[: job.n_prefix]))
-        if isinstance(job, GenJob) and not job.echo:  # echo needs the logits of every prompt token
+            n = job.n_prefix if best is not None else 0
+        if isinstance(job, GenJob) and not job.echo and self._saved:  # echo needs the logits of every prompt token
+            prompt = np.asarray(tokens[:-1], dtype=np.int64)
             for s in self._saved:
-                if (
-                    len(best.tokens if best else ()) < len(s.tokens) < len(tokens)
-                    and tokens[: len(s.tokens)] == s.tokens
-                ):
-                    best = s
-        return best
+                shared = _common_start(s.array, prompt)
+                if shared > n and (shared == len(s.tokens) or shared >= MIN_REUSE):
+                    best, n = s, shared
+        return best, n
 
     def _place(self, job: Job) -> bool | None:
         """Give the job a sequence holding its longest cached start: True; None when the KV cache has no room
         for it yet; False when it failed (it can never fit, or its sampler could not be made)."""
-        base = self._base(job)
+        base, n_base = self._base(job)
         need = len(job.tokens) + job.extra()
         if self._cells_used() + need > self.ctx.n_cells:
             if self._active:
@@ -331,7 +348,9 @@ class Scheduler:
         if base is not None:
             if self.ctx.restore(job.seq, base.state):
                 base.used = self._tick()
-                job.n_past = len(base.tokens)
+                if n_base < len(base.tokens):  # the conversation went another way from here: drop the rest
+                    self.ctx.seq_rm(job.seq, n_base)
+                job.n_past = n_base
             else:  # no room for it as one block of cells: compute the prompt instead
                 if self._prefixes.get(tuple(base.tokens)) is base:
                     del self._prefixes[tuple(base.tokens)]
