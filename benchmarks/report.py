@@ -320,12 +320,14 @@ def concurrency_prose() -> list[Phrase]:
         phrase("both running at once with {} threads each (`-c {} -np {}`", knobs["n_threads"],
                peer[peer.index("-c") + 1], peer[peer.index("-np") + 1]),
         phrase("medians of {} rounds", knobs["rounds"]),
-        phrase("llama-server makes it wait for the replies ({} s)",
+        phrase("({} s against a target of 1.0 s), where llama-server makes it wait for the replies ({} s)",
+               f"{o['three_sentiments_under_four_streams_slowest_s']:.2f}",
                f"{p['three_sentiments_under_four_streams_slowest_s']:.0f}"),
+        phrase("every stream ran to its {} tokens", knobs["chat_max_tokens"]),
         phrase("Four streams together reach {} of llama-server's aggregate", f"{aggregate:.2f}"),
-        phrase("it is noisy: {} in this run, {} in the run before the last engine change (the results file at "
-               "commit {})", f"{scaleout[0]:.2f}", f"{scaleout[1]:.2f}", earlier),
         phrase("The first token of four streams comes at {} s", f"{o['four_streams_ttft_p50_s']:.2f}"),
+        phrase("{} in this run, {} in the run before the last engine change (the results file at commit {})",
+               f"{scaleout[0]:.2f}", f"{scaleout[1]:.2f}", earlier),
     ]  # fmt: skip
 
 
@@ -516,6 +518,7 @@ NOT_MEASURED: dict[str, str] = {
     "Python ≥ 3.11": "a requirement",
     "max(10 %, 15 ms)": "the budget rule, BUDGET_REL and BUDGET_MS of benchmarks/http_overhead.py",
     "against a target of 0.90": "a target",
+    "against a target of 1.0 s": "a target",
     "≥ 99% of texts, max |Δp| ≤ 0.06": "targets",
     "clients for 60 s": "DURATION_S of benchmarks/load.py (load.json keeps the wall time that per s divides by)",
     "(target 2.18)": "a target: twice the rate before continuous batching",
