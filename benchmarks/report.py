@@ -228,8 +228,19 @@ def engines() -> str:
     return _rows(header, ["---", "---", "---:", "---:", "---:"], out)
 
 
+def parallel() -> str:
+    res = _json("parallel")
+    rows = [[str(r["parallel"]), f"{r['aggregate_tok_s']:.1f}", f"{r['ttft_p50_s']:.2f} s", f"{r['ttft_max_s']:.2f} s",
+             f"{r['slowest_stream_s']:.1f} s", f"{r['sentiment_slowest_s']:.2f} s", f"{r['rss_mb_loaded']:.0f} MB"]
+            for r in res["rows"]]  # fmt: skip
+    header = ["`ALLINONE_PARALLEL`", "tok/s, all streams", "first token p50", "first token max", "last stream done",
+              f"slowest of {res['knobs']['users']} sentiments", "RSS"]  # fmt: skip
+    return _rows(header, ["---:", "---:", "---:", "---:", "---:", "---:", "---:"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "concurrency": concurrency,
+    "parallel": parallel,
     "load": load,
     "batching": batching,
     "engine_config": engine_config,
@@ -328,6 +339,19 @@ def concurrency_prose() -> list[Phrase]:
         phrase("The first token of four streams comes at {} s", f"{o['four_streams_ttft_p50_s']:.2f}"),
         phrase("{} in this run, {} in the run before the last engine change (the results file at commit {})",
                f"{scaleout[0]:.2f}", f"{scaleout[1]:.2f}", earlier),
+    ]  # fmt: skip
+
+
+def parallel_prose() -> list[Phrase]:
+    rows = {r["parallel"]: r for r in _json("parallel")["rows"]}
+    most = rows[max(rows)]
+    extra = most["rss_mb_loaded"] - rows[min(rows)]["rss_mb_loaded"]
+    sentiment = sorted(r["sentiment_slowest_s"] for r in rows.values())
+    return [
+        phrase("With eight users, eight sequences serve them best: every first token within {} s",
+               f"{math.ceil(100 * most['ttft_max_s']) / 100:.2f}"),
+        phrase("for {} MB more memory than one sequence", f"{extra:.0f}"),
+        phrase("(the slowest of eight is {} to {} s with any setting)", f"{sentiment[0]:.1f}", f"{sentiment[-1]:.1f}"),
     ]  # fmt: skip
 
 
@@ -497,6 +521,7 @@ PHRASES: dict[str, Callable[[], list[Phrase]]] = {
     "tasks": tasks_prose,
     "http_overhead": http_overhead_prose,
     "concurrency": concurrency_prose,
+    "parallel": parallel_prose,
     "batching": batching_prose,
     "engine_config": engine_config_prose,
     "load": load_prose,
@@ -519,6 +544,9 @@ NOT_MEASURED: dict[str, str] = {
     "max(10 %, 15 ms)": "the budget rule, BUDGET_REL and BUDGET_MS of benchmarks/http_overhead.py",
     "against a target of 0.90": "a target",
     "against a target of 1.0 s": "a target",
+    "the default 8192-token context": "a setting",
+    "`ALLINONE_N_CTX=16384`: about 12 KB of KV cache per token": "settings, and the model's shape: 24 layers x 2 KV "
+    "heads x 64 dims x K and V x 2 bytes",
     "≥ 99% of texts, max |Δp| ≤ 0.06": "targets",
     "clients for 60 s": "DURATION_S of benchmarks/load.py (load.json keeps the wall time that per s divides by)",
     "(target 2.18)": "a target: twice the rate before continuous batching",
