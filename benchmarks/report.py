@@ -238,9 +238,24 @@ def parallel() -> str:
     return _rows(header, ["---:", "---:", "---:", "---:", "---:", "---:", "---:"], rows)
 
 
+def model_choice() -> str:
+    res = _json("model_choice")
+    rows = []
+    for ref, r in res["models"].items():
+        speed = [f"{r['texts_per_s']:.2f}", f"{r['decode_tokens_per_s']:.1f}", f"{r['first_token_s']:.2f} s"]
+        chat = [f"{r['held_all_checks']:.1%}", f"{r['held_language']:.1%}"]
+        rows.append([f"`{ref}`", f"{r['file_mb']:.0f} MB", f"{r['peak_rss_mb']} MB", f"{r['dev_accuracy']:.1%}",
+                     *speed, *chat])  # fmt: skip
+    header = ["`--model`", "file", "peak RSS", f"sentiment, first {res['n_dev']} dev texts", "sentiment texts/s",
+              "chat tokens/s", "chat first token", "chat: every check, held-out",
+              "chat: language, held-out"]  # fmt: skip
+    return _rows(header, ["---", *["---:"] * 8], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "concurrency": concurrency,
     "parallel": parallel,
+    "model_choice": model_choice,
     "load": load,
     "batching": batching,
     "engine_config": engine_config,
