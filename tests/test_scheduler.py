@@ -35,6 +35,7 @@ class FakeContext:
         self.gate.set()
         self.lock = threading.Lock()
         self.delay = 0.0  # seconds per decode, for tests that act while replies stream
+        self.refuse_restore = False
 
     def seq_tokens(self, seq: int) -> list[int]:
         held = sorted((c[0], c[1]) for c in self.cells if seq in c[2])
@@ -87,6 +88,8 @@ class FakeContext:
         return bytes(self.seq_tokens(seq))
 
     def restore(self, seq: int, state: Any) -> bool:
+        if self.refuse_restore:  # as llama.cpp when no block of free cells holds the state
+            return False
         with self.lock:
             self.cells += [[p, t, {seq}] for p, t in enumerate(state)]
         return True
@@ -319,3 +322,18 @@ def test_a_short_shared_start_is_computed_rather_than_restored(sched: Scheduler)
     job = generate(sched, "abcdef" + "zz", max_tokens=2)
     drain(job)
     assert job.usage.cached_tokens == 0  # 6 shared tokens: under MIN_REUSE
+
+
+def test_a_state_that_cannot_be_restored_for_another_conversation_stays_saved_for_its_own(
+    sched: Scheduler, ctx: FakeContext
+) -> None:
+    system = "q" * 20
+    drain(generate(sched, system + "ab", max_tokens=3, keep=True))  # saved: its 22 prompt tokens
+    ctx.refuse_restore = True
+    other = generate(sched, system + "jkl", max_tokens=2)
+    drain(other)
+    assert other.usage.cached_tokens == 0  # computed instead
+    ctx.refuse_restore = False
+    own = generate(sched, system + "abcdexy", max_tokens=2)  # the first conversation's next turn
+    drain(own)
+    assert own.usage.cached_tokens == 22  # its saved state was not dropped for the other's failed restore

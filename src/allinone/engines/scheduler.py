@@ -354,7 +354,7 @@ class Scheduler:
             else:  # no room for it as one block of cells: compute the prompt instead
                 if self._prefixes.get(tuple(base.tokens)) is base:
                     del self._prefixes[tuple(base.tokens)]
-                else:
+                elif n_base == len(base.tokens):  # this conversation's earlier turn; another's stays for its own
                     self._saved.remove(base)
                 self.ctx.seq_rm(job.seq, 0)
         job.usage.cached_tokens = job.n_past
