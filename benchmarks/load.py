@@ -29,7 +29,7 @@ import httpx
 
 from allinone.models import resolve_model
 from allinone.settings import Settings
-from serving import wait_healthy
+from serving import rss_mb, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 CLIENTS = 16
@@ -68,13 +68,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def start_server(port: int, home: Path) -> subprocess.Popen[bytes]:

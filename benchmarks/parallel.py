@@ -28,8 +28,8 @@ from typing import Any
 
 import httpx
 
-from concurrency import CHAT_MAX_TOKENS, free_port, stream_chat
-from serving import wait_healthy
+from concurrency import CHAT_MAX_TOKENS, classify, free_port, stream_chat
+from serving import rss_mb, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 SETTINGS = (1, 2, 4, 8)
@@ -42,29 +42,15 @@ DATA = ROOT.parent / "shared" / "data" / "chnsenticorp_dev.jsonl"
 OUT = ROOT / "benchmarks" / "results" / "parallel.json"
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-async def sentiment(client: httpx.AsyncClient, url: str, text: str) -> float:
-    t0 = time.perf_counter()
-    r = await client.post(f"{url}/analyze", json={"text": text})
-    assert r.status_code == 200, r.text
-    return time.perf_counter() - t0
-
-
 async def measure(url: str, texts: list[str]) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
-        await sentiment(client, url, texts[0])  # warm: prefixes cached, first decodes done
+        await classify(client, url, texts[0], ours=True)  # warm: prefixes cached, first decodes done
         await stream_chat(client, url, "allinone-chat", seed=0)
         t0 = time.perf_counter()
         runs = await asyncio.gather(*(stream_chat(client, url, "allinone-chat", seed=i) for i in range(USERS)))
         wall = max(r["end"] for r in runs) - t0
         ttft = [r["first"] - r["start"] for r in runs]
-        answers = await asyncio.gather(*(sentiment(client, url, t) for t in texts[1 : 1 + USERS]))
+        answers = await asyncio.gather(*(classify(client, url, t, ours=True) for t in texts[1 : 1 + USERS]))
     return {
         "aggregate_tok_s": sum(r["tokens"] for r in runs) / wall,
         "tokens": [r["tokens"] for r in runs],
@@ -109,7 +95,7 @@ def main() -> None:
             f"slowest sentiment {r['sentiment_slowest_s']:.2f} s, RSS {r['rss_mb_loaded']:.0f} MB",
             flush=True,
         )
-    knobs = {"users": USERS, "chat_max_tokens": CHAT_MAX_TOKENS, "n_threads": N_THREADS}
+    knobs: dict[str, Any] = {"users": USERS, "chat_max_tokens": CHAT_MAX_TOKENS, "n_threads": N_THREADS}
     knobs |= {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"knobs": knobs, "rows": rows}, indent=2) + "\n", encoding="utf-8")

@@ -1,9 +1,10 @@
-"""Shared by the benchmarks that start a real `allinone serve`: wait until it answers /health."""
+"""Shared by the benchmarks that start a real `allinone serve`: wait until it answers /health, read its RSS."""
 
 from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 
@@ -22,3 +23,11 @@ def wait_healthy(server: subprocess.Popen[bytes], port: int, timeout_s: float, p
         time.sleep(poll_s)
     server.kill()
     raise SystemExit("server did not become ready")
+
+
+def rss_mb(pid: int) -> float:
+    """The resident memory of a process, MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
