@@ -329,7 +329,6 @@ class Scheduler:
     def _place(self, job: Job) -> bool | None:
         """Give the job a sequence holding its longest cached start: True; None when the KV cache has no room
         for it yet; False when it failed (it can never fit, or its sampler could not be made)."""
-        base, n_base = self._base(job)
         need = len(job.tokens) + job.extra()
         if self._cells_used() + need > self.ctx.n_cells:
             if self._active:
@@ -345,6 +344,7 @@ class Scheduler:
                 return False
         job.seq, job.reserve = self._free.pop(), need
         job.usage.prompt_tokens = len(job.tokens)
+        base, n_base = self._base(job)  # only once it has room: a job waiting for cells is placed again each step
         if base is not None:
             if self.ctx.restore(job.seq, base.state):
                 base.used = self._tick()
