@@ -4,7 +4,8 @@ mixing sentiment (/analyze) and chat (/v1/tasks/chat, one session per client).
 Reports throughput, p50/p99 latency of the answered requests, responses by status (only 200 and 429 are
 acceptable: a full queue answers 429 at once, and the client waits its Retry-After), and the server's RSS
 after a warm-up of the same load (the saved chat states fill their bounded cache) and at the end (growth must
-stay under 10%). Bounded: no request starts after WARMUP_S + DURATION_S and each has REQUEST_TIMEOUT_S.
+stay under 10%), and the share of the measured run's wall time the model spent computing (/metrics: near 1, the
+load is bound by compute). Bounded: no request starts after WARMUP_S + DURATION_S and each has REQUEST_TIMEOUT_S.
 
 Run: .venv/bin/python benchmarks/load.py   (prints a table, writes benchmarks/results/load.json)
 """
@@ -45,6 +46,7 @@ N_THREADS = 2  # inference threads of the server (the reference machine's two co
 RSS_GROWTH_LIMIT = 0.10
 STARTUP_TIMEOUT_S = 300
 SEED = 0
+BUSY_METRIC = "allinone_engine_busy_seconds_total"
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chnsenticorp_dev.jsonl"
@@ -111,17 +113,27 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def drive(url: str, pid: int) -> tuple[list[dict[str, object]], float, float]:
-    """The measured run's results, its wall time, and the RSS after the warm-up."""
+async def busy_seconds(url: str) -> float:
+    """The seconds the server's model has spent computing so far (its /metrics counter)."""
+    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S) as c:
+        text = (await c.get("/metrics")).text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith(BUSY_METRIC + " ")))
+
+
+async def drive(url: str, pid: int) -> tuple[list[dict[str, object]], float, float, float]:
+    """The measured run's results, its wall time, the RSS after the warm-up, and the share of the measured run's
+    wall time the model spent computing (near 1: the load is bound by the model's compute, not by waiting)."""
     sentiments = texts(200)
     warm: list[dict[str, object]] = []
     start = time.monotonic()
     await asyncio.gather(*(client(i, url, start + WARMUP_S, sentiments, warm) for i in range(CLIENTS)))
     rss_start = rss_mb(pid)
     results: list[dict[str, object]] = []
+    busy_start = await busy_seconds(url)
     start = time.monotonic()
     await asyncio.gather(*(client(i, url, start + DURATION_S, sentiments, results) for i in range(CLIENTS)))
-    return results, time.monotonic() - start, rss_start
+    wall = time.monotonic() - start
+    return results, wall, rss_start, (await busy_seconds(url) - busy_start) / wall
 
 
 def main() -> None:
@@ -130,7 +142,7 @@ def main() -> None:
         server = start_server(port, Path(tmp))
         try:
             rss_loaded = rss_mb(server.pid)
-            results, wall, rss_start = asyncio.run(drive(f"http://127.0.0.1:{port}", server.pid))
+            results, wall, rss_start, busy = asyncio.run(drive(f"http://127.0.0.1:{port}", server.pid))
             rss_end = rss_mb(server.pid)
         finally:
             server.terminate()
@@ -169,6 +181,7 @@ def main() -> None:
         "rss_growth": round(growth, 4),
         "rss_ok": growth < RSS_GROWTH_LIMIT,
         "server_exit_code_after_sigterm": exit_code,
+        "model_busy_share": round(busy, 3),
         "latency": rows,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
@@ -179,6 +192,7 @@ def main() -> None:
     print(
         f"server RSS {rss_loaded:.0f} MB loaded, {rss_start:.0f} MB after warm-up -> {rss_end:.0f} MB ({growth:+.1%})"
     )
+    print(f"the model computed for {busy:.0%} of the measured run's wall time")
     print(f"exit code after SIGTERM: {exit_code}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

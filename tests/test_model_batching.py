@@ -75,11 +75,14 @@ def test_streams_decoded_together_give_the_same_text_as_one_at_a_time(engine: Ll
     convs = [Conversation.of([Message("user", p)]) for p in prompts]
     params = GenParams(max_tokens=20, temperature=0, seed=1)
     alone = [engine.generate(c, params).text for c in convs]
-    steps = engine.steps
+    steps, busy, start = engine.steps, engine.busy(), time.perf_counter()
     with ThreadPoolExecutor(len(convs)) as pool:
         together = list(pool.map(lambda c: engine.generate(c, params).text, convs))
+    wall, after = time.perf_counter() - start, engine.busy()
     assert together == alone
     assert engine.steps - steps < 2 * params.max_tokens  # they shared decodes (alone: one each per token)
+    assert after.steps - busy.steps == engine.steps - steps
+    assert 0 < after.seconds - busy.seconds <= wall  # the model's own work, within the wall time it took
 
 
 def test_a_classification_during_four_streams_answers_before_they_end(engine: LlamaCppEngine) -> None:

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from allinone import service as service_module
-from allinone.engines.base import Chunk, GenParams, Prompt, Usage
+from allinone.engines.base import Busy, Chunk, GenParams, Prompt, Usage
 from allinone.errors import ContextOverflow, EngineError
 from allinone.server import create_app
 from allinone.service import TaskService
@@ -491,6 +491,19 @@ def test_metrics_count_requests_latency_tokens_cache_hits_and_in_flight(tmp_path
     assert 'allinone_cache_hit_tokens_total{task="chat"} 80' in text
     assert "allinone_in_flight_requests 0" in text
     assert "allinone_model_loaded 1" in text
+    assert "allinone_engine_busy_seconds_total" not in text  # the fake engine does not measure its work
+
+
+def test_metrics_show_the_model_work_of_an_engine_that_measures_it(tmp_path: Path) -> None:
+    class Measured(FakeEngine):
+        def busy(self) -> Busy:
+            return Busy(steps=7, seconds=1.25)
+
+    with make_client(tmp_path, Measured(negative)) as c:
+        text = c.get("/metrics").text
+    assert "allinone_engine_steps_total 7" in text
+    assert "allinone_engine_busy_seconds_total 1.250000" in text
+    assert "# TYPE allinone_engine_busy_seconds_total counter" in text
 
 
 def test_each_request_writes_one_masked_json_log_line(tmp_path: Path, engine: FakeEngine) -> None:

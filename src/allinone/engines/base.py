@@ -139,6 +139,16 @@ class EngineInfo:
 
 
 @dataclass(frozen=True)
+class Busy:
+    """How much model work a local engine has done since it loaded: forward passes (`llama_decode` calls, each
+    batching every running request) and the seconds spent in them. Its rate of growth is the model's utilisation:
+    near 1 s per second, more requests can only wait."""
+
+    steps: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Slots:
     """How many requests an engine really runs at once: replies being generated, and classifications (one
     forward pass each), which an engine that batches can run beside the replies instead of after them."""
@@ -179,12 +189,14 @@ class Engine(ABC):
         """Compute and cache the conversation's fixed prefix now, so that the first request that uses it is as fast
         as later ones (engines whose prefix cache lives elsewhere do nothing)."""
 
-    def score_batch(self, conversations: Sequence[Conversation], continuations: Sequence[str]) -> list[Scores]:
+    def score_batch(
+        self, conversations: Sequence[Conversation], continuations: Sequence[str], hidden: bool = False
+    ) -> list[Scores]:
         """`score` for several conversations; engines that evaluate them faster together override this.
 
         Batched results may differ from one-at-a-time results in the last bits (different batch shapes).
         """
-        return [self.score(c, continuations) for c in conversations]
+        return [self.score(c, continuations, hidden) for c in conversations]
 
     @abstractmethod
     def stream(self, conversation: Conversation, params: GenParams) -> Iterator[Chunk]:
@@ -201,6 +213,10 @@ class Engine(ABC):
         for last in self.stream(conversation, params):
             parts.append(last.text)
         return Chunk("".join(parts), last.finish_reason, last.usage)
+
+    def busy(self) -> Busy | None:
+        """The model work done so far, where the engine measures it (llama.cpp); None elsewhere."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free native resources."""

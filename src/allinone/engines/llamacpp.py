@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ContextOverflow, EngineError, ModelError
 from ..structured import schema_to_gbnf
-from .base import Chunk, Conversation, Engine, EngineInfo, GenParams, Prompt, PromptTokens, Scores, Segment, Slots
+from .base import Busy, Chunk, Conversation, Engine, EngineInfo, GenParams, Prompt, PromptTokens, Scores, Segment, Slots
 from .probe import Probe
 from .scheduler import GenJob, Item, Scheduler, ScoreJob
 from .template import ChatTemplate
@@ -337,9 +337,12 @@ class LlamaCppEngine(Engine):
         self._scheduler.submit(job)
         return self._wait([job])[0]
 
-    def score_batch(self, conversations: Sequence[Conversation], continuations: Sequence[str]) -> list[Scores]:
-        """All of them submitted at once: the scheduler decodes up to `parallel` of them per step."""
-        jobs = [self._score_job(self.render(c), continuations, False) for c in conversations]
+    def score_batch(
+        self, conversations: Sequence[Conversation], continuations: Sequence[str], hidden: bool = False
+    ) -> list[Scores]:
+        """All of them submitted at once: the scheduler decodes up to `parallel` of them per step (with `hidden`,
+        each sequence's hidden-state rows are read from the batch it ran in)."""
+        jobs = [self._score_job(self.render(c), continuations, hidden) for c in conversations]
         for job in jobs:
             self._scheduler.submit(job)
         return self._wait(jobs)
@@ -384,6 +387,9 @@ class LlamaCppEngine(Engine):
     def steps(self) -> int:
         """Decodes run so far (every one batches the work of all running requests)."""
         return self._scheduler.steps
+
+    def busy(self) -> Busy:
+        return Busy(self._scheduler.steps, self._scheduler.busy_s)
 
     def close(self) -> None:
         if self._raw_ctx:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -180,6 +181,7 @@ class Scheduler:
         self._saved: list[Saved] = []
         self._clock = 0
         self.steps = 0  # decodes run, for tests and metrics
+        self.busy_s = 0.0  # seconds spent in those decodes: the model's own work, for utilisation
         self._thread = threading.Thread(target=self._run, name="allinone-scheduler", daemon=True)
         self._thread.start()
 
@@ -271,9 +273,11 @@ class Scheduler:
         probe = self.ctx.probe if any(p.kind == "prompt" and getattr(p.job, "hidden", False) for p in parts) else None
         if probe is not None:
             probe.start()
+        start = time.perf_counter()
         try:
             self.ctx.decode(items)
         finally:
+            self.busy_s += time.perf_counter() - start
             if probe is not None:
                 probe.stop()
         self.steps += 1

@@ -151,8 +151,11 @@ async def health(request: Request) -> Any:
 
 @api.get("/metrics", response_class=PlainTextResponse, tags=["service"])
 async def metrics(request: Request) -> PlainTextResponse:
-    """Prometheus text: requests, latency histograms and tokens per task, cache-hit tokens, in-flight requests."""
-    return PlainTextResponse(services(request).metrics.render(), media_type=metrics_module.CONTENT_TYPE)
+    """Prometheus text: requests, latency histograms and tokens per task, cache-hit tokens, in-flight requests,
+    and the model's work (steps, busy seconds) once it is loaded."""
+    svc = services(request)
+    busy = svc.service.engine.busy() if svc.service.loaded else None
+    return PlainTextResponse(svc.metrics.render(busy), media_type=metrics_module.CONTENT_TYPE)
 
 
 def task_infos(svc: Services) -> list[TaskInfo]:

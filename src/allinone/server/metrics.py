@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 
-from ..engines.base import Usage
+from ..engines.base import Busy, Usage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # seconds
@@ -64,8 +64,8 @@ class ServiceMetrics:
             if usage.cached_tokens:
                 self.cache_hits[(task,)] += usage.cached_tokens
 
-    def render(self) -> str:
-        """The text exposition format."""
+    def render(self, busy: Busy | None = None) -> str:
+        """The text exposition format; with `busy`, the engine's model work (steps and seconds) too."""
         out: list[str] = []
 
         def family(name: str, kind: str, help_: str) -> None:
@@ -101,4 +101,15 @@ class ServiceMetrics:
                 out.append(f"allinone_rejected_total{{{_labels(('reason',), key)}}} {n}")
             family("allinone_model_loaded", "gauge", "1 once the model is loaded.")
             out.append(f"allinone_model_loaded {self.model_loaded}")
+        if busy is not None:
+            family(
+                "allinone_engine_steps_total", "counter", "Forward passes of the model, each batching every request."
+            )
+            out.append(f"allinone_engine_steps_total {busy.steps}")
+            family(
+                "allinone_engine_busy_seconds_total",
+                "counter",
+                "Seconds the model spent computing; its rate is the utilisation (near 1: requests can only queue).",
+            )
+            out.append(f"allinone_engine_busy_seconds_total {busy.seconds:.6f}")
         return "\n".join(out) + "\n"
