@@ -57,9 +57,11 @@ class FakeEngine(Engine):
         self.params.append(params)
         return complete_fake(prompt, params, echo)
 
-    def score_batch(self, conversations: Sequence[Conversation], continuations: Sequence[str]) -> list[Scores]:
+    def score_batch(
+        self, conversations: Sequence[Conversation], continuations: Sequence[str], hidden: bool = False
+    ) -> list[Scores]:
         self.batches.append(len(conversations))
-        return super().score_batch(conversations, continuations)
+        return super().score_batch(conversations, continuations, hidden)
 
     def stream(self, conversation: Conversation, params: GenParams) -> Iterator[Chunk]:
         prompt = self.render(conversation)

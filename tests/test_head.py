@@ -164,7 +164,7 @@ def test_the_head_is_on_by_default_and_no_head_gives_the_prompts_answer(
     weight = np.array([[0.0, 5.0, 0.0, 0.0], [0.0, -5.0, 0.0, 0.0]])
     head = LinearHead(["positive", "negative"], np.zeros(4), np.ones(4), weight, np.array([-5.0, 5.0]), {})
     sentiment_with_head(tmp_path, head)
-    monkeypatch.setenv("ALLINONE_USE_HEADS", "1")  # TODO(issue 16): the default once the new head is trained
+    monkeypatch.delenv("ALLINONE_USE_HEADS", raising=False)
     patch_cli_engine(monkeypatch, FakeEngine(scorer), tmp_path)
     args = ["run", "sentiment", "一般般", "--json", "--tasks-dir", str(tmp_path)]
     default = json.loads(CliRunner().invoke(cli_module.cli, args).output)
@@ -173,3 +173,19 @@ def test_the_head_is_on_by_default_and_no_head_gives_the_prompts_answer(
     assert plain["method"] == "prompt" and plain["label"] == "positive"
     monkeypatch.setenv("ALLINONE_USE_HEADS", "0")
     assert json.loads(CliRunner().invoke(cli_module.cli, args).output)["method"] == "prompt"
+
+
+def test_a_head_on_a_layers_mean_alone_reads_only_that_part_of_the_hidden_state() -> None:
+    # the engine gives [mean after the probe layer (2 dims here), final state (2 dims)]; the head was trained on
+    # the mean and the label score only, so the final state must not move its answer
+    weight = np.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    info = {"probe_layer": 18, "features": "mean18"}
+    head = LinearHead(["positive", "negative"], np.zeros(3), np.ones(3), weight, np.zeros(2), info)
+    assert not head.uses_final
+    a = head.probabilities([1.0, 0.0, 5.0, -5.0], [0.0])
+    b = head.probabilities([1.0, 0.0, -9.0, 9.0], [0.0])
+    assert a == b and a["positive"] == pytest.approx(1 / (1 + math.exp(-2.0)))
+    both = replace(head, info={"probe_layer": 18, "features": "mean18+final"})
+    assert both.uses_final
+    with pytest.raises(ValueError):  # mean + final is 4 dims + 1 score, not the 3 it was trained on
+        both.probabilities([1.0, 0.0, 5.0, -5.0], [0.0])

@@ -145,5 +145,10 @@ def test_the_shipped_head_is_on_by_default_and_stays_right_on_clear_sentences(se
         assert 1 - len(wrong) / len(CLEAR) >= 0.9, wrong
         for text in ADVERSARIAL:
             assert heads.classify("sentiment", text).label in {"positive", "negative"}
+        texts = [text for text, _ in CLEAR[:6]]
+        batched = heads.classify_many("sentiment", texts)  # one batch: each text's hidden state from its sequence
+        for b, (one, _, _) in zip(batched, results, strict=False):
+            assert b.method == "prompt+head" and b.label == one.label
+            assert abs(b.probabilities["positive"] - one.probabilities["positive"]) <= 0.06
     finally:
         heads.engine.close()

@@ -148,19 +148,18 @@ def classify(engine: Engine, task: Task, text: str, use_head: bool = False) -> C
 def classify_many(engine: Engine, task: Task, texts: Sequence[str], use_head: bool = False) -> list[Classification]:
     """`classify` for several texts, which the engine may score as one batch (faster for bulk work).
 
-    Batched scores can differ from one-at-a-time scores in the last bits (see Engine.score_batch). A
-    learned head needs each text's hidden state, which batches do not give, so with a head the texts are
-    classified one at a time.
+    Batched scores can differ from one-at-a-time scores in the last bits (see Engine.score_batch); a learned
+    head gets each text's hidden state from the batch it ran in.
     """
     if task.kind != "classify" or task.labels is None:
         raise InvalidInput(f"task '{task.name}' is not a classify task")
-    head = usable_head(engine, task) if use_head else None
-    if head is not None or len(texts) < 2:
+    if len(texts) < 2:
         return [classify(engine, task, require_text(t), use_head) for t in texts]
+    head = usable_head(engine, task) if use_head else None
     cut = [task.truncation.apply(require_text(t), engine.count_tokens) for t in texts]
     words = [w for label in task.labels for w in label.words]
-    scores = engine.score_batch([conversation(task, t) for t, _ in cut], words)
-    return [_result(task, s, truncated, engine, None) for s, (_, truncated) in zip(scores, cut, strict=True)]
+    scores = engine.score_batch([conversation(task, t) for t, _ in cut], words, hidden=head is not None)
+    return [_result(task, s, truncated, engine, head) for s, (_, truncated) in zip(scores, cut, strict=True)]
 
 
 def _result(task: Task, scores: Scores, truncated: bool, engine: Engine, head: LinearHead | None) -> Classification:

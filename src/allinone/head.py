@@ -1,7 +1,8 @@
 """An optional learned head: logistic regression on the hidden state the scoring pass already computes.
 
-Features are the standardized final hidden state at the answer position plus the prompt's label
-log-scores, so the head refines the prompt's answer instead of replacing it. Stored as a small JSON
+Features are standardized hidden states of the scoring pass (the final one at the answer position, the mean
+after a layer over the text's own tokens, or both: `info["features"]`) plus the prompt's label log-scores, so
+the head refines the prompt's answer instead of replacing it. Stored as a small JSON
 file beside the task YAML and trained by `allinone train-head TASK FILE`.
 """
 
@@ -36,7 +37,15 @@ class LinearHead:
         layer = self.info.get("probe_layer")
         return int(layer) if layer is not None else None
 
+    @property
+    def uses_final(self) -> bool:
+        """Whether the final hidden state is one of its features ("meanL+final", "final"); a head on a layer's
+        mean alone ("meanL") leaves it out."""
+        return "final" in str(self.info.get("features", "final")).split("+")
+
     def probabilities(self, hidden: list[float], label_scores: list[float]) -> dict[str, float]:
+        if self.probe_layer is not None and not self.uses_final:
+            hidden = hidden[: len(hidden) // 2]  # the engine gives the layer's mean, then the final state
         x = (np.asarray([*hidden, *label_scores]) - self.mean) / self.scale
         z = self.weight @ x + self.bias
         p = np.exp(z - z.max())

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         "llama.cpp's n_ctx); chat history is trimmed to fit it.",
     )
     use_heads: bool = Field(
-        False,
+        True,
         description="Apply the learned head a classify task declares, where the engine can (the model it was "
         "trained on, hidden states); false or --no-head: label scoring alone (see README, Accuracy).",
     )
