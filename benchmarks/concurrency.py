@@ -6,7 +6,8 @@ sentiment task's system prompt and examples as a chat completion with `max_token
 same chat messages. A third server, `allinone serve --engine openai` in front of the peer, measures scale-out.
 
 Rows: idle sentiment latency; one stream's decode speed; four streams' aggregate speed and time to first token;
-the slowest of three sentiment requests sent 1 s into four streams; four streams through the scale-out server.
+the slowest of three sentiment requests sent 1 s into four streams, and of the same three sent together to the idle
+server (their own compute, with nothing to wait for); four streams through the scale-out server.
 The four-stream rows count only tries in which every stream ran to max_tokens (a story that ends early would make
 four streams three, and the servers sample different stories), so both do the same work.
 Run: .venv/bin/python benchmarks/concurrency.py   (builds llama-server once, see peer.py; writes
@@ -169,6 +170,11 @@ async def measure(urls: dict[str, str], texts: list[str]) -> dict[str, Any]:
         for i, text in enumerate(texts):
             for name in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
                 idle[name].append(await classify(client, urls[name], text, name == "ours"))
+        three_idle: dict[str, list[float]] = {"ours": [], "peer": []}  # the busy row's texts with no streams
+        for r in range(ROUNDS):
+            for name in ("ours", "peer") if r % 2 == 0 else ("peer", "ours"):
+                jobs = [classify(client, urls[name], t, name == "ours") for t in texts[3 * r : 3 * r + 3]]
+                three_idle[name].append(max(await asyncio.gather(*jobs)))
         one: dict[str, list[float]] = {"ours": [], "peer": []}
         many: dict[str, list[dict[str, Any]]] = {"ours": [], "peer": [], "scaleout": []}
         busy: dict[str, list[float]] = {"ours": [], "peer": []}
@@ -196,6 +202,7 @@ async def measure(urls: dict[str, str], texts: list[str]) -> dict[str, Any]:
             **four_streams(many[name]),
             "four_streams_ttft_p50_s": med(ttfts),
             "four_streams_ttft_max_s": max(ttfts),
+            "three_sentiments_idle_slowest_s": med(three_idle[name]),
             "three_sentiments_under_four_streams_slowest_s": med(busy[name]),
         }
     out["scaleout"] = four_streams(many["scaleout"])
@@ -210,6 +217,7 @@ def table(res: dict[str, Any]) -> str:
         (f"{STREAMS} chat streams at once, aggregate", "four_streams_aggregate_tok_s", "tok/s", "≥ peer"),
         (f"time to first token, {STREAMS} streams, p50", "four_streams_ttft_p50_s", "s", "≤ 0.5 s"),
         (f"time to first token, {STREAMS} streams, max", "four_streams_ttft_max_s", "s", ""),
+        ("the same 3 sentiment requests at once, idle, slowest", "three_sentiments_idle_slowest_s", "s", ""),
         (
             "3 sentiment requests 1 s into 4 streams, slowest",
             "three_sentiments_under_four_streams_slowest_s",

@@ -38,7 +38,7 @@ def speed(ref: str) -> dict[str, Any]:
     from allinone.service import TaskService
     from allinone.settings import Settings
 
-    settings = Settings(model=ref, n_ctx=4096)
+    settings = Settings(model=ref, n_ctx=4096, use_heads=False)  # both models by label scoring (the head is 0.5B-only)
     path = resolve_model(ref, settings).path  # assembled and verified before the load is timed
     start = time.perf_counter()
     service = TaskService(settings)
