@@ -23,6 +23,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from accuracy import HELD_OUT as HELD_OUT_SETS  # the held-out domains, as accuracy.json names them
+from head_choice import HELD_OUT, MAX_DROP  # the same domains, as head_choice.json names them
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 EARLIER = RESULTS / "earlier"  # earlier/COMMIT/NAME.json: NAME.json as COMMIT left it, copied byte for byte
@@ -211,11 +214,11 @@ def _chosen_head() -> dict[str, Any]:
 
 
 def _choice_rows() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """head_choice.json: the prompt-only row, then the old recipe, the best safe variants and the chosen one."""
+    """head_choice.json: the prompt-only row, then the old recipe, the best safe variants, the chosen one last."""
     r = _json("head_choice")
     chosen = _chosen_head()
     plain = [x for x in r["results"] if x["mix"] == 1.0 and x["gate"] == 0.5]
-    safe = sorted((x for x in plain[1:] if x["worst_drop"] >= -0.005), key=lambda x: -x["dev"]["head"])
+    safe = sorted((x for x in plain[1:] if x["worst_drop"] >= -MAX_DROP), key=lambda x: -x["dev"]["head"])
     pick = next(x for x in plain if {k: x[k] for k in chosen} == chosen)
     rows = [plain[0], *[x for x in safe[:HEAD_CHOICE_ROWS] if x is not pick], pick]
     return r["prompt_only"], rows
@@ -223,15 +226,13 @@ def _choice_rows() -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def head_choice() -> str:
     base, rows = _choice_rows()
-    held = ["heldout_en_movies", "heldout_en_restaurants", "heldout_zh_social", "heldout_zh_movies"]
-    chosen = _chosen_head()
-    out = [["prompt-only", "", _pct(base["dev"]["prompt"]), *(_pct(base[n]["prompt"]) for n in held), ""]]
+    out = [["prompt-only", "", _pct(base["dev"]["prompt"]), *(_pct(base[n]["prompt"]) for n in HELD_OUT), ""]]
     for x in rows:
-        mark = " (chosen)" if {k: x[k] for k in chosen} == chosen else ""
+        mark = " (chosen)" if x is rows[-1] else ""
         train = "ChnSentiCorp" if x["train"] == "chnsenticorp" else "mix"
         pen = f"{x['l2']:.0f}" + (", label scores free" if x["free"] else "")
         out.append([f"{train}, {_features(x['features'])}{mark}", pen, _pct(x["dev"]["head"]),
-                    *(_pct(x[n]["head"]) for n in held), f"{100 * x['worst_drop']:+.1f}"])  # fmt: skip
+                    *(_pct(x[n]["head"]) for n in HELD_OUT), f"{100 * x['worst_drop']:+.1f}"])  # fmt: skip
     header = ["head (features + label scores)", "L2", "dev", "en movies", "en restaurants", "zh social",
               "zh movies", "worst vs prompt"]  # fmt: skip
     return _rows(header, ["---", "---", *["---:"] * 6], out)
@@ -285,8 +286,7 @@ def model_choice() -> str:
         rows.append([f"`{ref}`", f"{r['file_mb']:.0f} MB", f"{r['peak_rss_mb']} MB", f"{r['dev_accuracy']:.1%}",
                      *speed, *chat])  # fmt: skip
     header = ["`--model`", "file", "peak RSS", f"sentiment, label scoring alone, first {res['n_dev']} dev texts",
-              "sentiment texts/s",
-              "chat tokens/s", "chat first token", "chat: every check, held-out",
+              "sentiment texts/s", "chat tokens/s", "chat first token", "chat: every check, held-out",
               "chat: language, held-out"]  # fmt: skip
     return _rows(header, ["---", *["---:"] * 8], rows)
 
@@ -527,9 +527,6 @@ def _looks() -> tuple[int, int]:
     return len(looks), sum((x["prompt"], x["head"]) == (config["prompt"], config["head"]) for x in looks)
 
 
-HELD_OUT_SETS = ["en_movies", "en_restaurants", "zh_social", "zh_movies"]
-
-
 def accuracy_prose() -> list[Phrase]:
     r, speed = _json("accuracy")["results"], _json("head_speed")
     test, dev = r["chnsenticorp_test"], r["chnsenticorp_dev"]
@@ -568,10 +565,9 @@ def tune_sentiment_prose() -> list[Phrase]:
 def head_choice_prose() -> list[Phrase]:
     base, rows = _choice_rows()
     old, pick = rows[0], rows[-1]
-    held = ["heldout_" + n for n in HELD_OUT_SETS]
-    worst = min(held, key=lambda n: old[n]["head"] - old[n]["prompt"])
+    worst = min(HELD_OUT, key=lambda n: old[n]["head"] - old[n]["prompt"])
     n_train = json.loads(HEAD.read_text(encoding="utf-8"))["info"]["n_train"]
-    gains = [pick[n]["head"] - base[n]["prompt"] for n in held]
+    gains = [pick[n]["head"] - base[n]["prompt"] for n in HELD_OUT]
     return [
         phrase("The old head, trained on ChnSentiCorp alone, had the best dev accuracy ({}) and lost {} points on {}",
                _pct(old["dev"]["head"]), f"{100 * (base[worst]['prompt'] - old[worst]['head']):.1f}",
