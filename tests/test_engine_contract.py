@@ -280,6 +280,21 @@ def test_repeat_penalty_keeps_a_greedy_reply_from_repeating_itself(eng: Engine) 
     assert penalised.lower().count("hello") < looped.lower().count("hello") / 2, penalised
 
 
+@pytest.mark.parametrize("eng", ["llamacpp", "transformers-gguf"], indirect=True)  # engines with DRY of their own
+def test_dry_keeps_a_greedy_reply_from_looping_or_parroting_the_message(eng: Engine) -> None:
+    loop = Conversation.of([Message("user", "Write the word 'hello' forty times, separated by spaces.")])
+    plain = GenParams(max_tokens=40, temperature=0.0)
+    looped = eng.generate(loop, plain).text
+    assert eng.generate(loop, replace(plain, dry_multiplier=0.0)).text == looped  # 0 is off
+    assert looped.lower().count("hello") >= 20
+    penalised = eng.generate(loop, replace(plain, dry_multiplier=0.8)).text
+    assert penalised.lower().count("hello") < looped.lower().count("hello") / 2, penalised
+    sentence = "The old lighthouse keeper painted the wooden door bright green every spring morning."
+    echo = Conversation.of([Message("user", f"Repeat this sentence exactly, nothing else: {sentence}")])
+    assert sentence in eng.generate(echo, plain).text
+    assert sentence not in eng.generate(echo, replace(plain, dry_multiplier=0.8)).text  # the message counts too
+
+
 # --- prefix and history reuse ------------------------------------------------------------------------------
 
 

@@ -105,3 +105,15 @@ def test_repeat_penalty_comes_from_the_task_and_a_request_may_override_it(tmp_pa
     service.generate("echo", "hi", options={"repeat_penalty": 1.05})
     service.generate("summary", "hi")
     assert [p.repeat_penalty for p in fake.params] == [1.2, 1.05, 1.0]  # a task without one: off
+
+
+def test_dry_comes_from_the_task_and_a_request_may_override_it(tmp_path: Path, fake: FakeEngine) -> None:
+    (tmp_path / "echo.yaml").write_text(
+        "name: echo\ndescription: d\nkind: generate\nsystem: s\ngeneration:\n  dry_multiplier: 0.5\n"
+    )
+    service = TaskService(Settings(home=tmp_path, tasks_dir=tmp_path), fake)
+    service.generate("echo", "hi")
+    service.generate("echo", "hi", options={"dry_multiplier": 0.0})
+    service.generate("summary", "hi")
+    service.generate("chat", "hi")
+    assert [p.dry_multiplier for p in fake.params] == [0.5, 0.0, 0.0, 0.8]  # the built-in chat task has DRY on

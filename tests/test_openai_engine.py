@@ -59,6 +59,15 @@ def test_llama_cpp_servers_context_and_slots_come_from_models_and_props() -> Non
     assert engine.info.n_ctx == 2048 and engine.slots.generate == 6 and engine.slots.score == 6
 
 
+def test_dry_goes_to_llama_cpps_server_and_not_to_servers_without_it() -> None:
+    models = {"data": [{"id": "m"}]}
+    params = GenParams(max_tokens=4, dry_multiplier=0.8)
+    with fake_server({"/v1/models": (200, models), "/props": (200, {"default_generation_settings": {}})}) as url:
+        assert OpenAIEngine(url)._sampling(params)["dry_multiplier"] == 0.8
+    with fake_server({"/v1/models": (200, models)}) as url:
+        assert "dry_multiplier" not in OpenAIEngine(url)._sampling(params)
+
+
 def test_vllms_max_model_len_is_the_context_and_a_configured_concurrency_wins() -> None:
     models = {"data": [{"id": "other"}, {"id": "qwen", "max_model_len": 32768}]}
     with fake_server({"/v1/models": (200, models)}) as url:

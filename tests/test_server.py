@@ -162,14 +162,16 @@ def test_classify_task_returns_label_display_probabilities_usage_and_timing(clie
 def test_generate_task_returns_text_with_request_overrides_applied(client: TestClient, engine: FakeEngine) -> None:
     engine.enqueue("你好呀")
     r = client.post(
-        "/v1/tasks/chat", json={"text": "你好", "max_tokens": 7, "temperature": 0.2, "seed": 3, "repeat_penalty": 1.3}
+        "/v1/tasks/chat",
+        json={"text": "你好", "max_tokens": 7, "temperature": 0.2, "seed": 3, "repeat_penalty": 1.3}
+        | {"dry_multiplier": 0.3},
     )
     assert r.status_code == 200
     body = r.json()
     assert body["text"] == "你好呀" and body["finish_reason"] == "stop"
     assert body["usage"]["completion_tokens"] == 3 and body["timing"]["first_token_ms"] is not None
     assert (engine.params[-1].max_tokens, engine.params[-1].temperature, engine.params[-1].seed) == (7, 0.2, 3)
-    assert engine.params[-1].repeat_penalty == 1.3
+    assert (engine.params[-1].repeat_penalty, engine.params[-1].dry_multiplier) == (1.3, 0.3)
 
 
 def test_generate_task_streams_tokens_then_done(client: TestClient, engine: FakeEngine) -> None:
@@ -369,6 +371,7 @@ def test_unknown_task_is_404(client: TestClient, path: str, body: dict[str, Any]
         ("/v1/tasks/sentiment", {"text": "a", "messages": [{"role": "user", "content": "b"}]}),
         ("/v1/tasks/chat", {"text": "a", "temperature": 9}),
         ("/v1/tasks/chat", {"text": "a", "repeat_penalty": 0.5}),
+        ("/v1/tasks/chat", {"text": "a", "dry_multiplier": -1}),
         ("/v1/tasks/chat", {"text": "a", "max_tokens": 0}),
         ("/v1/tasks/chat", {"messages": [{"role": "robot", "content": "b"}]}),
         ("/v1/analyze_and_reply", {"text": "a", "bogus": 1}),

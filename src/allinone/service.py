@@ -187,7 +187,13 @@ class TaskService:
         assert g is not None
         seed = g.seed if g.seed is not None else (None if self.settings.seed < 0 else self.settings.seed)
         base = GenParams(
-            g.max_tokens, g.temperature, g.top_p, stop=tuple(g.stop), seed=seed, repeat_penalty=g.repeat_penalty
+            g.max_tokens,
+            g.temperature,
+            g.top_p,
+            stop=tuple(g.stop),
+            seed=seed,
+            repeat_penalty=g.repeat_penalty,
+            dry_multiplier=g.dry_multiplier,
         )
         params = self._override(base, options, task.name, task.options)
         if schema is not None or task.output_schema is not None:

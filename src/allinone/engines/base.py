@@ -92,9 +92,22 @@ class GenParams:
     schema: Mapping[str, Any] | None = field(default=None, hash=False)  # JSON Schema the output must match
     logprobs: int | None = None  # with each generated token, its log-probability and this many alternatives
     repeat_penalty: float = 1.0  # tokens already in the reply: logit / p (> 0) or * p (< 0); 1.0 = off
+    # DRY ("don't repeat yourself"): a token that would extend a sequence already seen, in the reply or in the
+    # request's own messages, loses multiplier * 1.75 ** (length - 2) of its logit; 0 = off
+    dry_multiplier: float = 0.0
 
 
-GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repeat_penalty", "logprobs")
+GENERATION_OPTIONS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "seed",
+    "repeat_penalty",
+    "dry_multiplier",
+    "logprobs",
+)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ContextOverflow, EngineError, ModelError
 from ..structured import schema_to_gbnf
+from . import dry
 from .base import Busy, Chunk, Conversation, Engine, EngineInfo, GenParams, Prompt, PromptTokens, Scores, Segment, Slots
 from .probe import Probe
 from .scheduler import GenJob, Item, Scheduler, ScoreJob
@@ -84,9 +85,17 @@ class _Context:
         out: np.ndarray[Any, np.dtype[np.float64]] = logits - (m + math.log(float(np.exp(logits - m).sum())))
         return out
 
-    def sampler(self, params: GenParams) -> _Sampler:
+    def sampler(self, params: GenParams, seen: Sequence[int] = ()) -> _Sampler:
         ll = self._ll
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        if params.dry_multiplier > 0:  # DRY over the request's own messages and the reply (see dry.py)
+            breakers = (ctypes.c_char_p * len(dry.BREAKERS))(*(b.encode() for b in dry.BREAKERS))
+            sampler = ll.llama_sampler_init_dry(
+                self._vocab, params.dry_multiplier, dry.BASE, dry.ALLOWED_LENGTH, dry.LAST_N, breakers, len(breakers)
+            )
+            for token in seen[-dry.LAST_N :]:  # a reply should not parrot the message it answers
+                ll.llama_sampler_accept(sampler, token)
+            ll.llama_sampler_chain_add(chain, sampler)
         if params.repeat_penalty != 1.0:  # over the whole reply; the prompt is not penalised
             penalties = ll.llama_sampler_init_penalties(
                 self._n_vocab, params.max_tokens, params.repeat_penalty, 0.0, 0.0

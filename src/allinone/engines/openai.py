@@ -70,6 +70,7 @@ class OpenAIEngine(Engine):
         size = size or (props.get("default_generation_settings") or {}).get("n_ctx") or n_ctx
         slots = concurrency or int(props.get("total_slots") or DEFAULT_CONCURRENCY)
         self.slots = Slots(generate=slots, score=slots)
+        self._dry = "default_generation_settings" in props  # llama.cpp's server, which takes dry_multiplier
         self._logprobs: bool | None = None  # None: not yet known whether the server returns logprobs
         self._schema_form = 0  # which response_format form the server takes (see _constrained)
         self._lock = threading.Lock()
@@ -216,6 +217,8 @@ class OpenAIEngine(Engine):
             body["seed"] = params.seed
         if params.repeat_penalty != 1.0:
             body["repeat_penalty"] = body["repetition_penalty"] = params.repeat_penalty  # llama.cpp / vLLM names
+        if params.dry_multiplier > 0 and self._dry:  # llama.cpp's server has DRY; other servers do not
+            body["dry_multiplier"] = params.dry_multiplier
         return body
 
     def _relay(self, path: str, body: dict[str, Any], params: GenParams) -> Iterator[Chunk]:

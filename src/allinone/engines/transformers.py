@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ContextOverflow, EngineError, ModelError
+from . import dry
 from .base import (
     Chunk,
     Conversation,
@@ -114,6 +115,7 @@ class TransformersEngine(Engine):
         self._clock = 0
         self._lock = threading.Lock()
         self._llg_tokenizer: Any = None  # llguidance's view of the tokenizer, for output schemas (built on first use)
+        self._breakers: frozenset[int] | None = None  # tokens that end a DRY repeat (found on first use)
         self.tokenize_prompt = PromptTokens(self._tokens_of)  # all tokens of a prompt, and how many are the prefix
         self.info = EngineInfo(
             "transformers",
@@ -235,8 +237,21 @@ class TransformersEngine(Engine):
                 scores.append(total)
             return Scores(scores, usage, state)
 
-    def _sample(self, logits: Any, params: GenParams, generator: Any, reply: list[int]) -> int:
+    def _dry_breakers(self) -> frozenset[int]:
+        """The tokens whose text holds one of DRY's breakers (found once, on the first use of DRY)."""
+        if self._breakers is None:
+            pieces = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            self._breakers = frozenset(i for i, p in enumerate(pieces) if any(b in p for b in dry.BREAKERS))
+        return self._breakers
+
+    def _sample(self, logits: Any, params: GenParams, generator: Any, reply: list[int], seen: list[int]) -> int:
         torch = self._torch
+        if params.dry_multiplier > 0:
+            costs = dry.penalties(seen + reply, params.dry_multiplier, self._dry_breakers())
+            if costs:
+                ids = torch.tensor(list(costs), device=logits.device)
+                logits = logits.clone()
+                logits[ids] -= torch.tensor(list(costs.values()), dtype=logits.dtype, device=logits.device)
         if params.repeat_penalty != 1.0 and reply:  # as llama.cpp: divide positive logits, multiply negative ones
             seen = torch.tensor(sorted(set(reply)), device=logits.device)
             picked = logits[seen]
@@ -274,13 +289,14 @@ class TransformersEngine(Engine):
             grammar = self._grammar(params.schema) if params.schema is not None else None
             stops, out_ids, sent = StopBuffer(params.stop), list[int](), ""
             finish = "length"
+            seen = tokens[self.tokenize_prompt(prompt)[1] :]  # the request's own messages, for DRY
             all_logits = self._forward(tokens[n_cached:], cache).logits[0]
             if echo:
                 yield Chunk("", prompt_logprobs=self._prompt_logprobs(tokens, all_logits, params.logprobs or 0))
             logits = all_logits[-1]
             try:
                 for _ in range(params.max_tokens):
-                    token = self._choose(logits, params, generator, grammar, out_ids)
+                    token = self._choose(logits, params, generator, grammar, out_ids, seen)
                     if token in self._eog:
                         finish = "stop"
                         break
@@ -325,10 +341,12 @@ class TransformersEngine(Engine):
             raise EngineError(f"the output schema could not be compiled: {matcher.get_error()}")
         return matcher
 
-    def _choose(self, logits: Any, params: GenParams, generator: Any, grammar: Any, reply: list[int]) -> int:
+    def _choose(
+        self, logits: Any, params: GenParams, generator: Any, grammar: Any, reply: list[int], seen: list[int]
+    ) -> int:
         """A sampled token; with a grammar it checks only that token, and masks the vocabulary only when the
         grammar refuses it (as the llama.cpp engine does)."""
-        token = self._sample(logits, params, generator, reply)
+        token = self._sample(logits, params, generator, reply, seen)
         if grammar is None:
             return token
         if grammar.validate_tokens([token]) != 1:
@@ -338,7 +356,7 @@ class TransformersEngine(Engine):
             llguidance.numpy.fill_next_token_bitmask(grammar, mask)
             allowed = self._torch.from_numpy(((mask[0, :, None] >> self._torch.arange(32).numpy()) & 1).reshape(-1))
             logits = logits.masked_fill(allowed[: logits.shape[-1]].to(logits.device) == 0, float("-inf"))
-            token = self._sample(logits, params, generator, reply)
+            token = self._sample(logits, params, generator, reply, seen)
         grammar.consume_token(token)
         return token
 

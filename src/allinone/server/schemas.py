@@ -43,6 +43,9 @@ class Options(BaseModel):
     repeat_penalty: float | None = Field(
         None, ge=1.0, le=2.0, description="Penalty on tokens already in the reply; 1 is off."
     )
+    dry_multiplier: float | None = Field(
+        None, ge=0.0, le=5.0, description="DRY penalty on repeating runs of the message or the reply; 0 is off."
+    )
 
     @model_validator(mode="after")
     def _at_most_four_stops(self) -> Options:

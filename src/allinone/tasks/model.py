@@ -62,6 +62,13 @@ class Generation(_Strict):
     repeat_penalty: float = Field(
         1.0, ge=1.0, le=2.0, description="Penalty on tokens already in the reply (as llama.cpp's); 1 is off."
     )
+    dry_multiplier: float = Field(
+        0.0,
+        ge=0.0,
+        le=5.0,
+        description="DRY: a penalty on tokens that would repeat a run of tokens already in the request's messages "
+        "or the reply (as llama.cpp's dry_multiplier); 0 is off.",
+    )
     stop: list[str] = Field(default_factory=list, description="Strings that end the reply (not included).")
     seed: int | None = Field(None, description="Sampling seed; unset uses ALLINONE_SEED.")
     max_chars: int | None = Field(

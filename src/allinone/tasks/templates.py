@@ -71,7 +71,7 @@ options:
       detailed:
         fill: Be thorough.
 examples: []  # few-shot examples: {input: ..., output: ...}
-generation:  # defaults; requests may override max_tokens, temperature, top_p, seed, stop, repeat_penalty
+generation:  # defaults; requests may override max_tokens, temperature, top_p, seed, stop and the penalties
   max_tokens: 256
   temperature: 0.7
   top_p: 0.9
