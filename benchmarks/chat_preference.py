@@ -5,8 +5,9 @@ Run: ALLINONE_N_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/chat_prefer
 language, and the agreement with the hand labels; writes benchmarks/results/chat_preference_A_vs_B_JUDGE.json)
 
 The judge (allinone.judge) scores the tokens "1" and "2" after a judging prompt, with the two replies in both orders,
-so a reply's position cannot decide. Hand labels (LABELS) were written blind: the pairs shown as A/B in a shuffled
-order without the configuration names (`--export-blind FILE` writes such a file).
+so a reply's position cannot decide. Hand labels (benchmarks/data/chat_preference_labels_A_vs_B.jsonl, the held-out
+half's seed-1 pairs) were written blind: the pairs shown as A/B in a shuffled order without the configuration names
+(`--export-blind FILE` writes such a file). `--rescore` recomputes the agreement of a saved result with its labels.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ BLIND_SEED = 14  # which configuration is shown as A in the blind labelling file
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-LABELS = ROOT / "benchmarks" / "data" / "chat_preference_labels.jsonl"
+DATA = ROOT / "benchmarks" / "data"
+
+
+def labels_path(a: str, b: str) -> Path:
+    return DATA / f"chat_preference_labels_{a}_vs_{b}.jsonl"
 
 
 def load(name: str) -> dict[tuple[str, int], dict[str, Any]]:
@@ -53,12 +58,12 @@ def export_blind(items: list[tuple[dict[str, Any], dict[str, Any]]], path: Path)
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def agreement(judged: list[dict[str, Any]]) -> dict[str, Any]:
+def agreement(judged: list[dict[str, Any]], labels: Path) -> dict[str, Any]:
     """How often the judge's verdict matches the hand label, on pairs where the hand label is not a tie."""
-    if not LABELS.is_file():
+    if not labels.is_file():
         return {}
     mine = {}
-    for line in LABELS.read_text(encoding="utf-8").splitlines():
+    for line in labels.read_text(encoding="utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
             if row["mine"] in ("A", "B"):
@@ -82,7 +87,14 @@ def main() -> None:
     ap.add_argument("--judge", default="default", help="model reference of the judge")
     ap.add_argument("--split", default="held", choices=["tune", "held", "all"])
     ap.add_argument("--export-blind", type=Path, default=None, help="write the blind labelling file and stop")
+    ap.add_argument("--rescore", type=Path, default=None, help="a saved result: recompute its agreement, no model")
     args = ap.parse_args()
+    if args.rescore:
+        result = json.loads(args.rescore.read_text(encoding="utf-8"))
+        result["agreement_with_hand_labels"] = agreement(result["pairs"], labels_path(args.a, args.b))
+        args.rescore.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        print(f"agreement with hand labels: {result['agreement_with_hand_labels']}")
+        return
     items = pairs(args.a, args.b, args.split)
     if args.export_blind:
         export_blind(items, args.export_blind)
@@ -115,7 +127,7 @@ def main() -> None:
             "consistent": round(sum(j["consistent"] for j in part) / max(1, len(part)), 4),
         }
     result["ties"] = len(judged) - len(decided)
-    result["agreement_with_hand_labels"] = agreement(judged)
+    result["agreement_with_hand_labels"] = agreement(judged, labels_path(args.a, args.b))
     result["pairs"] = judged
     for lang in ("all", "zh", "en"):
         s = result[lang]

@@ -4,7 +4,8 @@ Run: ALLINONE_N_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/model_choic
 (needs `pip install 'qwen-allinone[qwen-1.5b]'`; each model is measured in its own process; prints the README table
 and writes benchmarks/results/model_choice.json). Sentiment: `allinone eval sentiment` on the first N_DEV
 ChnSentiCorp dev texts, prompt-only. Chat checks: read from benchmarks/results/chat_quality_NAME.json, written by
-`benchmarks/chat_quality.py held NAME [--model REF]` (or `all`) with the chat task of this version.
+`benchmarks/chat_quality.py held NAME [--model REF]` (or `all`) with the chat task of this version;
+`model_choice.py --checks` reads them again into model_choice.json without measuring anything else.
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ def chat_checks(name: str) -> dict[str, Any]:
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--speed":  # the child process measuring one model
         print(json.dumps(speed(sys.argv[2])))
+        return
+    if sys.argv[1:] == ["--checks"]:  # the chat checks again, after a new chat_quality.py run; nothing measured
+        saved = json.loads((RESULTS / "model_choice.json").read_text(encoding="utf-8"))
+        for ref, name in MODELS.items():
+            saved["models"][ref] |= chat_checks(name)
+        (RESULTS / "model_choice.json").write_text(json.dumps(saved, ensure_ascii=False, indent=2) + "\n")
         return
     rows = {}
     for ref, name in MODELS.items():
