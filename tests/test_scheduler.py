@@ -36,6 +36,7 @@ class FakeContext:
         self.lock = threading.Lock()
         self.delay = 0.0  # seconds per decode, for tests that act while replies stream
         self.refuse_restore = False
+        self.samplers: list[dict[str, Any]] = []
 
     def seq_tokens(self, seq: int) -> list[int]:
         held = sorted((c[0], c[1]) for c in self.cells if seq in c[2])
@@ -59,8 +60,9 @@ class FakeContext:
         out[(tok + 1) % 26 if tok < 25 else EOG] = np.log(0.9)
         return out
 
-    def sampler(self, params: GenParams) -> Any:
-        return {"params": params}
+    def sampler(self, params: GenParams, seen: Sequence[int] = ()) -> Any:
+        self.samplers.append({"params": params, "seen": list(seen)})
+        return self.samplers[-1]
 
     def sample(self, sampler: Any, index: int) -> int:
         return int(np.argmax(self.logprobs(index)))
@@ -161,6 +163,11 @@ def test_a_reply_streams_until_the_end_of_generation_token(sched: Scheduler) -> 
     text, last = drain(generate(sched, "abc", max_tokens=50))
     assert text == "defghijklmnopqrstuvwxyz" and last.finish_reason == "stop"
     assert last.usage.completion_tokens == len(text)
+
+
+def test_a_replys_sampler_sees_the_requests_own_tokens_not_the_task_prefix(sched: Scheduler, ctx: FakeContext) -> None:
+    drain(generate(sched, "sysmsguser", n_prefix=6, max_tokens=3))  # DRY looks back over the request's own tokens
+    assert ctx.samplers[-1]["seen"] == letters("user")
 
 
 def test_max_tokens_ends_a_reply_with_length(sched: Scheduler) -> None:
