@@ -3,19 +3,22 @@
 Reads the features benchmarks/head_features.py cached for the task's current prompt. For each variant a
 logistic-regression head (allinone.head.train_head) is trained on a training set and scored on dev and
 every held-out domain next to prompt-only label scoring:
-  - training data: ChnSentiCorp alone (like the old head) or the mix (ChnSentiCorp, Weibo, Amazon English);
+  - training data: ChnSentiCorp alone (like the old head), the mix (ChnSentiCorp, Weibo, Amazon English), or the
+    mix with twice the ChnSentiCorp texts;
   - features: the final hidden state and/or the mean after a layer, each plus the label scores;
   - L2 penalty, on every weight or on all but the label scores' ("toward the prompt": a strong penalty
     leaves the prompt's answer, recalibrated);
   - mixing head and prompt probabilities with a weight, and using the head only where it is confident,
     both learned leave-one-domain-out on the training mix (train on two domains, predict the third).
 Run: python benchmarks/head_choice.py   (table + benchmarks/results/head_choice.json)
+     python benchmarks/head_choice.py --add TRAIN   (only that training set's variants, replacing its saved rows)
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,11 @@ import numpy as np
 from head_features import LAYERS, cache_dir
 
 # --- knobs ---------------------------------------------------------------------------------------
-TRAIN = {"chnsenticorp": ["train_chnsenticorp"], "mix": ["train_chnsenticorp", "train_weibo", "train_amazon"]}
+TRAIN = {
+    "chnsenticorp": ["train_chnsenticorp"],
+    "mix": ["train_chnsenticorp", "train_weibo", "train_amazon"],
+    "mix+csc": ["train_chnsenticorp", "train_chnsenticorp_more", "train_weibo", "train_amazon"],  # ChnSentiCorp 4,000
+}
 FEATURES = ["final", *[f"mean{layer}" for layer in LAYERS], "mean15+final", "mean12+final", "mean18+final"]
 L2S = [300.0, 1000.0, 3000.0, 10000.0]
 FREE = [0, 2]  # label scores penalised (0) or not (2)
@@ -90,13 +97,14 @@ def stack(names: list[str], which: str) -> tuple[Array, Array, Array]:
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 
-def learn_mix_gate(which: str, l2: float, free: int) -> tuple[float, float]:
+def learn_mix_gate(train: str, which: str, l2: float, free: int) -> tuple[float, float]:
     """Mixing weight and gate that maximise mean accuracy on each training domain held out in turn."""
-    names = TRAIN["mix"]
+    names = TRAIN[train]
+    domains = sorted({n.removesuffix("_more") for n in names})  # train_chnsenticorp_more is ChnSentiCorp too
     folds = []
-    for out in names:
-        x, _, y = stack([n for n in names if n != out], which)
-        xo, so, yo = load(out, which)
+    for out in domains:
+        x, _, y = stack([n for n in names if n.removesuffix("_more") != out], which)
+        xo, so, yo = stack([n for n in names if n.removesuffix("_more") == out], which)
         folds.append((head_p(x, y, xo, l2, free), prompt_p(so), yo))
     grid = [(m, g) for m in MIX for g in GATE]
     score = [np.mean([accuracy(combine(ph, pp, m, g), yo) for ph, pp, yo in folds]) for m, g in grid]
@@ -121,27 +129,41 @@ def show(row: dict[str, Any]) -> None:
     print(f"{label}{cells}{100 * row['worst_drop']:>8.1f}", flush=True)
 
 
+def grid(train: str) -> list[dict[str, Any]]:
+    """Every plain variant trained on `train`, then mixing and gating learned for its three best safe ones."""
+    rows = []
+    for which in FEATURES:
+        for l2 in L2S:
+            for free in FREE:
+                rows.append(evaluate(train, which, l2, free))
+                show(rows[-1])
+    ok = [r for r in rows if r["worst_drop"] >= -MAX_DROP] or rows
+    for r in sorted(ok, key=lambda r: -r["dev"]["head"])[:3]:  # learned without the held-out sets
+        mix, gate = learn_mix_gate(train, r["features"], r["l2"], r["free"])
+        rows.append(evaluate(train, r["features"], r["l2"], r["free"], mix, gate))
+        show(rows[-1])
+    return rows
+
+
 def main() -> None:
     print(
         f"{'train':<13}{'features':<14}{'l2':>7}{'fr':>3}{'mix':>5}{'gate':>5}{'dev':>8}"
         + "".join(f"{n.removeprefix('heldout_')[:7]:>8}" for n in HELD_OUT)
         + f"{'worst':>8}"
     )
+    if sys.argv[1:2] == ["--add"]:  # one training set's variants, replacing its rows in the saved results
+        train = sys.argv[2]
+        saved = json.loads(OUT.read_text(encoding="utf-8"))
+        saved["results"] = [r for r in saved["results"] if r["train"] != train] + grid(train)
+        OUT.write_text(json.dumps(saved, indent=1) + "\n")
+        print(f"wrote {OUT.relative_to(ROOT)}")
+        return
     base = evaluate("mix", "final", 1e12, 0, 0.0)  # mix 0: the prompt's own answer
     print("prompt-only  " + "".join(f"{100 * base[n]['prompt']:>8.1f}" for n in ["dev", *HELD_OUT]))
     rows = [evaluate("chnsenticorp", "mean15+final", 300.0, 0)]  # the shipped head's recipe
     show(rows[-1])
-    for which in FEATURES:
-        for l2 in L2S:
-            for free in FREE:
-                rows.append(evaluate("mix", which, l2, free))
-                show(rows[-1])
-    ok = [r for r in rows if r["worst_drop"] >= -MAX_DROP] or rows
-    best = sorted(ok, key=lambda r: -r["dev"]["head"])[:3]
-    for r in best:  # mixing and gating, learned without the held-out sets, on the best plain heads
-        mix, gate = learn_mix_gate(r["features"], r["l2"], r["free"])
-        rows.append(evaluate("mix", r["features"], r["l2"], r["free"], mix, gate))
-        show(rows[-1])
+    for train in ("mix", "mix+csc"):
+        rows += grid(train)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"layers": LAYERS, "prompt_only": base, "results": rows}, indent=1) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")

@@ -35,6 +35,7 @@ DATA_DIR = DATA / "sentiment"  # written by benchmarks/sentiment_data.py
 SIGNAL = Path(os.environ["ALLINONE_CPU_SIGNAL"]) if os.environ.get("ALLINONE_CPU_SIGNAL") else None
 SETS = [
     "train_chnsenticorp",
+    "train_chnsenticorp_more",
     "train_weibo",
     "train_amazon",
     "dev",
