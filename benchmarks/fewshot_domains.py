@@ -4,7 +4,8 @@ The variant's 8 examples come from the head's training sets only (benchmarks/sen
 ChnSentiCorp train, 2 Weibo, 2 Amazon (English), picked by the rule of tune_sentiment.py (shortest first
 among 10-60 characters, every 7th, alternating labels). Prompt-only accuracy of the variant on ChnSentiCorp
 dev and every held-out domain, next to the current prompt's (read from head_features.py's cache of the same
-sets, which holds its label scores). Keep the variant only if dev improves and no held-out domain drops.
+sets, which holds its label scores). Keep the variant only if dev improves and no held-out domain drops; when dev
+does not improve, the held-out sets are not scored.
 Run: python benchmarks/fewshot_domains.py   (table + benchmarks/results/fewshot_domains.json)
 """
 
@@ -91,10 +92,14 @@ def main() -> None:
         for name in SETS:
             results[name] = {"current": cached_accuracy(base, name), "variant": prompt_accuracy(engine, task, name)}
             print(name, results[name], flush=True)
+            if name == "dev" and results[name]["variant"] <= results[name]["current"]:
+                break  # not kept whatever the held-out sets say: they are not scored
     finally:
         engine.close()
-    keep = results["dev"]["variant"] > results["dev"]["current"] and all(
-        r["variant"] >= r["current"] for n, r in results.items() if n != "dev"
+    keep = (
+        len(results) == len(SETS)
+        and results["dev"]["variant"] > results["dev"]["current"]
+        and all(r["variant"] >= r["current"] for n, r in results.items() if n != "dev")
     )
     examples = [ex.model_dump() for ex in task.examples]
     OUT.write_text(json.dumps({"examples": examples, "results": results, "keep": keep}, ensure_ascii=False, indent=1))
