@@ -1,6 +1,6 @@
 """The README's chat transcript: real output of this version, written by running the combined flow.
 
-Run: ALLINONE_N_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/readme_transcript.py
+Run: PYTHONPATH=src .venv/bin/python benchmarks/readme_transcript.py
 (writes benchmarks/results/readme_transcript.json and .md, and puts the .md between the README's transcript markers;
 tests/test_readme.py checks the README shows exactly that file)
 """
@@ -20,6 +20,8 @@ from allinone.settings import Settings
 
 # --- knobs ---------------------------------------------------------------------------------------
 SEED = 7  # `allinone chat --seed 7`
+N_CTX = 4096
+N_THREADS = 2  # fixed: a different thread count can round differently and flip a sampled token
 CONVERSATIONS = [
     ["今天工作好累，老板还批评了我", "谢谢你，我感觉好一点了"],
     ["I finally got my driving licence today!"],
@@ -37,6 +39,11 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return ""
+
+
+def settings() -> Settings:
+    """The engine settings of the transcript, also used by the test that replays it."""
+    return Settings(n_ctx=N_CTX, n_threads=N_THREADS)
 
 
 def run(service: TaskService, turns: list[str]) -> list[dict[str, str]]:
@@ -66,7 +73,7 @@ def markdown(conversations: list[list[dict[str, str]]], model: str, commit: str)
 
 
 def main() -> None:
-    service = TaskService(Settings(n_ctx=4096))
+    service = TaskService(settings())
     conversations = [run(service, turns) for turns in CONVERSATIONS]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     model = service.engine.info.model

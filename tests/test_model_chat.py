@@ -63,7 +63,7 @@ def test_the_readme_transcript_is_what_this_version_answers(settings: Settings) 
     import readme_transcript
 
     data = json.loads(TRANSCRIPT.read_text(encoding="utf-8"))
-    fresh = TaskService(Settings(n_ctx=4096))
+    fresh = TaskService(readme_transcript.settings())
     try:
         replayed = [readme_transcript.run(fresh, turns) for turns in readme_transcript.CONVERSATIONS]
     finally:
