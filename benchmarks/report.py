@@ -596,6 +596,14 @@ def head_choice_prose() -> list[Phrase]:
     ]  # fmt: skip
 
 
+def probe_cost_prose() -> list[Phrase]:
+    r = _json("probe_cost")
+    return [
+        phrase("heads on and heads off: {} tokens/s against {} ({} of it)", f"{r['median_tok_s']['heads on']:.1f}",
+               f"{r['median_tok_s']['heads off']:.1f}", _pct(r["ratio_on_off"])),
+    ]  # fmt: skip
+
+
 def fewshot_domains_prose() -> list[Phrase]:
     dev = _json("fewshot_domains")["results"]["dev"]
     return [
@@ -637,6 +645,7 @@ PHRASES: dict[str, Callable[[], list[Phrase]]] = {
     "head_choice": head_choice_prose,
     "warm_start": warm_start_prose,
     "fewshot_domains": fewshot_domains_prose,
+    "probe_cost": probe_cost_prose,
     "engines": engines_prose,
 }
 
