@@ -176,8 +176,9 @@ class TransformersEngine(Engine):
             self._saved.remove(min(unpinned, key=lambda s: s.used))
         return saved
 
-    def _prepare(self, prompt: Prompt, reuse_history: bool) -> tuple[Usage, list[int], Any, int]:
-        """Tokens of the prompt, a private cache holding a saved start of it, and how many tokens it holds.
+    def _prepare(self, prompt: Prompt, reuse_history: bool) -> tuple[Usage, list[int], int, Any, int]:
+        """Tokens of the prompt, how many of them are the task's fixed prefix, a private cache holding a saved start
+        of it, and how many tokens that cache holds.
 
         The task's fixed prefix is evaluated on its own and pinned; classification reuses exactly it.
         """
@@ -195,11 +196,11 @@ class TransformersEngine(Engine):
             fits = [s for s in self._saved if len(s.tokens) < len(tokens) and tokens[: len(s.tokens)] == s.tokens]
             base = max(fits, key=lambda s: len(s.tokens), default=None)
         if base is None:
-            return Usage(prompt_tokens=len(tokens)), tokens, self._new_cache(), 0
+            return Usage(prompt_tokens=len(tokens)), tokens, n_prefix, self._new_cache(), 0
         self._clock += 1
         base.used = self._clock
         usage = Usage(prompt_tokens=len(tokens), cached_tokens=len(base.tokens) - computed)
-        return usage, tokens, copy.deepcopy(base.cache), len(base.tokens)
+        return usage, tokens, n_prefix, copy.deepcopy(base.cache), len(base.tokens)
 
     def clear_cache(self) -> None:
         """Drop every saved cache, so the next call computes its whole prompt."""
@@ -218,7 +219,7 @@ class TransformersEngine(Engine):
         """`score` on a rendered prompt (its prefix is what gets cached)."""
         torch = self._torch
         with self._lock, torch.inference_mode():
-            usage, tokens, cache, n_cached = self._prepare(prompt, reuse_history=False)
+            usage, tokens, _, cache, n_cached = self._prepare(prompt, reuse_history=False)
             out = self._forward(tokens[n_cached:], cache, hidden)
             first = torch.log_softmax(out.logits[0, -1].double(), -1)
             state = out.hidden_states[-1][0, -1].double().tolist() if hidden else None
@@ -280,7 +281,7 @@ class TransformersEngine(Engine):
     def _generate(self, prompt: Prompt, params: GenParams, keep: bool, echo: bool = False) -> Iterator[Chunk]:
         torch = self._torch
         with self._lock, torch.inference_mode():
-            usage, tokens, cache, n_cached = self._prepare(prompt, reuse_history=keep)
+            usage, tokens, n_prefix, cache, n_cached = self._prepare(prompt, reuse_history=keep)
             generator = torch.Generator()
             if params.seed is not None and params.seed >= 0:
                 generator.manual_seed(params.seed)
@@ -289,7 +290,7 @@ class TransformersEngine(Engine):
             grammar = self._grammar(params.schema) if params.schema is not None else None
             stops, out_ids, sent = StopBuffer(params.stop), list[int](), ""
             finish = "length"
-            seen = tokens[self.tokenize_prompt(prompt)[1] :]  # the request's own messages, for DRY
+            seen = tokens[n_prefix:]  # the request's own messages, for DRY
             all_logits = self._forward(tokens[n_cached:], cache).logits[0]
             if echo:
                 yield Chunk("", prompt_logprobs=self._prompt_logprobs(tokens, all_logits, params.logprobs or 0))
