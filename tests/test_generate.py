@@ -96,24 +96,19 @@ def test_unknown_option_lists_the_tasks_own_options(service: TaskService) -> Non
         service.generate("summary", "text", options={"colour": "red"})
 
 
-def test_repeat_penalty_comes_from_the_task_and_a_request_may_override_it(tmp_path: Path, fake: FakeEngine) -> None:
+@pytest.mark.parametrize(
+    ("option", "own", "override", "off", "chat"),
+    [("repeat_penalty", 1.2, 1.05, 1.0, 1.0), ("dry_multiplier", 0.5, 0.0, 0.0, 0.8)],  # the chat task has DRY on
+)
+def test_a_penalty_comes_from_the_task_and_a_request_may_override_it(
+    tmp_path: Path, fake: FakeEngine, option: str, own: float, override: float, off: float, chat: float
+) -> None:
     (tmp_path / "echo.yaml").write_text(
-        "name: echo\ndescription: d\nkind: generate\nsystem: s\ngeneration:\n  repeat_penalty: 1.2\n"
+        f"name: echo\ndescription: d\nkind: generate\nsystem: s\ngeneration:\n  {option}: {own}\n"
     )
     service = TaskService(Settings(home=tmp_path, tasks_dir=tmp_path), fake)
     service.generate("echo", "hi")
-    service.generate("echo", "hi", options={"repeat_penalty": 1.05})
-    service.generate("summary", "hi")
-    assert [p.repeat_penalty for p in fake.params] == [1.2, 1.05, 1.0]  # a task without one: off
-
-
-def test_dry_comes_from_the_task_and_a_request_may_override_it(tmp_path: Path, fake: FakeEngine) -> None:
-    (tmp_path / "echo.yaml").write_text(
-        "name: echo\ndescription: d\nkind: generate\nsystem: s\ngeneration:\n  dry_multiplier: 0.5\n"
-    )
-    service = TaskService(Settings(home=tmp_path, tasks_dir=tmp_path), fake)
-    service.generate("echo", "hi")
-    service.generate("echo", "hi", options={"dry_multiplier": 0.0})
-    service.generate("summary", "hi")
+    service.generate("echo", "hi", options={option: override})
+    service.generate("summary", "hi")  # a task without one: off
     service.generate("chat", "hi")
-    assert [p.dry_multiplier for p in fake.params] == [0.5, 0.0, 0.0, 0.8]  # the built-in chat task has DRY on
+    assert [getattr(p, option) for p in fake.params] == [own, override, off, chat]
