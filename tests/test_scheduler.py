@@ -36,6 +36,8 @@ class FakeContext:
         self.lock = threading.Lock()
         self.delay = 0.0  # seconds per decode, for tests that act while replies stream
         self.refuse_restore = False
+        self.cuts = True  # save() can leave out a task prefix's cells (llama.cpp: a state layout kvstate parses)
+        self.restored: list[tuple[Any, ...]] = []
         self.samplers: list[dict[str, Any]] = []
 
     def seq_tokens(self, seq: int) -> list[int]:
@@ -86,14 +88,17 @@ class FakeContext:
                     c[2].discard(seq)
             self.cells = [c for c in self.cells if c[2]]
 
-    def save(self, seq: int) -> Any:
-        return bytes(self.seq_tokens(seq))
+    def save(self, seq: int, start: int = 0) -> Any:
+        if start and not self.cuts:
+            return None
+        return tuple((p, t) for p, t in enumerate(self.seq_tokens(seq)) if p >= start)  # one entry per cell
 
-    def restore(self, seq: int, state: Any) -> bool:
+    def restore(self, seq: int, *states: Any) -> bool:
         if self.refuse_restore:  # as llama.cpp when no block of free cells holds the state
             return False
         with self.lock:
-            self.cells += [[p, t, {seq}] for p, t in enumerate(state)]
+            self.cells += [[p, t, {seq}] for state in states for p, t in state]
+        self.restored.append(states)
         return True
 
     def tokens_in(self, batch: list[Item], seq: int) -> list[int]:
@@ -344,3 +349,52 @@ def test_a_state_that_cannot_be_restored_for_another_conversation_stays_saved_fo
     own = generate(sched, system + "abcdexy", max_tokens=2)  # the first conversation's next turn
     drain(own)
     assert own.usage.cached_tokens == 22  # its saved state was not dropped for the other's failed restore
+
+
+def test_a_saved_chat_leaves_out_its_task_prefix_which_is_kept_once_for_every_conversation(ctx: FakeContext) -> None:
+    """The cache budget holds conversations, not copies of the prefix: 3 chats of 40 prefix cells and a few of
+    their own fit in 40 cells of budget, and each one's next turn restores prefix and own cells together."""
+    sched = Scheduler(ctx, parallel=4, cache_bytes=40)
+    try:
+        prefix = "p" * 40
+        users = ("ux", "vwx", "wx")  # each reply is "yz", then the end of the reply
+        for user in users:
+            assert drain(generate(sched, prefix + user, 40, max_tokens=5, keep=True))[0] == "yz"
+        assert len(sched._saved) == 3
+        assert all(s.base is sched._prefixes[tuple(letters(prefix))] for s in sched._saved)
+        assert [len(s.state) for s in sched._saved] == [4, 5, 4]  # the message and the reply only
+        for user in users:
+            turn = generate(sched, prefix + user + "yzab", 40, max_tokens=1)
+            drain(turn)  # the fake context asserts the sequence holds every position from 0 without a gap
+            assert turn.usage.cached_tokens == 40 + len(user) + 2
+        assert all(len(states) == 2 and len(states[0]) == 40 for states in ctx.restored[-3:])
+    finally:
+        sched.close()
+
+
+def test_a_context_that_cannot_cut_states_saves_them_whole(ctx: FakeContext) -> None:
+    ctx.cuts = False
+    sched = Scheduler(ctx, parallel=4, cache_bytes=100)
+    try:
+        drain(generate(sched, "p" * 40 + "wx", 40, max_tokens=5, keep=True))
+        (saved,) = sched._saved
+        assert saved.base is None and len(saved.state) == 44
+        turn = generate(sched, "p" * 40 + "wxyzab", 40, max_tokens=1)
+        drain(turn)
+        assert turn.usage.cached_tokens == 44
+    finally:
+        sched.close()
+
+
+def test_a_conversation_outlives_its_prefix_in_the_prefix_cache_and_its_bytes_are_counted(ctx: FakeContext) -> None:
+    sched = Scheduler(ctx, parallel=4, cache_bytes=50)
+    try:
+        drain(generate(sched, "p" * 40 + "wx", 40, max_tokens=5, keep=True))
+        assert sched._cache_size() == 4
+        sched._prefixes.clear()  # as when MAX_PREFIXES other task prefixes came since
+        assert sched._cache_size() == 44  # the conversation keeps its prefix alive: counted now
+        turn = generate(sched, "p" * 40 + "wxyzab", 40, max_tokens=1, keep=True)
+        drain(turn)
+        assert turn.usage.cached_tokens == 44
+    finally:
+        sched.close()

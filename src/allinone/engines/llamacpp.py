@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ContextOverflow, EngineError, ModelError
 from ..structured import schema_to_gbnf
-from . import dry
+from . import dry, kvstate
 from .base import Busy, Chunk, Conversation, Engine, EngineInfo, GenParams, Prompt, PromptTokens, Scores, Segment, Slots
 from .probe import Probe
 from .scheduler import GenJob, Item, Scheduler, ScoreJob
@@ -175,14 +175,21 @@ class _Context:
     def seq_rm(self, seq: int, start: int) -> None:
         self._ll.llama_memory_seq_rm(self._mem, seq, start, -1)
 
-    def save(self, seq: int) -> Any:
+    def save(self, seq: int, start: int = 0) -> Any:
         size = self._ll.llama_state_seq_get_size(self._ctx, seq)
-        buf = (ctypes.c_uint8 * size)()
-        self._ll.llama_state_seq_get_data(self._ctx, buf, size, seq)
-        return buf
+        buf = np.empty(size, dtype=np.uint8)
+        self._ll.llama_state_seq_get_data(self._ctx, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size, seq)
+        if start == 0:
+            return buf
+        try:
+            return kvstate.cells_from(buf, start)
+        except ValueError:  # a layout this version does not cut: keep it whole
+            return None
 
-    def restore(self, seq: int, state: Any) -> bool:
-        return bool(self._ll.llama_state_seq_set_data(self._ctx, state, len(state), seq))
+    def restore(self, seq: int, *states: Any) -> bool:
+        state = states[0] if len(states) == 1 else kvstate.join(*states)
+        ptr = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        return bool(self._ll.llama_state_seq_set_data(self._ctx, ptr, len(state), seq))
 
     def close(self) -> None:
         self._ll.llama_batch_free(self._batch)

@@ -58,22 +58,27 @@ class Context(Protocol):
     def piece(self, token: int) -> bytes: ...
     def tokenize(self, text: str) -> list[int]: ...
     def seq_rm(self, seq: int, start: int) -> None: ...
-    def save(self, seq: int) -> Any: ...
-    def restore(self, seq: int, state: Any) -> bool: ...
+    def save(self, seq: int, start: int = 0) -> Any: ...  # cells at positions >= start; None: cannot cut
+    def restore(self, seq: int, *states: Any) -> bool: ...  # one block of their cells, in order
 
 
 @dataclass(eq=False)
 class Saved:
     """A sequence's KV state in host memory and the tokens it holds: a task's fixed prefix, or a chat after a
-    reply. A request whose prompt starts with those tokens restores it into its own sequence."""
+    reply. A request whose prompt starts with those tokens restores it into its own sequence. A chat's state
+    leaves out the cells of its task prefix (`base`), which is kept once for every conversation of the task."""
 
     tokens: list[int]
     state: Any
     used: int = 0  # LRU clock
+    base: Saved | None = None  # the task prefix the state continues
     array: np.ndarray[Any, Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.array = np.asarray(self.tokens, dtype=np.int64)
+
+    def states(self) -> tuple[Any, ...]:
+        return (self.state,) if self.base is None else (self.base.state, self.state)
 
 
 def _common_start(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> int:
@@ -350,7 +355,7 @@ class Scheduler:
         job.usage.prompt_tokens = len(job.tokens)
         base, n_base = self._base(job)  # only once it has room: a job waiting for cells is placed again each step
         if base is not None:
-            if self.ctx.restore(job.seq, base.state):
+            if self.ctx.restore(job.seq, *base.states()):
                 base.used = self._tick()
                 if n_base < len(base.tokens):  # the conversation went another way from here: drop the rest
                     self.ctx.seq_rm(job.seq, n_base)
@@ -552,12 +557,23 @@ class Scheduler:
             self.ctx.seq_rm(job.seq, len(job.tokens))
             held = job.tokens
         self._saved = [s for s in self._saved if s.tokens != held[: len(s.tokens)]]  # superseded turns
-        saved = Saved(held, self.ctx.save(job.seq), self._tick())
+        prefix = self._prefixes.get(tuple(job.tokens[: job.n_prefix])) if job.n_prefix else None
+        own = self.ctx.save(job.seq, job.n_prefix) if prefix is not None else None
+        if own is None:  # no cached prefix to continue, or a state this context cannot cut: keep it whole
+            prefix, own = None, self.ctx.save(job.seq)
+        saved = Saved(held, own, self._tick(), prefix)
         self._saved.append(saved)
-        while sum(len(s.state) for s in self._saved) > self.cache_bytes and len(self._saved) > 1:
+        while self._cache_size() > self.cache_bytes and len(self._saved) > 1:
             self._saved.remove(min((s for s in self._saved if s is not saved), key=lambda s: s.used))
-        if sum(len(s.state) for s in self._saved) > self.cache_bytes:
+        if self._cache_size() > self.cache_bytes:
             self._saved.remove(saved)
+
+    def _cache_size(self) -> int:
+        """Bytes of the saved conversations, with the task prefixes they continue that are no longer cached on
+        their own (dropped from the prefixes, they stay alive for the conversations that need them)."""
+        cached = {id(p) for p in self._prefixes.values()}
+        orphans = {id(s.base): s.base for s in self._saved if s.base is not None and id(s.base) not in cached}
+        return sum(len(s.state) for s in self._saved) + sum(len(b.state) for b in orphans.values())
 
     def _finish(self, job: Job, error: BaseException | None = None) -> None:
         """Free the job's sequence; with an error, hand it to the caller."""
