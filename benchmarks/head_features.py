@@ -36,6 +36,7 @@ SIGNAL = Path(os.environ["ALLINONE_CPU_SIGNAL"]) if os.environ.get("ALLINONE_CPU
 SETS = [
     "train_chnsenticorp",
     "train_chnsenticorp_more",
+    "train_chnsenticorp_rest",
     "train_weibo",
     "train_amazon",
     "dev",

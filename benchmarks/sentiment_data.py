@@ -24,6 +24,7 @@ UCI_COMMIT = "9642488481140b1697ff2dea5637596c4cd43c69"  # omarsar/dm_2018_hw_1,
 DMR_COMMIT = "100c7e2"  # yiyepianzhounc/DMR-Dataset-1 reviews.json
 N_CHNSENTICORP = 2000  # train texts not in dev/test, in file order
 N_CHNSENTICORP_MORE = 2000  # the next ones: a mix weighted toward ChnSentiCorp (head_choice.py's "mix+csc")
+# train_chnsenticorp_rest: every other train text (deduplicated), for the mix with all of ChnSentiCorp ("mix+csc_all")
 N_WEIBO_TRAIN = 1000  # of weibo_train.jsonl after a seeded shuffle; the rest is held out
 SEED = 16
 
@@ -69,16 +70,18 @@ def build(uci_dir: Path, dmr_dir: Path) -> dict[str, list[Row]]:
     held = {r["text"] for split in ("dev", "test") for r in shared(f"chnsenticorp_{split}.jsonl")}
     csc = [r for r in shared("chnsenticorp_train.jsonl") if r["text"] not in held]
     seen = {r["text"] for r in csc[:N_CHNSENTICORP]}
-    more = []
+    more: list[Row] = []
+    rest: list[Row] = []
     for r in csc[N_CHNSENTICORP:]:  # the file repeats some texts
-        if r["text"] not in seen and len(more) < N_CHNSENTICORP_MORE:
+        if r["text"] not in seen:
             seen.add(r["text"])
-            more.append(r)
+            (more if len(more) < N_CHNSENTICORP_MORE else rest).append(r)
     weibo = shared("weibo_train.jsonl")
     random.Random(SEED).shuffle(weibo)  # the file is sorted by label
     return {
         "train_chnsenticorp": [{**r, "domain": "chnsenticorp"} for r in csc[:N_CHNSENTICORP]],
         "train_chnsenticorp_more": [{**r, "domain": "chnsenticorp"} for r in more],
+        "train_chnsenticorp_rest": [{**r, "domain": "chnsenticorp"} for r in rest],
         "train_weibo": [{**r, "domain": "zh_social"} for r in weibo[:N_WEIBO_TRAIN]],
         "train_amazon": uci(uci_dir, "amazon_cells", "en_products"),
         "heldout_en_movies": uci(uci_dir, "imdb", "en_movies"),
