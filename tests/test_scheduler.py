@@ -88,6 +88,12 @@ class FakeContext:
                     c[2].discard(seq)
             self.cells = [c for c in self.cells if c[2]]
 
+    def seq_cp(self, src: int, dst: int, end: int) -> None:
+        with self.lock:
+            for c in self.cells:
+                if src in c[2] and c[0] < end:
+                    c[2].add(dst)
+
     def save(self, seq: int, start: int = 0) -> Any:
         if start and not self.cuts:
             return None
@@ -190,7 +196,7 @@ def test_streams_decode_together_one_token_each_per_step(sched: Scheduler, ctx: 
 
 
 def test_a_classification_goes_into_the_next_step_while_replies_stream(sched: Scheduler, ctx: FakeContext) -> None:
-    ctx.delay = 0.002
+    ctx.delay = 0.03
     streams = [generate(sched, "a", max_tokens=20) for _ in range(4)]
     while len(ctx.batches) < 3:  # the replies are streaming
         time.sleep(0.001)
@@ -398,3 +404,54 @@ def test_a_conversation_outlives_its_prefix_in_the_prefix_cache_and_its_bytes_ar
         assert turn.usage.cached_tokens == 44
     finally:
         sched.close()
+
+
+def running(sched: Scheduler, prompt: str, n_prefix: int) -> GenJob:
+    """A reply that keeps its sequence busy for a while: the fake's reply runs to "z" (about 24 steps) and the
+    caller sets ctx.delay per step."""
+    job = generate(sched, prompt, n_prefix, max_tokens=100)
+    deadline = time.time() + 5
+    while job.n_past <= len(job.tokens) and time.time() < deadline:
+        time.sleep(0.001)
+    return job
+
+
+def test_a_running_requests_cells_are_shared_instead_of_restored(sched: Scheduler, ctx: FakeContext) -> None:
+    prefix = "p" * 30
+    ctx.delay = 0.03
+    busy = running(sched, prefix + "ab", 30)
+    restores = len(ctx.restored)
+    job = score(sched, prefix + "xy", 30, ["a"])
+    assert job.usage.cached_tokens == 30 and len(ctx.restored) == restores  # shared with `busy`, not restored
+    assert [c for c in ctx.cells if c[0] == 0] == [[0, letters("p")[0], {busy.seq}]]  # one cell, busy's again
+    sched.cancel(busy)
+
+
+def test_a_classification_shares_only_its_task_prefix_and_an_echo_nothing(sched: Scheduler, ctx: FakeContext) -> None:
+    """A classification's own tokens are computed (their hidden states are read then); an echo needs the logits
+    of every prompt token."""
+    ctx.delay = 0.03
+    busy = running(sched, "p" * 30 + "hello", 30)
+    job = score(sched, "p" * 30 + "hello", 30, ["a"])
+    assert job.usage.cached_tokens == 30
+    echo = GenJob(letters("p" * 30 + "he"), 0, params=GenParams(max_tokens=0, logprobs=1), n_ctx=4096, echo=True)
+    sched.submit(echo)
+    drain(echo)
+    assert echo.usage.cached_tokens == 0 and len(echo.prompt_logprobs) == 32
+    sched.cancel(busy)
+
+
+def test_a_chat_turn_takes_its_own_cells_from_memory_and_its_prefix_from_a_running_request(
+    sched: Scheduler, ctx: FakeContext
+) -> None:
+    prefix = "p" * 30
+    drain(generate(sched, prefix + "wx", 30, max_tokens=5, keep=True))  # saved: "wxyz" without the prefix
+    ctx.delay = 0.03
+    busy = running(sched, prefix + "ab", 30)
+    restores = len(ctx.restored)
+    turn = generate(sched, prefix + "wxyzab", 30, max_tokens=1)
+    drain(turn)  # the fake asserts the sequence holds every position from 0 without a gap
+    assert turn.usage.cached_tokens == 34
+    assert [len(states) for states in ctx.restored[restores:]] == [1]  # the turn's own 4 cells only
+    assert len(ctx.restored[-1][0]) == 4
+    sched.cancel(busy)

@@ -175,6 +175,9 @@ class _Context:
     def seq_rm(self, seq: int, start: int) -> None:
         self._ll.llama_memory_seq_rm(self._mem, seq, start, -1)
 
+    def seq_cp(self, src: int, dst: int, end: int) -> None:
+        self._ll.llama_memory_seq_cp(self._mem, src, dst, 0, end)  # unified cache: the cells gain dst, no copy
+
     def save(self, seq: int, start: int = 0) -> Any:
         size = self._ll.llama_state_seq_get_size(self._ctx, seq)
         buf = np.empty(size, dtype=np.uint8)

@@ -58,6 +58,7 @@ class Context(Protocol):
     def piece(self, token: int) -> bytes: ...
     def tokenize(self, text: str) -> list[int]: ...
     def seq_rm(self, seq: int, start: int) -> None: ...
+    def seq_cp(self, src: int, dst: int, end: int) -> None: ...  # dst also holds src's cells before `end`
     def save(self, seq: int, start: int = 0) -> Any: ...  # cells at positions >= start; None: cannot cut
     def restore(self, seq: int, *states: Any) -> bool: ...  # one block of their cells, in order
 
@@ -335,6 +336,28 @@ class Scheduler:
                     best, n = s, shared
         return best, n
 
+    def _sharer(self, job: Job) -> tuple[Job | None, int]:
+        """The running request whose KV cells hold the longest start of the prompt, and how many of them: the
+        sequences of a unified KV cache can share cells, so those need neither a restore nor more cells (and
+        every decode attends over fewer). A classification shares only its task prefix (its own tokens' hidden
+        states are read as they are computed); an echo, nothing (it needs the logits of every prompt token)."""
+        if isinstance(job, GenJob) and job.echo:
+            return None, 0
+        limit = job.n_prefix if isinstance(job, ScoreJob) else len(job.tokens) - 1
+        if limit <= 0:
+            return None, 0
+        prompt = np.asarray(job.tokens[:limit], dtype=np.int64)
+        best: Job | None = None
+        n = 0
+        for other in self._active:
+            held = min(other.n_past, len(other.tokens))
+            if (isinstance(other, GenJob) and other.echo) or held <= n:
+                continue
+            shared = _common_start(np.asarray(other.tokens[:held], dtype=np.int64), prompt)
+            if shared > n:
+                best, n = other, shared
+        return best, n
+
     def _place(self, job: Job) -> bool | None:
         """Give the job a sequence holding its longest cached start: True; None when the KV cache has no room
         for it yet; False when it failed (it can never fit, or its sampler could not be made)."""
@@ -354,7 +377,24 @@ class Scheduler:
         job.seq, job.reserve = self._free.pop(), need
         job.usage.prompt_tokens = len(job.tokens)
         base, n_base = self._base(job)  # only once it has room: a job waiting for cells is placed again each step
-        if base is not None:
+        src, n_src = self._sharer(job)
+        if src is not None and n_src >= n_base and (n_src >= job.n_prefix or n_base >= job.n_prefix):
+            # a running request holds at least as much (and the whole task prefix, so that one is kept): share it
+            self.ctx.seq_cp(src.seq, job.seq, n_src)
+            job.n_past = n_src
+        elif base is not None and src is not None and base.base is not None and len(base.base.tokens) <= n_src:
+            # a conversation's own cells from host memory, its task prefix from the running request holding it
+            if self.ctx.restore(job.seq, base.state):
+                self.ctx.seq_cp(src.seq, job.seq, len(base.base.tokens))
+                base.used = base.base.used = self._tick()
+                if n_base < len(base.tokens):
+                    self.ctx.seq_rm(job.seq, n_base)
+                job.n_past = n_base
+            else:  # no room for it as one block of cells: share what the running request holds, compute the rest
+                self.ctx.seq_rm(job.seq, 0)
+                self.ctx.seq_cp(src.seq, job.seq, n_src)
+                job.n_past = n_src
+        elif base is not None:
             if self.ctx.restore(job.seq, *base.states()):
                 base.used = self._tick()
                 if n_base < len(base.tokens):  # the conversation went another way from here: drop the rest
