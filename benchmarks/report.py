@@ -453,7 +453,7 @@ def load_prose() -> list[Phrase]:
         phrase("sentiment p50 {} s. The model computed for {} of the measured run's wall time",
                f"{lat['sentiment']['p50_s']:.1f}", _pct(r["model_busy_share"], 0)),
         phrase("Chat turns are slow here (p50 {} s)", f"{lat['chat']['p50_s']:.0f}"),
-        phrase("{} sessions' KV states do not fit the {} MB cache", r["clients"], r["cache_mb"]),
+        phrase("all {} sessions' own KV states fit the {} MB cache", r["clients"], r["cache_mb"]),
         phrase("Server RSS grew {} after the warm-up", _pct(growth)),
         phrase("exit code after SIGTERM {}.", r["server_exit_code_after_sigterm"]),
     ]  # fmt: skip
