@@ -9,10 +9,12 @@ and decodes it with one `llama_decode` call.
 
 Caching: a task's fixed prefix (system prompt, examples) is computed once and its KV state kept in host memory;
 a request restores it into its sequence (a copy of a few MB) and computes only its own tokens. After a reply the
-conversation's KV state is saved the same way, so the next chat turn is restored into a free sequence and
-computes only the new message. A saved conversation is used up to where it and the new prompt part, as
-llama-server reuses a slot's cache: a regenerated reply, or another conversation with the same system prompt,
-computes only what differs.
+conversation's KV state is saved the same way, without its task prefix's cells (kvstate.py; the prefix is kept
+once), so the next chat turn is restored into a free sequence, joined to its prefix, and computes only the new
+message. A request whose prompt starts with what a running request holds shares those cells instead
+(`llama_memory_seq_cp` in the unified cache): concurrent requests of a task hold its prefix once. A saved
+conversation is used up to where it and the new prompt part, as llama-server reuses a slot's cache: a regenerated
+reply, or another conversation with the same system prompt, computes only what differs.
 
 Cached prefixes are not kept in the KV cache itself: every decode step attends over the cache up to its
 highest used cell, so prefixes parked there (the built-in tasks' come to ~3,000 cells) slowed every reply's
