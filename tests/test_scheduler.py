@@ -195,6 +195,30 @@ def test_streams_decode_together_one_token_each_per_step(sched: Scheduler, ctx: 
     assert max(len({s for _, _, s, _ in b}) for b in ctx.batches) == 4  # one batch held all four sequences
 
 
+def test_a_steps_chunks_reach_their_callers_just_before_the_next_decode_not_mid_step(ctx: FakeContext) -> None:
+    # a caller woken mid-step takes the GIL from the rest of the step while the model's threads wait
+    jobs: list[GenJob] = []
+    seen: list[list[int]] = []  # at each sample: how many chunks each caller has been handed
+    sample = ctx.sample
+
+    def sample_and_look(sampler: Any, index: int) -> int:
+        seen.append([j.out.qsize() for j in jobs])
+        return sample(sampler, index)
+
+    ctx.sample = sample_and_look  # type: ignore[method-assign]
+    ctx.gate.clear()
+    sched = Scheduler(ctx, parallel=4, cache_bytes=1 << 20, prefill_chunk=8)
+    try:
+        jobs += [generate(sched, p, max_tokens=4) for p in ["ab", "ef"]]
+        ctx.gate.set()
+        assert [drain(j)[0] for j in jobs] == ["cdef", "ghij"]
+    finally:
+        sched.close()
+    pairs = [(seen[i], seen[i + 1]) for i in range(0, len(seen) - 1, 2)]  # the two samples of one step
+    assert len(pairs) >= 3
+    assert all(first == second for first, second in pairs)  # nothing handed over between them
+
+
 def test_a_classification_goes_into_the_next_step_while_replies_stream(sched: Scheduler, ctx: FakeContext) -> None:
     ctx.delay = 0.03
     streams = [generate(sched, "a", max_tokens=20) for _ in range(4)]
