@@ -618,12 +618,15 @@ def probe_cost_prose() -> list[Phrase]:
 
 
 def thread_cpu_prose() -> list[Phrase]:
-    m = _json("thread_cpu")["mean"]
+    m, earlier = _json("thread_cpu")["mean"], "5c8f502"  # the run before callers got their chunks between decodes
+    before = _json_at(earlier, "thread_cpu")["mean"]
     return [
         phrase("llama.cpp's two compute threads take {} of it and every other thread (HTTP, the events, the stream "
                "workers) {}", _pct(m["compute_threads_share"]), _pct(m["other_threads_share"])),
         phrase("{} of the wall time is spent inside `llama_decode`, with {} ms of step work",
                _pct(m["in_decode_share"]), f"{m['outside_decode_ms_per_step']:.1f}"),
+        phrase("it was {} and {} ms (the results file at commit {})", _pct(before["in_decode_share"]),
+               f"{before['outside_decode_ms_per_step']:.1f}", earlier),
     ]  # fmt: skip
 
 
