@@ -379,7 +379,7 @@ def http_overhead_prose() -> list[Phrase]:
 
 
 def concurrency_prose() -> list[Phrase]:
-    r, earlier = _json("concurrency"), "9cc0260"  # the run before
+    r, earlier = _json("concurrency"), "5c8f502"  # the run before
     before = _json_at(earlier, "concurrency")
     knobs, o, p = r["knobs"], r["ours"], r["peer"]
     peer = knobs["peer_args"]
@@ -404,6 +404,8 @@ def concurrency_prose() -> list[Phrase]:
                ratio(r, idle), ratio(before, idle), ratio(r, one), ratio(before, one)),
         phrase("the scale-out row, which only passes requests on to llama-server ({}, {} before)",
                ratio(r, agg, "scaleout"), ratio(before, agg, "scaleout")),
+        phrase("llama-server's own four-stream aggregate was {} tokens/s in this run and {} in the run before",
+               f"{p[agg]:.1f}", f"{before['peer'][agg]:.1f}"),
         phrase("The first token of four streams comes at {} s", f"{o['four_streams_ttft_p50_s']:.2f}"),
     ]  # fmt: skip
 
