@@ -102,3 +102,27 @@ def test_an_engine_without_a_probe_refuses_hidden_states(engine: LlamaCppEngine)
 def test_an_impossible_probe_layer_is_a_clear_error(settings: Settings) -> None:
     with pytest.raises(ModelError, match=r"probe layer must be in 0\.\.22"):
         LlamaCppEngine(ensure_default(settings.models_dir), name="default", n_ctx=512, probe_layer=23)
+
+
+def test_a_long_text_scored_in_chunks_while_a_reply_streams_gets_the_features_it_gets_alone(
+    probed: LlamaCppEngine,
+) -> None:
+    from allinone.engines import Conversation, GenParams, Message
+
+    good = "酒店位置很好，离地铁站只有五分钟。"
+    bad = "可是房间隔音太差，走廊里整夜都有人说话，空调也坏了，前台说修却一直没人来。"
+    text = good * 8 + bad * 8
+    n_text = probed.count_tokens(text)
+    assert n_text > 2 * probed._scheduler.score_chunk  # computed over several steps while the reply streams
+    alone = probed.score(_conv(text), WORDS, hidden=True)
+    reply = probed.stream(Conversation.of([Message("user", "Count from one to one hundred.")]), GenParams(200, 0))
+    next(reply)  # streaming
+    steps = probed.steps
+    chunked = probed.score(_conv(text), WORDS, hidden=True)
+    assert probed.steps - steps >= 3
+    assert next(reply, None) is not None  # still streaming: the reply was not held up for the whole text
+    reply.close()
+    a, c = np.array(alone.hidden), np.array(chunked.hidden)
+    assert np.linalg.norm(a - c) < 0.02 * np.linalg.norm(a)
+    p_alone, p_chunked = (1 / (1 + np.exp(s.logprobs[1] - s.logprobs[0])) for s in (alone, chunked))
+    assert abs(p_alone - p_chunked) <= 0.06  # the batch-shape tolerance (benchmarks/batching.py)

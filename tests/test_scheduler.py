@@ -238,6 +238,32 @@ def test_a_classification_goes_into_the_next_step_while_replies_stream(sched: Sc
     assert all(j.usage.completion_tokens == 20 for j in streams)
 
 
+def test_a_long_classification_is_computed_in_chunks_while_replies_stream_and_whole_when_idle(
+    ctx: FakeContext,
+) -> None:
+    # a long text computed in one step would stall every stream for the whole of its prefill
+    ctx.delay = 0.005
+    sched = Scheduler(ctx, parallel=4, cache_bytes=1 << 20, prefill_chunk=8, score_chunk=6)
+    try:
+        stream = generate(sched, "a", max_tokens=20)
+        while len(ctx.batches) < 2:
+            time.sleep(0.001)
+        first = len(ctx.batches)
+        job = score(sched, "sys" + "q" * 30, 3, ["a"])
+        assert drain(stream)[1].finish_reason == "length"
+        mine = [i for i, b in enumerate(ctx.batches) if ctx.tokens_in(b, job.seq)]
+        assert mine[0] <= first + 1  # still in the next step
+        assert max(len(ctx.tokens_in(ctx.batches[i], job.seq)) for i in mine) <= 6
+        assert all(ctx.tokens_in(ctx.batches[i], stream.seq) for i in mine)  # the stream moved in each of them
+        idle = len(ctx.batches)
+        alone = score(sched, "sys" + "q" * 30, 3, ["a"])  # nothing streams: the prompt in one step
+        assert len([b for b in ctx.batches[idle:] if ctx.tokens_in(b, alone.seq)]) == 1
+        assert alone.result is not None and job.result is not None
+        assert alone.result.logprobs == job.result.logprobs
+    finally:
+        sched.close()
+
+
 def test_new_prompts_are_prefilled_in_chunks_while_others_stream(sched: Scheduler, ctx: FakeContext) -> None:
     ctx.delay = 0.005
     running = generate(sched, "a", max_tokens=30)

@@ -2,8 +2,9 @@
 
 Each step builds one batch from
   1. one token for every reply being generated;
-  2. the prompts of classifications, whole: a classification is one forward pass and never waits for other
-     users' replies (it goes into the next step);
+  2. the prompts of classifications: a classification is one forward pass and never waits for other users'
+     replies (it goes into the next step); while replies stream, up to `score_chunk` of its tokens per step, so
+     that a long text does not stall every stream for the whole of its prefill;
   3. chunks of the prompts of newly arrived replies, small enough that running streams keep flowing;
 and decodes it with one `llama_decode` call.
 
@@ -173,11 +174,15 @@ class Scheduler:
     """Owns the context: a thread runs steps while there is work; callers submit jobs and wait on them.
 
     `parallel` replies and `parallel` classifications run at once; more wait in arrival order, classifications
-    first. `prefill_chunk` bounds the prompt tokens of new replies per step while other replies are streaming.
+    first. While replies are streaming, `score_chunk` bounds the prompt tokens of classifications per step and
+    `prefill_chunk` those of new replies.
     """
 
-    def __init__(self, ctx: Context, *, parallel: int, cache_bytes: int, prefill_chunk: int = 128) -> None:
+    def __init__(
+        self, ctx: Context, *, parallel: int, cache_bytes: int, prefill_chunk: int = 128, score_chunk: int = 128
+    ) -> None:
         self.ctx, self.parallel, self.cache_bytes, self.prefill_chunk = ctx, parallel, cache_bytes, prefill_chunk
+        self.score_chunk = score_chunk
         self._cv = threading.Condition()
         self._incoming: list[Job] = []
         self._calls: list[tuple[Callable[[], Any], queue.SimpleQueue[Any]]] = []
@@ -448,11 +453,14 @@ class Scheduler:
             if job.token is not None:
                 add(job, [job.token], job.n_past, "token", lambda i: True)
         streaming = bool(parts)
+        scoring = min(budget, self.score_chunk) if streaming else budget
         for sjob in (j for j in self._active if isinstance(j, ScoreJob)):
-            if budget <= 0:
+            if budget <= 0 or scoring <= 0:
                 break
             if sjob.totals is None:
-                self._add_prompt(sjob, min(budget, self.ctx.n_batch), add)
+                before = len(items)
+                self._add_prompt(sjob, scoring, add)
+                scoring -= len(items) - before
             else:
                 cont = sjob.conts[sjob.pending[0]][:-1]
                 if len(cont) <= budget:
