@@ -379,7 +379,7 @@ def http_overhead_prose() -> list[Phrase]:
 
 
 def concurrency_prose() -> list[Phrase]:
-    r, earlier = _json("concurrency"), "5c8f502"  # the run before
+    r, earlier = _json("concurrency"), "93980f3"  # the run before
     before = _json_at(earlier, "concurrency")
     knobs, o, p = r["knobs"], r["ours"], r["peer"]
     peer = knobs["peer_args"]
@@ -392,9 +392,10 @@ def concurrency_prose() -> list[Phrase]:
         phrase("both running at once with {} threads each (`-c {} -np {}`", knobs["n_threads"],
                peer[peer.index("-c") + 1], peer[peer.index("-np") + 1]),
         phrase("medians of {} rounds", knobs["rounds"]),
-        phrase("({} s against a target of 1.0 s), where llama-server makes it wait for the replies ({} s)",
+        phrase("({} s against a target of 1.0 s; llama-server took {} s in this run and {} s in the run before)",
                f"{o['three_sentiments_under_four_streams_slowest_s']:.2f}",
-               f"{p['three_sentiments_under_four_streams_slowest_s']:.0f}"),
+               f"{p['three_sentiments_under_four_streams_slowest_s']:.1f}",
+               f"{before['peer']['three_sentiments_under_four_streams_slowest_s']:.1f}"),
         phrase("The same three texts sent together to our idle server take {} s",
                f"{o['three_sentiments_idle_slowest_s']:.2f}"),
         phrase("every stream ran to its {} tokens", knobs["chat_max_tokens"]),
@@ -452,6 +453,7 @@ def load_prose() -> list[Phrase]:
     r, before = _json("load"), "2e98757"  # the last run before continuous batching
     lat = {row["kind"]: row for row in r["latency"]}
     earlier = {row["kind"]: row for row in _json_at(before, "load")["latency"]}
+    last = {row["kind"]: row for row in _json_at("93980f3", "load")["latency"]}  # the run before this one
     growth = r["rss_mb_end"] / r["rss_mb_start"] - 1  # from the RSS figures: rss_growth is rounded to 4 places
     return [
         phrase("(`benchmarks/load.py`: {} clients", r["clients"]),
@@ -460,6 +462,7 @@ def load_prose() -> list[Phrase]:
                r["cache_mb"]),
         phrase("{} answered requests a second, against {} before continuous batching", f"{lat['all']['per_s']:.2f}",
                f"{earlier['all']['per_s']:.2f}"),
+        phrase("the run before, on a faster day of this machine, gave {})", f"{last['all']['per_s']:.2f}"),
         phrase("sentiment p50 {} s. The model computed for {} of the measured run's wall time",
                f"{lat['sentiment']['p50_s']:.1f}", _pct(r["model_busy_share"], 0)),
         phrase("Chat turns are slow here (p50 {} s)", f"{lat['chat']['p50_s']:.0f}"),
@@ -689,7 +692,7 @@ NOT_MEASURED: dict[str, str] = {
     "heads x 64 dims x K and V x 2 bytes",
     "≥ 99% of texts, max |Δp| ≤ 0.06": "targets",
     "clients for 60 s": "DURATION_S of benchmarks/load.py (load.json keeps the wall time that per s divides by)",
-    "(target 2.18)": "a target: twice the rate before continuous batching",
+    "(target 2.18;": "a target: twice the rate before continuous batching",
     "(target under 10%)": "a target, RSS_GROWTH_LIMIT of benchmarks/load.py",
     "Tested with 100 KB texts": "a test input",
     "bodies up to 1 MB of letters": "a test input",
