@@ -1,5 +1,6 @@
 """No request body up to the size limit stalls the event loop: /health, polled while near-1 MB bodies of the
-worst kinds are posted to a real server (the fake engine), answers within 50 ms every time."""
+worst kinds are posted to a real server (the fake engine), answers within 50 ms (all but ROUNDS - 1 polls: a
+stalling body stalls every time it is posted) and never takes 500 ms."""
 
 from __future__ import annotations
 
@@ -75,8 +76,11 @@ def test_no_body_up_to_the_limit_stalls_the_event_loop(tmp_path: Path) -> None:
             stop.set()
             poller.join(10)
     assert len(latencies) > len(BODIES) * ROUNDS  # it polled throughout
-    worst = max(latencies)
-    print(f"/health while posting {len(statuses)} bodies of ~1 MB: {len(latencies)} polls, max {worst:.1f} ms")
-    assert worst < STALL_MS, f"/health took {worst:.0f} ms while the bodies were posted: {statuses}"
+    worst = sorted(latencies)[-ROUNDS:]
+    print(f"/health while posting {len(statuses)} bodies of ~1 MB: {len(latencies)} polls, worst {worst} ms")
+    # a body that stalls the loop does so each of the ROUNDS times it is posted; one slow poll alone is the machine
+    # (a garbage collection, another process), and is still bounded
+    assert worst[0] < STALL_MS, f"/health took {worst} ms while the bodies were posted: {statuses}"
+    assert worst[-1] < 10 * STALL_MS, f"/health took {worst[-1]:.0f} ms once while the bodies were posted"
     logged = [json.loads(line) for line in (tmp_path / "requests.log").read_text(encoding="utf-8").splitlines()]
     assert len([x for x in logged if x.get("path") != "/health"]) == len(statuses)  # every request logged anyway
