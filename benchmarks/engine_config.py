@@ -16,14 +16,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from peer import cpu_has_amx
+
 # --- knobs ---------------------------------------------------------------------------------------
 CONFIGS = {  # name: LlamaCppEngine keyword arguments
     "f32 kv, no flash attn": {"kv_f16": False, "flash_attn": False, "repack": False},
     "f32 kv, flash attn": {"kv_f16": False, "flash_attn": True, "repack": False},
     "f16 kv, flash attn": {"kv_f16": True, "flash_attn": True, "repack": False},
 }
-# Repacked weights (use_extra_bufts) are not compared: on this machine llama.cpp repacks Q4_K for AMX, and the
-# first decode then crashes the process (segmentation fault in llama-cpp-python 0.3.36's libggml-cpu).
+# Repacked weights (use_extra_bufts) are compared only on CPUs without AMX: with AMX, llama.cpp repacks Q4_K for it,
+# and the first decode then crashes the process (segmentation fault in llama-cpp-python 0.3.36's libggml-cpu).
+if not cpu_has_amx():
+    CONFIGS["f16 kv, flash attn, repacked"] = {"kv_f16": True, "flash_attn": True, "repack": True}
 N_SENTIMENT = 30  # ChnSentiCorp dev texts for latency
 N_DRIFT = 48  # dev texts scored alone and under load
 DECODE_TOKENS = 64
@@ -109,6 +113,7 @@ def main() -> None:
             f"{r[f'aggregate_{STREAMS}_streams_tok_s']:.1f} | {r['max_abs_dp']:.3f} | {r['label_agreement']:.1%} |"
         )
     knobs = {"n_sentiment": N_SENTIMENT, "n_drift": N_DRIFT, "decode_tokens": DECODE_TOKENS, "rounds": ROUNDS}
+    knobs["cpu_has_amx"] = cpu_has_amx()
     OUT.write_text(json.dumps({"knobs": knobs, "rows": rows}, indent=2) + "\n")
     for e in engines.values():
         e.close()

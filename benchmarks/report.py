@@ -434,18 +434,22 @@ def batching_prose() -> list[Phrase]:
 
 def engine_config_prose() -> list[Phrase]:
     r = _json("engine_config")
-    default = next(row for row in r["rows"] if row["kv_f16"] and row["flash_attn"])  # the context's default
-    others = [row for row in r["rows"] if row is not default]
-    fastest = min(row["sentiment_p50_s"] for row in r["rows"])
-    slower = math.ceil(100 * (default["sentiment_p50_s"] / fastest - 1))  # "within": rounded up, never down
+    # the context's default
+    default = next(row for row in r["rows"] if row["kv_f16"] and row["flash_attn"] and not row["repack"])
+    plain = [row for row in r["rows"] if not row["repack"]]
+    repacked = next(row for row in r["rows"] if row["repack"])
+    four = "aggregate_4_streams_tok_s"
     return [
         phrase("(`benchmarks/engine_config.py`, {} dev texts idle, {}-token decodes", r["knobs"]["n_sentiment"],
                r["knobs"]["decode_tokens"]),
-        phrase("with one stream and with four ({} and {} tokens/s, against at most {} and {}) and within {}% of the "
-               "fastest idle sentiment ({} against {} s)", f"{default['decode_tok_s']:.1f}",
-               f"{default['aggregate_4_streams_tok_s']:.1f}", f"{max(x['decode_tok_s'] for x in others):.1f}",
-               f"{max(x['aggregate_4_streams_tok_s'] for x in others):.1f}", slower,
-               f"{default['sentiment_p50_s']:.3f}", f"{fastest:.3f}"),
+        phrase("idle sentiment {} s (the fastest of the three {} s), one stream {} tokens/s (best {}), four streams {} "
+               "(best {})", f"{default['sentiment_p50_s']:.3f}", f"{min(x['sentiment_p50_s'] for x in plain):.3f}",
+               f"{default['decode_tok_s']:.1f}", f"{max(x['decode_tok_s'] for x in plain):.1f}",
+               f"{default[four]:.1f}", f"{max(x[four] for x in plain):.1f}"),
+        phrase("Repacked weights gave the best four-stream figure ({} against {}) but not the best one-stream figure "
+               "({} against {}), with idle sentiment {} s", f"{repacked[four]:.1f}", f"{default[four]:.1f}",
+               f"{repacked['decode_tok_s']:.1f}", f"{default['decode_tok_s']:.1f}",
+               f"{repacked['sentiment_p50_s']:.3f}"),
     ]  # fmt: skip
 
 
