@@ -46,6 +46,7 @@ class FakeContext:
         return [t for _, t in held]
 
     def decode(self, items: Sequence[Item]) -> None:
+        assert len(items) <= self.n_batch, f"a batch of {len(items)} tokens; llama_decode takes {self.n_batch}"
         self.gate.wait(5)
         time.sleep(self.delay)
         with self.lock:
@@ -262,6 +263,24 @@ def test_a_long_classification_is_computed_in_chunks_while_replies_stream_and_wh
         assert alone.result.logprobs == job.result.logprobs
     finally:
         sched.close()
+
+
+def test_a_step_never_holds_more_than_n_batch_tokens_with_continuations_beside_a_long_prompt(
+    ctx: FakeContext,
+) -> None:
+    ctx.gate.clear()  # both arrive before the first step
+    sched = Scheduler(ctx, parallel=4, cache_bytes=1 << 20, prefill_chunk=8)
+    try:
+        short = ScoreJob(letters("sysab"), 3, conts=[letters("c"), letters("cdefgh")])  # a multi-token continuation
+        long = ScoreJob(letters("sys" + "q" * 150), 3, conts=[letters("a")])
+        sched.submit(short)
+        sched.submit(long)
+        ctx.gate.set()
+        assert short.done.wait(5) and long.done.wait(5)
+        assert short.error is None and long.error is None, (short.error, long.error)
+    finally:
+        sched.close()
+    assert max(len(b) for b in ctx.batches) == ctx.n_batch  # the long prompt filled steps, never past the limit
 
 
 def test_new_prompts_are_prefilled_in_chunks_while_others_stream(sched: Scheduler, ctx: FakeContext) -> None:

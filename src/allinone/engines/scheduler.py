@@ -459,7 +459,7 @@ class Scheduler:
                 break
             if sjob.totals is None:
                 before = len(items)
-                self._add_prompt(sjob, scoring, add)
+                self._add_prompt(sjob, min(budget, scoring), add)  # a continuation may have taken some budget
                 scoring -= len(items) - before
             else:
                 cont = sjob.conts[sjob.pending[0]][:-1]
