@@ -457,10 +457,8 @@ class Scheduler:
         for sjob in (j for j in self._active if isinstance(j, ScoreJob)):
             if budget <= 0 or scoring <= 0:
                 break
-            if sjob.totals is None:
-                before = len(items)
-                self._add_prompt(sjob, min(budget, scoring), add)  # a continuation may have taken some budget
-                scoring -= len(items) - before
+            if sjob.totals is None:  # a continuation may have taken some of the budget
+                scoring -= self._add_prompt(sjob, min(budget, scoring), add)
             else:
                 cont = sjob.conts[sjob.pending[0]][:-1]
                 if len(cont) <= budget:
@@ -468,17 +466,17 @@ class Scheduler:
         prefill = min(budget, self.prefill_chunk) if streaming else budget
         for job in gens:
             if job.token is None and prefill > 0:
-                before = len(items)
-                self._add_prompt(job, prefill, add)
-                prefill -= len(items) - before
+                prefill -= self._add_prompt(job, prefill, add)
         return parts
 
-    def _add_prompt(self, job: Job, budget: int, add: Callable[..., None]) -> None:
+    def _add_prompt(self, job: Job, budget: int, add: Callable[..., None]) -> int:
+        """Add the next chunk of the job's prompt, at most `budget` tokens; how many were added."""
         end = job.n_prefix if job.keep_prefix else len(job.tokens)  # a prefix to keep is computed on its own
         echo = isinstance(job, GenJob) and job.echo
         chunk = job.tokens[job.n_past : min(end, job.n_past + (min(budget, ECHO_CHUNK) if echo else budget))]
         last = job.n_past + len(chunk) == len(job.tokens)
         add(job, chunk, job.n_past, "prompt", lambda i: echo or (last and i == len(chunk) - 1))
+        return len(chunk)
 
     # --- after a decode -----------------------------------------------------------------------------
 
