@@ -30,7 +30,7 @@ import httpx
 
 from allinone.models import resolve_model
 from allinone.settings import Settings
-from serving import rss_mb, wait_healthy
+from serving import metric, rss_mb, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 CLIENTS = 16
@@ -117,7 +117,7 @@ async def busy_seconds(url: str) -> float:
     """The seconds the server's model has spent computing so far (its /metrics counter)."""
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S) as c:
         text = (await c.get("/metrics")).text
-    return float(next(line.split()[1] for line in text.splitlines() if line.startswith(BUSY_METRIC + " ")))
+    return metric(text, BUSY_METRIC)
 
 
 async def drive(url: str, pid: int) -> tuple[list[dict[str, object]], float, float, float]:

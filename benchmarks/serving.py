@@ -1,7 +1,9 @@
-"""Shared by the benchmarks that start a real `allinone serve`: wait until it answers /health, read its RSS."""
+"""Shared by the benchmarks that start a real `allinone serve`: wait until it answers /health, read its RSS and
+its /metrics counters."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -31,3 +33,11 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
+
+
+def metric(text: str, name: str) -> float:
+    """A counter's value in the server's /metrics text (Prometheus exposition format)."""
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    if found is None:
+        raise SystemExit(f"the server's /metrics has no {name}")
+    return float(found.group(1))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from typing import Any
 import httpx
 
 from concurrency import CHAT_MAX_TOKENS, N_CTX, N_THREADS, STREAMS, classify, free_port, full_streams, start
-from serving import wait_healthy
+from serving import metric, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 ROUNDS = 3
@@ -53,11 +52,7 @@ def thread_cpu(pid: int) -> dict[int, float]:
 async def busy_seconds(client: httpx.AsyncClient, url: str) -> tuple[int, float]:
     """The engine's decodes so far and the seconds spent in them, from /metrics."""
     text = (await client.get(f"{url}/metrics")).text
-    steps = re.search(r"^allinone_engine_steps_total (\S+)$", text, re.M)
-    busy = re.search(r"^allinone_engine_busy_seconds_total (\S+)$", text, re.M)
-    if steps is None or busy is None:
-        raise SystemExit("the server's /metrics has no engine steps")
-    return int(float(steps.group(1))), float(busy.group(1))
+    return int(metric(text, "allinone_engine_steps_total")), metric(text, "allinone_engine_busy_seconds_total")
 
 
 async def measure(url: str, pid: int) -> list[dict[str, Any]]:
