@@ -551,12 +551,12 @@ def _looks() -> tuple[int, int]:
 
 
 def accuracy_prose() -> list[Phrase]:
-    r, speed = _json("accuracy")["results"], _json("head_speed")["overall"]
-    on, off = speed["with head"], speed["prompt-only"]
+    r, speed = _json("accuracy")["results"], _json("head_speed")
+    on, off = speed["overall"]["with head"], speed["overall"]["prompt-only"]
     test, dev = r["chnsenticorp_test"], r["chnsenticorp_dev"]
     gains = [r[n]["with_head"] - r[n]["prompt_only"] for n in HELD_OUT_SETS]
     total, ours = _looks()
-    ratio = _json("head_speed")["ratio"]["texts_per_s"]
+    ratio = speed["ratio"]["texts_per_s"]
     earlier = [_pct(x["test"]["with_head"]) for x in _jsonl(RESULTS / "test_looks.jsonl")[:2]]
     return [
         phrase("the head reaches {} on ChnSentiCorp test against {} for label scoring alone ({} and {} on dev)",
