@@ -66,6 +66,13 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[by
         return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
 
 
+def ours_env(home: Path, gguf: Path) -> dict[str, str]:
+    """`allinone serve`'s environment in these runs: the GGUF, the threads and context of the peer, sessions in
+    memory, a queue long enough that no scenario is refused."""
+    env = {"ALLINONE_HOME": str(home), "ALLINONE_MODEL": str(gguf), "ALLINONE_N_THREADS": str(N_THREADS)}
+    return env | {"ALLINONE_SESSION_STORE": "memory", "ALLINONE_MAX_QUEUE": "64", "ALLINONE_N_CTX": str(N_CTX)}
+
+
 # --- requests ------------------------------------------------------------------------------------
 
 
@@ -251,8 +258,7 @@ def main() -> None:
     peer_args += ["-nr"] if cpu_has_amx() else []
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        common = {"ALLINONE_HOME": str(home), "ALLINONE_MODEL": str(gguf), "ALLINONE_N_THREADS": str(N_THREADS)}
-        common |= {"ALLINONE_SESSION_STORE": "memory", "ALLINONE_MAX_QUEUE": "64", "ALLINONE_N_CTX": str(N_CTX)}
+        common = ours_env(home, gguf)
         ours_cmd = [sys.executable, "-m", "allinone", "serve", "--host", "127.0.0.1"]
         procs = {
             "peer": start(

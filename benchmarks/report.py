@@ -31,6 +31,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 EARLIER = RESULTS / "earlier"  # earlier/COMMIT/NAME.json: NAME.json as COMMIT left it, copied byte for byte
 README = ROOT / "README.md"
 HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
+# the serving runs (concurrency.py, load.py) before the ones in the README, kept in earlier/: "the run before"
+RUN_BEFORE = "93980f3"
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -379,7 +381,7 @@ def http_overhead_prose() -> list[Phrase]:
 
 
 def concurrency_prose() -> list[Phrase]:
-    r, earlier = _json("concurrency"), "93980f3"  # the run before
+    r, earlier = _json("concurrency"), RUN_BEFORE
     before = _json_at(earlier, "concurrency")
     knobs, o, p = r["knobs"], r["ours"], r["peer"]
     peer = knobs["peer_args"]
@@ -437,7 +439,12 @@ def engine_config_prose() -> list[Phrase]:
     # the context's default
     default = next(row for row in r["rows"] if row["kv_f16"] and row["flash_attn"] and not row["repack"])
     plain = [row for row in r["rows"] if not row["repack"]]
-    repacked = next(row for row in r["rows"] if row["repack"])
+    repacked = next((row for row in r["rows"] if row["repack"]), None)
+    if repacked is None:  # engine_config.py measures repacking only on CPUs without AMX, where it cannot crash
+        raise SystemExit(
+            "engine_config.json has no repacked row (it was run on an AMX CPU): the README's sentences on repacked "
+            "weights no longer come from a run; rewrite them and engine_config_prose"
+        )
     four = "aggregate_4_streams_tok_s"
     return [
         phrase("(`benchmarks/engine_config.py`, {} dev texts idle, {}-token decodes", r["knobs"]["n_sentiment"],
@@ -457,7 +464,7 @@ def load_prose() -> list[Phrase]:
     r, before = _json("load"), "2e98757"  # the last run before continuous batching
     lat = {row["kind"]: row for row in r["latency"]}
     earlier = {row["kind"]: row for row in _json_at(before, "load")["latency"]}
-    last = {row["kind"]: row for row in _json_at("93980f3", "load")["latency"]}  # the run before this one
+    last = {row["kind"]: row for row in _json_at(RUN_BEFORE, "load")["latency"]}
     growth = r["rss_mb_end"] / r["rss_mb_start"] - 1  # from the RSS figures: rss_growth is rounded to 4 places
     return [
         phrase("(`benchmarks/load.py`: {} clients", r["clients"]),

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from concurrency import CHAT_MAX_TOKENS, N_CTX, N_THREADS, STREAMS, classify, free_port, full_streams, start
+from concurrency import CHAT_MAX_TOKENS, N_THREADS, STREAMS, classify, free_port, full_streams, ours_env, start
 from serving import metric, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
@@ -95,12 +95,7 @@ def main() -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        env = {"ALLINONE_HOME": str(home), "ALLINONE_MODEL": str(gguf), "ALLINONE_N_THREADS": str(N_THREADS)}
-        env |= {
-            "ALLINONE_SESSION_STORE": "memory",
-            "ALLINONE_N_CTX": str(N_CTX),
-            "ALLINONE_LOG_FILE": str(home / "log"),
-        }
+        env = ours_env(home, gguf) | {"ALLINONE_LOG_FILE": str(home / "log")}
         cmd = [sys.executable, "-m", "allinone", "serve", "--host", "127.0.0.1", "--port", str(port)]
         proc = start(cmd, env, home / "server.out")
         try:
