@@ -66,6 +66,24 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[by
         return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
 
 
+def peer_args(gguf: Path) -> list[str]:
+    """llama-server's model and settings: our threads and context, PEER_SLOTS slots, weights repacked only where
+    that cannot crash (CPUs without AMX)."""
+    args = ["-m", str(gguf), "-c", str(N_CTX), "-np", str(PEER_SLOTS), "-t", str(N_THREADS)]
+    return args + (["-nr"] if cpu_has_amx() else [])
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate the servers, killing any that has not exited within 30 s."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def ours_env(home: Path, gguf: Path) -> dict[str, str]:
     """`allinone serve`'s environment in these runs: the GGUF, the threads and context of the peer, sessions in
     memory, a queue long enough that no scenario is refused."""
@@ -254,16 +272,13 @@ def main() -> None:
         texts = [json.loads(line)["text"][:1000] for line, _ in zip(f, range(N_SENTIMENT), strict=False)]
     ports = {name: free_port() for name in ("ours", "peer", "scaleout")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    peer_args = ["-m", str(gguf), "-c", str(N_CTX), "-np", str(PEER_SLOTS), "-t", str(N_THREADS)]
-    peer_args += ["-nr"] if cpu_has_amx() else []
+    peer = peer_args(gguf)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         common = ours_env(home, gguf)
         ours_cmd = [sys.executable, "-m", "allinone", "serve", "--host", "127.0.0.1"]
         procs = {
-            "peer": start(
-                [str(binary), *peer_args, "--host", "127.0.0.1", "--port", str(ports["peer"])], {}, home / "p"
-            ),
+            "peer": start([str(binary), *peer, "--host", "127.0.0.1", "--port", str(ports["peer"])], {}, home / "p"),
             "ours": start(
                 [*ours_cmd, "--port", str(ports["ours"])], {**common, "ALLINONE_LOG_FILE": str(home / "o")}, home / "os"
             ),
@@ -277,17 +292,11 @@ def main() -> None:
             wait_healthy(procs["scaleout"], ports["scaleout"], STARTUP_TIMEOUT_S, 0.5)
             res = asyncio.run(measure(urls, texts))
         finally:
-            for proc in procs.values():
-                proc.terminate()
-            for proc in procs.values():
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(list(procs.values()))
     print(table(res))
     knobs = {"n_sentiment": N_SENTIMENT, "rounds": ROUNDS, "streams": STREAMS, "chat_max_tokens": CHAT_MAX_TOKENS}
     knobs |= {"max_tries": MAX_TRIES}
-    knobs |= {"n_threads": N_THREADS, "n_ctx": N_CTX, "peer_args": peer_args[2:], "machine": platform.processor()}
+    knobs |= {"n_threads": N_THREADS, "n_ctx": N_CTX, "peer_args": peer[2:], "machine": platform.processor()}
     OUT.write_text(json.dumps({"knobs": knobs, **res}, indent=2) + "\n")
 
 

@@ -633,6 +633,18 @@ def probe_cost_prose() -> list[Phrase]:
     ]  # fmt: skip
 
 
+def stream_gap_prose() -> list[Phrase]:
+    r = _json("stream_gap")
+    one, four, step = r["1_streams"], r["4_streams"], r["one_stream_step"]
+    return [
+        phrase("one stream ran at {} of llama-server's speed in process and {} over HTTP, four streams at {} and {}",
+               f"{one['inproc_per_peer']:.2f}", f"{one['http_per_peer']:.2f}", f"{four['inproc_per_peer']:.2f}",
+               f"{four['http_per_peer']:.2f}"),
+        phrase("our `llama_decode` took {} of llama-server's time per generated token, and the whole step {} ms more",
+               f"{step['decode_per_peer_token']:.2f}", f"{step['outside_decode_ms']:.1f}"),
+    ]  # fmt: skip
+
+
 def thread_cpu_prose() -> list[Phrase]:
     m, earlier = _json("thread_cpu")["mean"], "5c8f502"  # the run before callers got their chunks between decodes
     before = _json_at(earlier, "thread_cpu")["mean"]
@@ -689,6 +701,7 @@ PHRASES: dict[str, Callable[[], list[Phrase]]] = {
     "fewshot_domains": fewshot_domains_prose,
     "probe_cost": probe_cost_prose,
     "thread_cpu": thread_cpu_prose,
+    "stream_gap": stream_gap_prose,
     "engines": engines_prose,
 }
 
