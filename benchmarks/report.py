@@ -634,12 +634,16 @@ def probe_cost_prose() -> list[Phrase]:
 
 
 def stream_gap_prose() -> list[Phrase]:
-    r = _json("stream_gap")
-    one, four, step = r["1_streams"], r["4_streams"], r["one_stream_step"]
+    r, before = _json("stream_gap"), _json_at("8dc85d5", "stream_gap")  # its first run
+    step = r["one_stream_step"]
+
+    def split(run: dict[str, Any]) -> list[str]:
+        return [f"{run[f'{n}_streams'][f'{way}_per_peer']:.2f}" for n in (1, 4) for way in ("inproc", "http")]
+
     return [
         phrase("one stream ran at {} of llama-server's speed in process and {} over HTTP, four streams at {} and {}",
-               f"{one['inproc_per_peer']:.2f}", f"{one['http_per_peer']:.2f}", f"{four['inproc_per_peer']:.2f}",
-               f"{four['http_per_peer']:.2f}"),
+               *split(r)),
+        phrase("(its first run: {} and {}, {} and {})", *split(before)),
         phrase("our `llama_decode` took {} of llama-server's time per generated token, and the whole step {} ms more",
                f"{step['decode_per_peer_token']:.2f}", f"{step['outside_decode_ms']:.1f}"),
     ]  # fmt: skip
