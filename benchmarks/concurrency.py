@@ -91,6 +91,21 @@ def ours_env(home: Path, gguf: Path) -> dict[str, str]:
     return env | {"ALLINONE_SESSION_STORE": "memory", "ALLINONE_MAX_QUEUE": "64", "ALLINONE_N_CTX": str(N_CTX)}
 
 
+OURS_CMD = [sys.executable, "-m", "allinone", "serve", "--host", "127.0.0.1"]
+
+
+def start_pair(
+    binary: Path, peer: list[str], gguf: Path, ports: dict[str, int], home: Path
+) -> dict[str, subprocess.Popen[bytes]]:
+    """llama-server (`peer` arguments) on ports["peer"] and `allinone serve` (ours_env, home `home`) on ports["ours"],
+    their output and request log in `home`. Not yet answering: wait_healthy each; stop them with `stop`."""
+    ours = ours_env(home, gguf) | {"ALLINONE_LOG_FILE": str(home / "o")}
+    return {
+        "peer": start([str(binary), *peer, "--host", "127.0.0.1", "--port", str(ports["peer"])], {}, home / "p"),
+        "ours": start([*OURS_CMD, "--port", str(ports["ours"])], ours, home / "os"),
+    }
+
+
 # --- requests ------------------------------------------------------------------------------------
 
 
@@ -275,20 +290,13 @@ def main() -> None:
     peer = peer_args(gguf)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        common = ours_env(home, gguf)
-        ours_cmd = [sys.executable, "-m", "allinone", "serve", "--host", "127.0.0.1"]
-        procs = {
-            "peer": start([str(binary), *peer, "--host", "127.0.0.1", "--port", str(ports["peer"])], {}, home / "p"),
-            "ours": start(
-                [*ours_cmd, "--port", str(ports["ours"])], {**common, "ALLINONE_LOG_FILE": str(home / "o")}, home / "os"
-            ),
-        }
+        procs = start_pair(binary, peer, gguf, ports, home)
         try:
             for name in ("peer", "ours"):
                 wait_healthy(procs[name], ports[name], STARTUP_TIMEOUT_S, 0.5)
-            scaleout = {**common, "ALLINONE_ENGINE": "openai", "ALLINONE_OPENAI_BASE_URL": f"{urls['peer']}/v1"}
-            scaleout |= {"ALLINONE_LOG_FILE": str(home / "scaleout.log")}
-            procs["scaleout"] = start([*ours_cmd, "--port", str(ports["scaleout"])], scaleout, home / "scaleout.out")
+            scaleout = ours_env(home, gguf) | {"ALLINONE_LOG_FILE": str(home / "scaleout.log")}
+            scaleout |= {"ALLINONE_ENGINE": "openai", "ALLINONE_OPENAI_BASE_URL": f"{urls['peer']}/v1"}
+            procs["scaleout"] = start([*OURS_CMD, "--port", str(ports["scaleout"])], scaleout, home / "scaleout.out")
             wait_healthy(procs["scaleout"], ports["scaleout"], STARTUP_TIMEOUT_S, 0.5)
             res = asyncio.run(measure(urls, texts))
         finally:

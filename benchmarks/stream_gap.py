@@ -18,7 +18,6 @@ import asyncio
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -32,37 +31,31 @@ from concurrency import (
     MAX_TRIES,
     N_CTX,
     N_THREADS,
+    STARTUP_TIMEOUT_S,
     STORY,
     free_port,
-    ours_env,
     peer_args,
-    start,
+    start_pair,
     stop,
-    stream_chat,
+    streams,
 )
 from peer import ensure_llama_server
 from serving import wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 ROUNDS = {1: 6, 4: 4}  # rounds per number of streams
-STARTUP_TIMEOUT_S = 300
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "stream_gap.json"
 WAYS = ("peer", "http", "inproc")
 
 
-def summary(runs: list[dict[str, float]], t0: float) -> dict[str, Any]:
-    wall = max(r["end"] for r in runs) - t0
-    return {
-        "aggregate_tok_s": sum(r["tokens"] for r in runs) / wall,
-        "full": all(r["tokens"] == CHAT_MAX_TOKENS for r in runs),
-    }
+def full(tokens: list[int]) -> bool:
+    return all(t == CHAT_MAX_TOKENS for t in tokens)
 
 
 async def over_http(url: str, model: str, n: int, seed: int) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=600) as client:
-        t0 = time.perf_counter()
-        runs = await asyncio.gather(*[stream_chat(client, url, model, seed + i) for i in range(n)])
-    return summary(list(runs), t0)
+        m = await streams(client, url, model, n, seed=seed)
+    return {"aggregate_tok_s": m["aggregate_tok_s"], "full": full(m["tokens"])}
 
 
 class InProcess:
@@ -77,40 +70,38 @@ class InProcess:
         self.engine: Any = TaskService(settings).engine
         self.conversation = Conversation.of([Message(m["role"], m["content"]) for m in STORY])
 
-    def _one(self, seed: int, out: list[dict[str, float]]) -> None:
+    def _one(self, seed: int, tokens: list[int]) -> None:
         from allinone.engines.base import GenParams
 
         params = GenParams(max_tokens=CHAT_MAX_TOKENS, temperature=0.8, seed=seed)
-        run = {"start": time.perf_counter(), "tokens": 0.0}
         for chunk in self.engine.stream(self.conversation, params):
             if chunk.usage is not None:
-                run["tokens"] = chunk.usage.completion_tokens
-        run["end"] = time.perf_counter()
-        out.append(run)
+                tokens.append(chunk.usage.completion_tokens)
 
     def streams(self, n: int, seed: int) -> dict[str, Any]:
-        runs: list[dict[str, float]] = []
-        threads = [threading.Thread(target=self._one, args=(seed + i, runs)) for i in range(n)]
+        """n streams at once, as concurrency.streams measures them: all tokens over the wall time until the last."""
+        tokens: list[int] = []
+        threads = [threading.Thread(target=self._one, args=(seed + i, tokens)) for i in range(n)]
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        return summary(runs, t0)
+        return {"aggregate_tok_s": sum(tokens) / (time.perf_counter() - t0), "full": len(tokens) == n and full(tokens)}
 
     def step_times(self, seed: int) -> dict[str, float]:
         """One stream: wall and `llama_decode` milliseconds per step."""
         from allinone.engines.base import GenParams
 
-        scheduler = self.engine._scheduler
         params = GenParams(max_tokens=CHAT_MAX_TOKENS, temperature=0.8, seed=seed)
         chunks = self.engine.stream(self.conversation, params)
         next(chunks)  # the prompt is computed: from here on, one token a step
-        steps, busy, t0 = scheduler.steps, scheduler.busy_s, time.perf_counter()
+        before, t0 = self.engine.busy(), time.perf_counter()
         for _ in chunks:
             pass
-        n = scheduler.steps - steps
-        return {"wall_ms": 1000 * (time.perf_counter() - t0) / n, "decode_ms": 1000 * (scheduler.busy_s - busy) / n}
+        wall, after = time.perf_counter() - t0, self.engine.busy()
+        n = after.steps - before.steps
+        return {"wall_ms": 1000 * wall / n, "decode_ms": 1000 * (after.seconds - before.seconds) / n}
 
 
 def peer_per_token_ms(url: str, seed: int) -> float:
@@ -201,22 +192,15 @@ def main() -> None:
 
     gguf = resolve_model("default", Settings()).path
     binary = ensure_llama_server()
-    ports = {way: free_port() for way in ("peer", "http")}
-    urls = {way: f"http://127.0.0.1:{port}" for way, port in ports.items()}
+    ports = {name: free_port() for name in ("peer", "ours")}
+    urls = {"peer": f"http://127.0.0.1:{ports['peer']}", "http": f"http://127.0.0.1:{ports['ours']}"}
     peer = peer_args(gguf)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        procs = {
-            "peer": start([str(binary), *peer, "--host", "127.0.0.1", "--port", str(ports["peer"])], {}, home / "p"),
-            "http": start(
-                [sys.executable, "-m", "allinone", "serve", "--host", "127.0.0.1", "--port", str(ports["http"])],
-                ours_env(home / "server", gguf) | {"ALLINONE_LOG_FILE": str(home / "o")},
-                home / "os",
-            ),
-        }
+        procs = start_pair(binary, peer, gguf, ports, home)
         try:
-            for way, proc in procs.items():
-                wait_healthy(proc, ports[way], STARTUP_TIMEOUT_S, 0.5)
+            for name, proc in procs.items():
+                wait_healthy(proc, ports[name], STARTUP_TIMEOUT_S, 0.5)
             res = measure(urls, InProcess(gguf, home / "inproc"))
         finally:
             stop(list(procs.values()))
