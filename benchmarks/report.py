@@ -563,6 +563,13 @@ def chat_sampling_prose() -> list[Phrase]:
     ]  # fmt: skip
 
 
+def model_preference_prose() -> list[Phrase]:
+    return [
+        phrase("prefer the 1.5B model's replies to the default's in {} pairs to {} ({} ties)",
+               *_hand_labels("current", "current-1.5b", "held")),
+    ]  # fmt: skip
+
+
 def chat_preference_prose() -> list[Phrase]:
     r = _json("chat_preference_before_vs_current_1")
     before07 = _hand_labels("before", "dry07", "held")
@@ -729,6 +736,7 @@ PHRASES: dict[str, Callable[[], list[Phrase]]] = {
     "chat_quality": chat_quality_prose,
     "chat_sampling": chat_sampling_prose,
     "chat_preference": chat_preference_prose,
+    "model_preference": model_preference_prose,
     "accuracy": accuracy_prose,
     "tune_sentiment": tune_sentiment_prose,
     "head_choice": head_choice_prose,
