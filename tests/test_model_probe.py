@@ -32,6 +32,17 @@ def probed(settings: Settings) -> Iterator[LlamaCppEngine]:
     eng.close()
 
 
+@pytest.fixture(scope="module")
+def gated(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppEngine]:
+    """The same probe behind the C gate (built on first use), as `load_engine` sets it up."""
+    native = tmp_path_factory.mktemp("native")
+    eng = LlamaCppEngine(
+        ensure_default(settings.models_dir), name="default", n_ctx=2048, probe_layer=12, native_dir=native
+    )
+    yield eng
+    eng.close()
+
+
 def _conv(text: str):  # type: ignore[no-untyped-def]
     return conversation(load_tasks()["sentiment"], text)
 
@@ -126,3 +137,21 @@ def test_a_long_text_scored_in_chunks_while_a_reply_streams_gets_the_features_it
     assert np.linalg.norm(a - c) < 0.02 * np.linalg.norm(a)
     p_alone, p_chunked = (1 / (1 + np.exp(s.logprobs[1] - s.logprobs[0])) for s in (alone, chunked))
     assert abs(p_alone - p_chunked) <= 0.06  # the batch-shape tolerance (benchmarks/batching.py)
+
+
+def test_behind_the_c_gate_the_probe_reads_the_same_features_and_only_when_asked(
+    gated: LlamaCppEngine, probed: LlamaCppEngine
+) -> None:
+    assert gated.info.details["probe_callback"] == "native gate"
+    assert probed.info.details["probe_callback"] == "python"
+    for text in (GOOD, BAD):
+        a, b = gated.score(_conv(text), WORDS, hidden=True), probed.score(_conv(text), WORDS, hidden=True)
+        assert a.hidden is not None and b.hidden is not None
+        assert np.allclose(a.hidden, b.hidden, atol=1e-4) and a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    assert gated.score(_conv(GOOD), WORDS).hidden is None
+    # replies decode behind the closed gate: the same text as with the Python callback
+    from allinone.engines import Conversation, GenParams, Message
+
+    params = GenParams(max_tokens=16, temperature=0.0)
+    conv = Conversation.of([Message("user", "写一句关于秋天的话")], 0)
+    assert "".join(c.text for c in gated.stream(conv, params)) == "".join(c.text for c in probed.stream(conv, params))

@@ -73,4 +73,5 @@ def load_engine(settings: Settings, probe_layer: int | None = None) -> Engine:
         n_batch=settings.n_batch,
         parallel=settings.parallel,
         probe_layer=probe_layer,
+        native_dir=settings.home / "native",
     )

@@ -223,6 +223,7 @@ class LlamaCppEngine(Engine):
         kv_f16: bool = True,
         flash_attn: bool = True,
         repack: bool = False,
+        native_dir: Path | None = None,
     ) -> None:
         import llama_cpp as ll
 
@@ -237,7 +238,7 @@ class LlamaCppEngine(Engine):
         if probe_layer is not None:
             n_layer, n_embd = ll.llama_model_n_layer(self._model), ll.llama_model_n_embd(self._model)
             try:
-                probe = Probe(ll, probe_layer, n_layer, n_embd)
+                probe = Probe(ll, probe_layer, n_layer, n_embd, native_dir)
             except ModelError:
                 ll.llama_model_free(self._model)
                 raise
@@ -251,7 +252,7 @@ class LlamaCppEngine(Engine):
         cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cparams.n_threads = cparams.n_threads_batch = n_threads
         if probe is not None:
-            cparams.cb_eval = probe.callback
+            cparams.cb_eval, cparams.cb_eval_user_data = probe.eval_fn, probe.eval_data
         ctx = ll.llama_init_from_model(self._model, cparams)
         if not ctx:
             ll.llama_model_free(self._model)
@@ -271,6 +272,7 @@ class LlamaCppEngine(Engine):
         details |= {"flash_attn": int(flash_attn), "repack": int(repack)}
         if probe_layer is not None:
             details["probe_layer"] = probe_layer if isinstance(probe_layer, int) else str(probe_layer)
+            details["probe_callback"] = "native gate" if probe is not None and probe.native else "python"
         self.info = EngineInfo("llama.cpp", name, self._n_ctx, details)
         self._scheduler = Scheduler(
             self._ctx, parallel=parallel, cache_bytes=cache_mb << 20, prefill_chunk=prefill_chunk

@@ -10,19 +10,44 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
+from . import native
 
 Rows = np.ndarray[Any, np.dtype[np.float32]]
+
+# llama.cpp asks its eval callback about every graph node of every decode. Through ctypes each question takes the
+# GIL, about a thousand times a decode, and waits for it while the server's other threads hold it. This gate
+# answers in C while the probe is off, so llama.cpp computes the whole graph at once, and calls the Python
+# callback only between `start` and `stop`.
+GATE_C = r"""
+#include <stdbool.h>
+#include <stddef.h>
+typedef bool (*eval_cb)(void *tensor, bool ask, void *user_data);
+struct gate { volatile int on; eval_cb python; };
+bool allinone_gate(void *tensor, bool ask, void *user_data) {
+    struct gate *g = (struct gate *)user_data;
+    if (!g->on) return !ask; /* ask: "do you want this tensor?" no; after compute: "continue?" yes */
+    return g->python(tensor, ask, NULL);
+}
+"""
+
+
+class _Gate(ctypes.Structure):
+    _fields_ = [("on", ctypes.c_int), ("python", ctypes.c_void_p)]
 
 
 class Probe:
     """Copies out, during one decode, the hidden state after each of `layers` (a row per token of the batch) and
     the final normed hidden state (`result_norm`: a row per token that outputs logits, in batch order).
 
-    Only installed when a learned head asks for it: the callback runs for every graph node of every decode,
-    which costs a few per cent of speed; between `start` and `stop` it copies the two tensors.
+    Only installed when a learned head asks for it: the callback runs for every graph node of every decode; between
+    `start` and `stop` it copies the two tensors. With `native_dir`, llama.cpp calls a C gate (built there on first
+    use) that passes the questions on to Python only between `start` and `stop`; without it, or with no C compiler,
+    it calls Python for every node, which costs a few per cent of speed.
     """
 
-    def __init__(self, ll: Any, layers: int | Sequence[int], n_layer: int, n_embd: int) -> None:
+    def __init__(
+        self, ll: Any, layers: int | Sequence[int], n_layer: int, n_embd: int, native_dir: Path | None = None
+    ) -> None:
         self.layers = [layers] if isinstance(layers, int) else list(layers)
         for layer in self.layers:
             if not 0 <= layer < n_layer - 1:  # the last layer's output keeps only the rows asked for
@@ -37,6 +62,15 @@ class Probe:
         self._on = False
         self.rows: dict[str, Rows] = {}
         self.callback = ll.ggml_backend_sched_eval_callback(self._eval)  # kept alive with the engine
+        self._gate = _Gate(0, ctypes.cast(self.callback, ctypes.c_void_p).value)
+        gate = native.load("gate", GATE_C, native_dir) if native_dir is not None else None
+        # what the context is given: llama.cpp calls eval_fn(tensor, ask, eval_data)
+        self.eval_fn, self.eval_data = self.callback, None
+        if gate is not None:
+            address = ctypes.cast(gate.allinone_gate, ctypes.c_void_p).value
+            self.eval_fn = ll.ggml_backend_sched_eval_callback(address)
+            self.eval_data = ctypes.cast(ctypes.pointer(self._gate), ctypes.c_void_p)
+        self.native = gate is not None
 
     def _eval(self, tensor: int, ask: bool, _user_data: int) -> bool:
         if not self._on:
@@ -54,6 +88,8 @@ class Probe:
 
     def start(self) -> None:
         self._on, self.rows = True, {}
+        self._gate.on = 1
 
     def stop(self) -> None:
         self._on = False
+        self._gate.on = 0
