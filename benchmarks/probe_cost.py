@@ -1,9 +1,15 @@
-"""What the learned head's probe costs chat streams: two `allinone serve`, heads on and heads off, same model.
+"""What the learned head's probe costs chat streams: three `allinone serve` on the same model, round after round.
 
-With a head (the default), llama.cpp calls the engine's eval callback, a Python function, for every node of every
-decode's graph (~430 on the default model), also in steps that read no hidden state: the callback is fixed when the
-context is created. This runs four full chat streams on one server, then the other, round after round in
-alternating order, and compares the aggregate tokens/s (only ratios are stable on a shared machine).
+With a head (the default), llama.cpp asks the engine's eval callback about every node of every decode's graph
+(~430 on the default model), also in steps that read no hidden state: the callback is fixed when the context is
+created. Servers:
+- `gate`: heads on, the callback behind the C gate (engines/probe.py), which answers in C while no head reads;
+- `python`: heads on, the Python callback for every node (the gate cannot be built: CC names no compiler and the
+  server's ALLINONE_HOME has no built gate);
+- `off`: heads off, no callback.
+Each round runs one full chat stream, then four at once, on each server in turn, the order alternating, and reads
+the aggregate tokens/s and, from each server's /metrics, its time inside llama_decode per step. Only ratios are
+stable on a shared machine: each server against `off` in the same round.
 Run: .venv/bin/python benchmarks/probe_cost.py   (prints a table, writes benchmarks/results/probe_cost.json)
 """
 
@@ -19,29 +25,42 @@ from typing import Any
 
 import httpx
 
-from concurrency import CHAT_MAX_TOKENS, N_CTX, N_THREADS, STREAMS, classify, free_port, full_streams, start
-from serving import wait_healthy
+from concurrency import CHAT_MAX_TOKENS, N_THREADS, STREAMS, classify, free_port, full_streams, ours_env, start, stop
+from serving import metric, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 ROUNDS = 6  # four-stream rounds per server, the order alternating
 STARTUP_TIMEOUT_S = 300
 MODEL = "allinone-chat"
+WIDTHS = {"one": 1, "four": STREAMS}  # streams at once
+SERVERS = {"gate": {}, "python": {"CC": "/nonexistent/cc"}, "off": {"ALLINONE_USE_HEADS": "0"}}  # env of each
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "probe_cost.json"
 
 
-async def measure(urls: dict[str, str]) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {name: [] for name in urls}
+async def decode_ms(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
+    text = (await client.get(f"{url}/metrics")).text
+    return metric(text, "allinone_engine_steps_total"), metric(text, "allinone_engine_busy_seconds_total")
+
+
+async def measure(urls: dict[str, str]) -> dict[str, dict[str, list[float]]]:
+    keys = [f"{n}_{what}" for n in WIDTHS for what in ("tok_s", "decode_ms_per_step")]
+    out: dict[str, dict[str, list[float]]] = {name: {key: [] for key in keys} for name in urls}
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
         for url in urls.values():  # warm: prefixes cached, first decodes done
             await classify(client, url, "房间很干净", True)
             await full_streams(client, url, MODEL, 1, seed=0)
         for r in range(ROUNDS):
             for name in list(urls) if r % 2 == 0 else list(urls)[::-1]:
-                m = await full_streams(client, urls[name], MODEL, STREAMS, seed=100 * r)
-                out[name].append(m["aggregate_tok_s"])
-                print(f"round {r} {name:<9} {m['aggregate_tok_s']:.1f} tok/s", flush=True)
+                for n, streams in WIDTHS.items():
+                    steps, busy = await decode_ms(client, urls[name])
+                    m = await full_streams(client, urls[name], MODEL, streams, seed=100 * r)
+                    steps2, busy2 = await decode_ms(client, urls[name])
+                    out[name][f"{n}_tok_s"].append(m["aggregate_tok_s"])
+                    out[name][f"{n}_decode_ms_per_step"].append(1000 * (busy2 - busy) / (steps2 - steps))
+                    print(f"round {r} {name:<6} {n}: {m['aggregate_tok_s']:.1f} tok/s, decode "
+                          f"{out[name][f'{n}_decode_ms_per_step'][-1]:.1f} ms/step", flush=True)  # fmt: skip
     return out
 
 
@@ -50,14 +69,11 @@ def main() -> None:
     from allinone.settings import Settings
 
     gguf = resolve_model("default", Settings()).path
-    ports = {"heads on": free_port(), "heads off": free_port()}
+    ports = {name: free_port() for name in SERVERS}
     with tempfile.TemporaryDirectory() as tmp:
         home, procs = Path(tmp), {}
         for name, port in ports.items():
-            env = {"ALLINONE_HOME": str(home / name), "ALLINONE_MODEL": str(gguf), "ALLINONE_N_THREADS": str(N_THREADS)}
-            env |= {"ALLINONE_SESSION_STORE": "memory", "ALLINONE_N_CTX": str(N_CTX)}
-            env["ALLINONE_LOG_FILE"] = str(home / f"{name}.log")
-            env["ALLINONE_USE_HEADS"] = "1" if name == "heads on" else "0"
+            env = ours_env(home / name, gguf) | {"ALLINONE_LOG_FILE": str(home / f"{name}.log")} | SERVERS[name]
             cmd = [sys.executable, "-m", "allinone", "serve", "--host", "127.0.0.1", "--port", str(port)]
             procs[name] = start(cmd, env, home / f"{name}.out")
         try:
@@ -65,21 +81,24 @@ def main() -> None:
                 wait_healthy(procs[name], port, STARTUP_TIMEOUT_S, 0.5)
             runs = asyncio.run(measure({name: f"http://127.0.0.1:{port}" for name, port in ports.items()}))
         finally:
-            for proc in procs.values():
-                proc.terminate()
-            for proc in procs.values():
-                proc.wait(30)
-    med = {name: statistics.median(v) for name, v in runs.items()}
+            stop(list(procs.values()))
+    off = runs["off"]
+
+    def per_off(name: str, key: str) -> float:  # the median of each round's ratio to heads off
+        return statistics.median(a / b for a, b in zip(runs[name][key], off[key], strict=True))
+
     result: dict[str, Any] = {
         "knobs": {"rounds": ROUNDS, "streams": STREAMS, "max_tokens": CHAT_MAX_TOKENS, "n_threads": N_THREADS},
-        "aggregate_tok_s": runs,
-        "median_tok_s": med,
-        "ratio_on_off": med["heads on"] / med["heads off"],
-        "rounds_on_slower": sum(a < b for a, b in zip(runs["heads on"], runs["heads off"], strict=True)),
+        "rounds": runs,
+        "median": {name: {key: statistics.median(v) for key, v in run.items()} for name, run in runs.items()},
+        "per_off": {name: {key: per_off(name, key) for key in off} for name in ("gate", "python")},
     }
-    print(f"| four streams, aggregate (median of {ROUNDS}) | heads on | heads off | on / off |")
+    print(f"| medians of {ROUNDS} rounds (ratio to heads off) | gate | python | off |")
     print("|---|---:|---:|---:|")
-    print(f"| tokens/s | {med['heads on']:.1f} | {med['heads off']:.1f} | {result['ratio_on_off']:.3f} |")
+    for key in off:
+        cells = [f"{result['median'][n][key]:.1f}" + (f" ({result['per_off'][n][key]:.3f})" if n != "off" else "")
+                 for n in SERVERS]  # fmt: skip
+        print(f"| {key} | " + " | ".join(cells) + " |")
     OUT.write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -32,7 +32,7 @@ EARLIER = RESULTS / "earlier"  # earlier/COMMIT/NAME.json: NAME.json as COMMIT l
 README = ROOT / "README.md"
 HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs (concurrency.py, load.py) before the ones in the README, kept in earlier/: "the run before"
-RUN_BEFORE = "93980f3"
+RUN_BEFORE = "3cdf8fb"
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -664,9 +664,18 @@ def head_choice_prose() -> list[Phrase]:
 
 def probe_cost_prose() -> list[Phrase]:
     r = _json("probe_cost")
+    gate, python = r["per_off"]["gate"], r["per_off"]["python"]
+
+    def both(key: str) -> list[str]:
+        return [f"{gate[key]:.3f}", f"{python[key]:.3f}"]
+
     return [
-        phrase("heads on and heads off: {} tokens/s against {} ({} of it)", f"{r['median_tok_s']['heads on']:.1f}",
-               f"{r['median_tok_s']['heads off']:.1f}", _pct(r["ratio_on_off"])),
+        phrase("runs chat streams on three servers in {} rounds", r["knobs"]["rounds"]),
+        phrase("time inside `llama_decode` per step was {} of heads off's behind the gate and {} with the Python "
+               "callback with one stream ({} and {} with four)", *both("one_decode_ms_per_step"),
+               *both("four_decode_ms_per_step")),
+        phrase("one stream's speed {} and {}, four streams' aggregate {} and {}", *both("one_tok_s"),
+               *both("four_tok_s")),
     ]  # fmt: skip
 
 

@@ -21,7 +21,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALLINONE_", extra="ignore", validate_default=True)
 
-    home: Path = Field(default_factory=_default_home, description="Cache dir: assembled models, data.")
+    home: Path = Field(
+        default_factory=_default_home, description="Cache dir: assembled models, data, the probe's C gate (native/)."
+    )
     model: str = Field(
         "default", description="Model reference: `default`, `qwen-1.5b`, a .gguf path or hf:ORG/REPO/FILE.gguf."
     )
