@@ -18,18 +18,28 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from concurrency import CHAT_MAX_TOKENS, N_THREADS, STREAMS, classify, free_port, full_streams, ours_env, start, stop
+from concurrency import (
+    CHAT_MAX_TOKENS,
+    N_THREADS,
+    OURS_CMD,
+    STREAMS,
+    classify,
+    free_port,
+    full_streams,
+    ours_env,
+    start,
+    stop,
+)
 from serving import metric, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
-ROUNDS = 6  # four-stream rounds per server, the order alternating
+ROUNDS = 6  # rounds (one stream, then four, on each server), the order alternating
 STARTUP_TIMEOUT_S = 300
 MODEL = "allinone-chat"
 WIDTHS = {"one": 1, "four": STREAMS}  # streams at once
@@ -74,8 +84,7 @@ def main() -> None:
         home, procs = Path(tmp), {}
         for name, port in ports.items():
             env = ours_env(home / name, gguf) | {"ALLINONE_LOG_FILE": str(home / f"{name}.log")} | SERVERS[name]
-            cmd = [sys.executable, "-m", "allinone", "serve", "--host", "127.0.0.1", "--port", str(port)]
-            procs[name] = start(cmd, env, home / f"{name}.out")
+            procs[name] = start([*OURS_CMD, "--port", str(port)], env, home / f"{name}.out")
         try:
             for name, port in ports.items():
                 wait_healthy(procs[name], port, STARTUP_TIMEOUT_S, 0.5)

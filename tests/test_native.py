@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from allinone.engines import native
-from allinone.engines.probe import GATE_C
+from allinone.engines.probe import GATE_C, _Gate
 
 ADD = "int add(int a, int b) { return a + b; }\n"
 
@@ -56,11 +56,7 @@ def test_the_probe_gate_answers_in_c_while_off_and_asks_python_while_on(tmp_path
         return ask  # "yes, I want it" and then "stop"
 
     py = callback(python)
-
-    class Gate(ctypes.Structure):
-        _fields_ = [("on", ctypes.c_int), ("python", ctypes.c_void_p)]
-
-    gate = Gate(0, ctypes.cast(py, ctypes.c_void_p).value)
+    gate = _Gate(0, ctypes.cast(py, ctypes.c_void_p).value)
     fn = callback(ctypes.cast(lib.allinone_gate, ctypes.c_void_p).value)
     data = ctypes.cast(ctypes.pointer(gate), ctypes.c_void_p)
     assert (fn(7, True, data), fn(7, False, data)) == (False, True)  # off: not wanted, go on

@@ -59,10 +59,9 @@ class Probe:
         self._lib, self._n_embd = lib, n_embd
         self._names = {f"l_out-{layer}".encode(): f"layer{layer}" for layer in self.layers}
         self._names[b"result_norm"] = "final"
-        self._on = False
         self.rows: dict[str, Rows] = {}
         self.callback = ll.ggml_backend_sched_eval_callback(self._eval)  # kept alive with the engine
-        self._gate = _Gate(0, ctypes.cast(self.callback, ctypes.c_void_p).value)
+        self._gate = _Gate(0, ctypes.cast(self.callback, ctypes.c_void_p).value)  # on: between start and stop
         gate = native.load("gate", GATE_C, native_dir) if native_dir is not None else None
         # what the context is given: llama.cpp calls eval_fn(tensor, ask, eval_data)
         self.eval_fn, self.eval_data = self.callback, None
@@ -73,7 +72,7 @@ class Probe:
         self.native = gate is not None
 
     def _eval(self, tensor: int, ask: bool, _user_data: int) -> bool:
-        if not self._on:
+        if not self._gate.on:
             return not ask  # ask: "do you want this tensor?" no; after compute: "continue?" yes
         name = self._names.get(self._lib.ggml_get_name(tensor))
         if ask:
@@ -87,9 +86,7 @@ class Probe:
         return True
 
     def start(self) -> None:
-        self._on, self.rows = True, {}
-        self._gate.on = 1
+        self._gate.on, self.rows = 1, {}
 
     def stop(self) -> None:
-        self._on = False
         self._gate.on = 0
