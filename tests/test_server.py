@@ -599,12 +599,13 @@ def test_many_requests_during_a_stream_queue_for_the_model_without_starving_the_
 
 
 class EndlessEngine(LockingEngine):
-    """Streams until closed, holding its lock meanwhile; records that it was closed."""
+    """Streams until closed, holding its lock meanwhile; records that it started and that it was closed."""
 
-    closed = False
+    started = closed = False
 
     def stream(self, prompt: Prompt, params: GenParams) -> Iterator[Chunk]:
         with self.lock:
+            self.started = True
             try:
                 while True:
                     time.sleep(0.01)
@@ -915,12 +916,14 @@ def _post_within(app: Any, seconds: float, path: str, body: dict[str, Any]) -> h
 @pytest.mark.parametrize("path", ["/chat", "/v1/tasks/chat"])
 def test_the_request_timeout_ends_a_generation_with_504_and_frees_the_engine(tmp_path: Path, path: str) -> None:
     engine = EndlessEngine()
-    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", request_timeout=0.3)
+    # long enough for the generation to start on a slow machine: a deadline that passes before the first step
+    # closes a generator that never ran (CI saw that at 0.3 s), which would not test the stop
+    settings = Settings(home=tmp_path, log_file=tmp_path / "requests.log", request_timeout=1.0)
     app = create_app(settings, TaskService(settings, engine))
-    r = _post_within(app, 5, path, {"text": "hi"})
+    r = _post_within(app, 8, path, {"text": "hi"})
     assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
     # the generation stops within a step of the 504: once its lock is free, it has closed
-    assert engine.lock.acquire(timeout=1.0) and engine.closed
+    assert engine.lock.acquire(timeout=1.0) and engine.started and engine.closed
     assert 'allinone_rejected_total{reason="timeout"} 1' in anyio.run(_metrics, app)
 
 
