@@ -31,7 +31,8 @@ from typing import Any
 
 import httpx
 
-from peer import cpu_has_amx, ensure_llama_server
+from allinone.engines.llamacpp import cpu_has_amx
+from peer import ensure_llama_server
 from serving import wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Every configuration is loaded at once (one engine each, same GGUF) and they take turns request by request, so
 the load of a shared machine falls on all of them alike. Per configuration: idle sentiment latency, one
 stream's decode speed, four streams' aggregate speed, and how far label probabilities scored under concurrent
-load (score_batch) move from the same texts scored alone.
+load (score_batch) move from the same texts scored alone, and how far the texts scored alone move from the
+reference configuration's (the one the accuracy figures were measured with).
 Run: .venv/bin/python benchmarks/engine_config.py   (writes benchmarks/results/engine_config.json)
 """
 
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from peer import cpu_has_amx
+from allinone.engines.llamacpp import cpu_has_amx
 
 # --- knobs ---------------------------------------------------------------------------------------
 CONFIGS = {  # name: LlamaCppEngine keyword arguments
@@ -28,6 +29,7 @@ CONFIGS = {  # name: LlamaCppEngine keyword arguments
 # and the first decode then crashes the process (segmentation fault in llama-cpp-python 0.3.36's libggml-cpu).
 if not cpu_has_amx():
     CONFIGS["f16 kv, flash attn, repacked"] = {"kv_f16": True, "flash_attn": True, "repack": True}
+REFERENCE = "f16 kv, flash attn"  # the configuration the accuracy figures were measured with
 N_SENTIMENT = 30  # ChnSentiCorp dev texts for latency
 N_DRIFT = 48  # dev texts scored alone and under load
 DECODE_TOKENS = 64
@@ -85,13 +87,23 @@ def main() -> None:
             one[name].append(decode_rate(e, 1))
             many[name].append(decode_rate(e, STREAMS))
 
+    def compare(ps: list[float], qs: list[float], prefix: str = "") -> dict[str, float]:
+        diffs = [abs(a - b) for a, b in zip(ps, qs, strict=True)]
+        agree = sum((a > 0.5) == (b > 0.5) for a, b in zip(ps, qs, strict=True)) / len(ps)
+        return {
+            f"{prefix}max_abs_dp": max(diffs),
+            f"{prefix}mean_abs_dp": statistics.mean(diffs),
+            f"{prefix}label_agreement": agree,
+        }
+
     drift: dict[str, dict[str, float]] = {}
+    alone: dict[str, list[float]] = {}
     for name, e in engines.items():
-        alone = [p_first(e.score(c, words).logprobs) for c in convs[:N_DRIFT]]
+        alone[name] = [p_first(e.score(c, words).logprobs) for c in convs[:N_DRIFT]]
         loaded = [p_first(s.logprobs) for s in e.score_batch(convs[:N_DRIFT], words)]
-        diffs = [abs(a - b) for a, b in zip(alone, loaded, strict=True)]
-        agree = sum((a > 0.5) == (b > 0.5) for a, b in zip(alone, loaded, strict=True)) / len(alone)
-        drift[name] = {"max_abs_dp": max(diffs), "mean_abs_dp": statistics.mean(diffs), "label_agreement": agree}
+        drift[name] = compare(alone[name], loaded)
+    for name in engines:  # the same texts alone, against the reference configuration alone
+        drift[name] |= compare(alone[REFERENCE], alone[name], "vs_reference_")
 
     rows = []
     for name in engines:
@@ -105,14 +117,19 @@ def main() -> None:
                 **drift[name],
             }
         )
-    print(f"| config | sentiment p50 | 1 stream tok/s | {STREAMS} streams tok/s | max |dp| alone vs loaded | agree |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        f"| config | sentiment p50 | 1 stream tok/s | {STREAMS} streams tok/s | max |dp| alone vs loaded | agree "
+        f"| max |dp| vs {REFERENCE} | agree |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['config']} | {r['sentiment_p50_s']:.3f} s | {r['decode_tok_s']:.1f} | "
-            f"{r[f'aggregate_{STREAMS}_streams_tok_s']:.1f} | {r['max_abs_dp']:.3f} | {r['label_agreement']:.1%} |"
+            f"{r[f'aggregate_{STREAMS}_streams_tok_s']:.1f} | {r['max_abs_dp']:.3f} | {r['label_agreement']:.1%} "
+            f"| {r['vs_reference_max_abs_dp']:.3f} | {r['vs_reference_label_agreement']:.1%} |"
         )
     knobs = {"n_sentiment": N_SENTIMENT, "n_drift": N_DRIFT, "decode_tokens": DECODE_TOKENS, "rounds": ROUNDS}
+    knobs["reference"] = REFERENCE
     knobs["cpu_has_amx"] = cpu_has_amx()
     OUT.write_text(json.dumps({"knobs": knobs, "rows": rows}, indent=2) + "\n")
     for e in engines.values():

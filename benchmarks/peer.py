@@ -48,14 +48,5 @@ def ensure_llama_server() -> Path:
     return binary
 
 
-def cpu_has_amx() -> bool:
-    """llama.cpp repacks Q4_K weights for AMX on such CPUs, and crashes on the first large batch on the machines
-    this was measured on (llama.cpp of llama-cpp-python 0.3.36): the peer then runs without repacking, like ours."""
-    try:
-        return " amx" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 if __name__ == "__main__":
     print(ensure_llama_server())

@@ -83,3 +83,19 @@ def test_scaling_docs_explain_every_engine_setting() -> None:
     missing = [n for n in names if f"ALLINONE_{n.upper()}" not in doc]
     assert not missing, f"engine settings missing from docs/scaling.md: {missing}"
     assert all(f"--engine {e}" in doc for e in ("llamacpp", "transformers", "openai"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "amx", "repack"),
+    [("on", False, True), ("on", True, True), ("off", False, False), ("auto", False, True), ("auto", True, False)],
+)
+def test_repack_setting_repacks_unless_off_or_auto_on_an_amx_cpu(
+    monkeypatch: pytest.MonkeyPatch, mode: str, amx: bool, repack: bool
+) -> None:
+    from allinone.engines import llamacpp
+
+    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: amx)
+    assert llamacpp.repack_weights(mode) is repack
+    assert Settings(repack=mode).repack == mode  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Settings(repack="yes")  # type: ignore[arg-type]

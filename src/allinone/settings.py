@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         description="llama.cpp: replies generated at once (and as many classifications beside them), decoded "
         "together in one batch per step; the context's KV cells (n_ctx) are shared by all of them.",
     )
+    repack: Literal["auto", "on", "off"] = Field(
+        "off",
+        description="llama.cpp: repack the Q4 weights for this CPU's SIMD units at load (llama.cpp's own default); "
+        "`auto` = on, except on CPUs with AMX, where llama-cpp-python 0.3.36 crashes on repacked weights.",
+    )
     batch_size: int = Field(
         1,  # measured: not faster than one at a time on 2 CPU cores (benchmarks/batching.py)
         ge=1,

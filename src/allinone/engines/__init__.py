@@ -61,7 +61,7 @@ def load_engine(settings: Settings, probe_layer: int | None = None) -> Engine:
             n_threads=settings.n_threads,
             probe_layer=probe_layer,
         )
-    from .llamacpp import LlamaCppEngine
+    from .llamacpp import LlamaCppEngine, repack_weights
 
     info = resolve_model(settings.model, settings)
     return LlamaCppEngine(
@@ -72,6 +72,7 @@ def load_engine(settings: Settings, probe_layer: int | None = None) -> Engine:
         n_threads=settings.n_threads,
         n_batch=settings.n_batch,
         parallel=settings.parallel,
+        repack=repack_weights(settings.repack),
         probe_layer=probe_layer,
         native_dir=settings.home / "native",
     )

@@ -29,6 +29,20 @@ _log_callback: Any = None  # keeps the ctypes callback alive
 GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
 
 
+def cpu_has_amx() -> bool:
+    """The CPU has AMX tiles: llama.cpp then repacks Q4_K weights for them, and llama-cpp-python 0.3.36's
+    libggml-cpu crashes on the first large batch (measured on such a machine)."""
+    try:
+        return " amx" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def repack_weights(mode: str) -> bool:
+    """Whether to repack the weights (`use_extra_bufts`) for the `repack` setting: on, off, or auto (on unless AMX)."""
+    return mode == "on" or (mode == "auto" and not cpu_has_amx())
+
+
 def _quiet(ll: Any) -> None:
     """Silence llama.cpp's own logging on stderr; our errors say what went wrong."""
     global _log_callback
