@@ -160,3 +160,24 @@ def test_learned_head_refines_the_same_pass_without_changing_the_prompt_scores(
         assert unprobed.method == "prompt" and unprobed.prompt_probabilities is None
     finally:
         with_head.engine.close()
+
+
+def test_repacked_weights_load_and_answer_like_the_default(service: TaskService, settings: Settings) -> None:
+    from allinone.engines import load_engine
+    from allinone.engines.llamacpp import cpu_has_amx
+
+    if cpu_has_amx():  # repacked weights crash this llama.cpp on AMX CPUs (README, Serving many users)
+        pytest.skip("repacked weights are not tried on a CPU with AMX")
+    assert service.engine.info.details["repack"] == 0  # the default
+    repacked = load_engine(settings.model_copy(update={"repack": "on"}))
+    try:
+        assert repacked.info.details["repack"] == 1
+        other = TaskService(settings, repacked)
+        for text in ["房间很干净，服务也好", "The food was cold and the waiter was rude."]:
+            ours, theirs = service.classify("sentiment", text), other.classify("sentiment", text)
+            assert theirs.label == ours.label  # clear texts: measured up to 0.066 apart on dev (engine_config.py)
+            assert theirs.probabilities == pytest.approx(ours.probabilities, abs=0.1)
+        reply = other.generate("chat", "你好", options={"max_tokens": 8, "temperature": 0})
+        assert reply.text.strip()
+    finally:
+        repacked.close()
