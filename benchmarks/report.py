@@ -690,6 +690,7 @@ def probe_cost_prose() -> list[Phrase]:
 
 def stream_gap_prose() -> list[Phrase]:
     r, before = _json("stream_gap"), _json_at("8dc85d5", "stream_gap")  # its first run
+    ungated = _json_at("3b6669b", "stream_gap")  # the run before the probe's C gate
     step = r["one_stream_step"]
 
     def split(run: dict[str, Any]) -> list[str]:
@@ -698,7 +699,10 @@ def stream_gap_prose() -> list[Phrase]:
     return [
         phrase("one stream ran at {} of llama-server's speed in process and {} over HTTP, four streams at {} and {}",
                *split(r)),
-        phrase("(its first run: {} and {}, {} and {})", *split(before)),
+        phrase("(before the gate: {} and {}, {} and {}; its first run: {} and {}, {} and {})", *split(ungated),
+               *split(before)),
+        phrase("With one stream our whole step now takes about llama-server's time per token ({} in this run)",
+               f"{step['wall_per_peer_token']:.3f}"),
         phrase("our `llama_decode` took {} of llama-server's time per generated token, and the whole step {} ms more",
                f"{step['decode_per_peer_token']:.2f}", f"{step['outside_decode_ms']:.1f}"),
     ]  # fmt: skip
