@@ -90,12 +90,14 @@ def test_scaling_docs_explain_every_engine_setting() -> None:
     [("on", False, True), ("on", True, True), ("off", False, False), ("auto", False, True), ("auto", True, False)],
 )
 def test_repack_setting_repacks_unless_off_or_auto_on_an_amx_cpu(
-    monkeypatch: pytest.MonkeyPatch, mode: str, amx: bool, repack: bool
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, mode: str, amx: bool, repack: bool
 ) -> None:
     from allinone.engines import llamacpp
 
     monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: amx)
-    assert llamacpp.repack_weights(mode) is repack
+    with caplog.at_level("WARNING", logger="allinone.engines.llamacpp"):
+        assert llamacpp.repack_weights(mode) is repack
+    assert ("crashed there" in caplog.text) == (mode == "on" and amx)  # told, not refused: it may work elsewhere
     assert Settings(repack=mode).repack == mode  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Settings(repack="yes")  # type: ignore[arg-type]

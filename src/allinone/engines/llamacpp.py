@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import math
 import secrets
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,7 @@ __all__ = ["LlamaCppEngine"]
 
 _log_callback: Any = None  # keeps the ctypes callback alive
 GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
+log = logging.getLogger(__name__)
 
 
 def cpu_has_amx() -> bool:
@@ -40,6 +42,8 @@ def cpu_has_amx() -> bool:
 
 def repack_weights(mode: str) -> bool:
     """Whether to repack the weights (`use_extra_bufts`) for the `repack` setting: on, off, or auto (on unless AMX)."""
+    if mode == "on" and cpu_has_amx():
+        log.warning("ALLINONE_REPACK=on on a CPU with AMX: llama-cpp-python 0.3.36 has crashed there; use auto or off")
     return mode == "on" or (mode == "auto" and not cpu_has_amx())
 
 
