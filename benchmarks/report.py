@@ -31,9 +31,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 EARLIER = RESULTS / "earlier"  # earlier/COMMIT/NAME.json: NAME.json as COMMIT left it, copied byte for byte
 README = ROOT / "README.md"
 HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
-# the serving runs (concurrency.py, load.py) before the ones in the README, kept in earlier/: "the run before"
-RUN_BEFORE = "3cdf8fb"
-CONCURRENCY_BEFORE = "1a8b1f3"  # concurrency.py ran again on the same serving code: the machine's drift
+# the serving runs before the ones in the README, kept in earlier/: "the run before"
+LOAD_BEFORE = "3cdf8fb"  # load.py
+CONCURRENCY_BEFORE = "1a8b1f3"  # concurrency.py, then run again on the same serving code: the machine's drift
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -474,7 +474,7 @@ def load_prose() -> list[Phrase]:
     r, before = _json("load"), "2e98757"  # the last run before continuous batching
     lat = {row["kind"]: row for row in r["latency"]}
     earlier = {row["kind"]: row for row in _json_at(before, "load")["latency"]}
-    last = {row["kind"]: row for row in _json_at(RUN_BEFORE, "load")["latency"]}
+    last = {row["kind"]: row for row in _json_at(LOAD_BEFORE, "load")["latency"]}
     growth = r["rss_mb_end"] / r["rss_mb_start"] - 1  # from the RSS figures: rss_growth is rounded to 4 places
     return [
         phrase("(`benchmarks/load.py`: {} clients", r["clients"]),
