@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from allinone.engines import Conversation, GenParams, Message
+from allinone.engines import Conversation, GenParams, Message, dry
 from allinone.engines.openai import DEFAULT_CONCURRENCY, OpenAIEngine
 from allinone.errors import EngineError
 
@@ -63,7 +63,11 @@ def test_dry_goes_to_llama_cpps_server_and_not_to_servers_without_it() -> None:
     models = {"data": [{"id": "m"}]}
     params = GenParams(max_tokens=4, dry_multiplier=0.8)
     with fake_server({"/v1/models": (200, models), "/props": (200, {"default_generation_settings": {}})}) as url:
-        assert OpenAIEngine(url)._sampling(params)["dry_multiplier"] == 0.8
+        body = OpenAIEngine(url)._sampling(params)
+    # the local engine's DRY: its look-back, not the server's default (the whole context)
+    assert body["dry_multiplier"] == 0.8 and body["dry_penalty_last_n"] == dry.LAST_N
+    assert body["dry_base"] == dry.BASE and body["dry_allowed_length"] == dry.ALLOWED_LENGTH
+    assert body["dry_sequence_breakers"] == list(dry.BREAKERS)
     with fake_server({"/v1/models": (200, models)}) as url:
         assert "dry_multiplier" not in OpenAIEngine(url)._sampling(params)
 

@@ -12,6 +12,18 @@ BREAKERS = ("\n", ":", '"', "*")  # a repeat does not carry across a token holdi
 _MAX_EXPONENT = 40  # keeps the penalty finite however long the repeat
 
 
+def server_fields(multiplier: float) -> dict[str, object]:
+    """The same DRY as a llama.cpp server's request fields. Given the multiplier alone, the server would use its own
+    look-back (the whole context) instead of LAST_N."""
+    return {
+        "dry_multiplier": multiplier,
+        "dry_base": BASE,
+        "dry_allowed_length": ALLOWED_LENGTH,
+        "dry_penalty_last_n": LAST_N,
+        "dry_sequence_breakers": list(BREAKERS),
+    }
+
+
 def penalties(
     context: Sequence[int], multiplier: float, breakers: Collection[int] = (), last_n: int = LAST_N
 ) -> dict[int, float]:

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import EngineError, ModelError
+from . import dry
 from .base import Chunk, Conversation, Engine, EngineInfo, GenParams, Scores, Slots, TokenLogprob, Usage
 from .stops import StopBuffer
 
@@ -218,7 +219,7 @@ class OpenAIEngine(Engine):
         if params.repeat_penalty != 1.0:
             body["repeat_penalty"] = body["repetition_penalty"] = params.repeat_penalty  # llama.cpp / vLLM names
         if params.dry_multiplier > 0 and self._dry:  # llama.cpp's server has DRY; other servers do not
-            body["dry_multiplier"] = params.dry_multiplier
+            body |= dry.server_fields(params.dry_multiplier)
         return body
 
     def _relay(self, path: str, body: dict[str, Any], params: GenParams) -> Iterator[Chunk]:
