@@ -1,9 +1,11 @@
 """Serving several users: `allinone serve` side by side with llama.cpp's `llama-server` on the same GGUF, one run.
 
-Both servers run at once with the same threads; every scenario runs on one, then the other, round after round,
-so the load of a shared machine falls on both alike (compare the ratios). The peer gets the same prompts: the
-sentiment task's system prompt and examples as a chat completion with `max_tokens: 1` and top logprobs, and the
-same chat messages. A third server, `allinone serve --engine openai` in front of the peer, measures scale-out.
+Both servers run at once with the same threads; every scenario runs on one, then the other, round after round, so
+the load of a shared machine falls on both alike (compare the ratios). The peer gets the same prompts: the sentiment
+task's system prompt and examples as a chat completion with `max_tokens: 1` and top logprobs, and the same chat
+messages with the same sampling: our chat task adds DRY to every chat request (allinone-chat), so the peer's chat
+requests carry the same DRY fields (peer_sampling), and both do the same work per token. A third server, `allinone
+serve --engine openai` in front of the peer, measures scale-out.
 
 Rows: idle sentiment latency; one stream's decode speed; four streams' aggregate speed and time to first token;
 the slowest of three sentiment requests sent 1 s into four streams, and of the same three sent together to the idle
@@ -110,9 +112,21 @@ def start_pair(
 # --- requests ------------------------------------------------------------------------------------
 
 
-async def stream_chat(client: httpx.AsyncClient, url: str, model: str, seed: int) -> dict[str, float]:
-    """One streamed chat completion: when it started, its first token came, it ended, and its token count."""
+def peer_sampling() -> dict[str, Any]:
+    """The DRY that our chat task applies to allinone-chat's requests, as llama-server's request fields."""
+    from allinone.engines import dry
+    from allinone.tasks import load_tasks
+
+    return dry.server_fields(load_tasks()["chat"].generation.dry_multiplier)
+
+
+async def stream_chat(
+    client: httpx.AsyncClient, url: str, model: str, seed: int, extra: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """One streamed chat completion (with `extra` request fields): when it started, its first token came, it ended,
+    and its token count."""
     body = {
+        **(extra or {}),
         "model": model,
         "messages": STORY,
         "max_tokens": CHAT_MAX_TOKENS,
@@ -156,11 +170,17 @@ async def classify(client: httpx.AsyncClient, url: str, text: str, ours: bool) -
 
 
 async def streams(
-    client: httpx.AsyncClient, url: str, model: str, n: int, then: Any = None, seed: int = 0
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    n: int,
+    then: Any = None,
+    seed: int = 0,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """n streams at once (and, 1 s in, `then()`): aggregate tokens/s, each stream's time to first token."""
     t0 = time.perf_counter()
-    tasks = [asyncio.create_task(stream_chat(client, url, model, seed=seed + i)) for i in range(n)]
+    tasks = [asyncio.create_task(stream_chat(client, url, model, seed + i, extra)) for i in range(n)]
     extra = None
     if then is not None:
         await asyncio.sleep(1.0)
@@ -176,12 +196,14 @@ async def streams(
     }
 
 
-async def full_streams(client: httpx.AsyncClient, url: str, model: str, n: int, seed: int) -> dict[str, Any]:
+async def full_streams(
+    client: httpx.AsyncClient, url: str, model: str, n: int, seed: int, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """n streams that all run to CHAT_MAX_TOKENS. A sampled story may end early (one stream of 13 tokens makes four
     streams three), and the two servers draw different stories from the same seed, so a try where a stream ended
     early is run again with the next seeds: every counted row does the same work."""
     for attempt in range(MAX_TRIES):
-        m = await streams(client, url, model, n, seed=seed + attempt * n)
+        m = await streams(client, url, model, n, seed=seed + attempt * n, extra=extra)
         if all(t == CHAT_MAX_TOKENS for t in m["tokens"]):
             break
     m["tries"] = attempt + 1
@@ -204,9 +226,10 @@ async def measure(urls: dict[str, str], texts: list[str]) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         model = {"ours": "allinone-chat", "peer": "default", "scaleout": "allinone-chat"}
+        extra = {"peer": peer_sampling()}  # ours and the scale-out server add the same from the chat task
         for name in ("ours", "peer"):  # warm: prefixes cached, first decodes done
             await classify(client, urls[name], texts[0], name == "ours")
-            await stream_chat(client, urls[name], model[name], seed=0)
+            await stream_chat(client, urls[name], model[name], 0, extra.get(name))
         idle: dict[str, list[float]] = {"ours": [], "peer": []}
         for i, text in enumerate(texts):
             for name in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
@@ -222,9 +245,11 @@ async def measure(urls: dict[str, str], texts: list[str]) -> dict[str, Any]:
         for r in range(ROUNDS):
             pair = ("ours", "peer") if r % 2 == 0 else ("peer", "ours")  # who goes first alternates by round
             for name in pair:
-                one[name].append((await streams(client, urls[name], model[name], 1))["decode_tok_s"][0])
+                m = await streams(client, urls[name], model[name], 1, extra=extra.get(name))
+                one[name].append(m["decode_tok_s"][0])
             for name in (*pair, "scaleout") if r % 2 == 0 else ("scaleout", *pair):
-                many[name].append(await full_streams(client, urls[name], model[name], STREAMS, seed=100 * r))
+                m = await full_streams(client, urls[name], model[name], STREAMS, 100 * r, extra.get(name))
+                many[name].append(m)
             for name in pair:
                 sample = texts[3 * r : 3 * r + 3]
 
@@ -232,7 +257,8 @@ async def measure(urls: dict[str, str], texts: list[str]) -> dict[str, Any]:
                     jobs = [classify(client, urls[name], t, name == "ours") for t in sample]
                     return list(await asyncio.gather(*jobs))
 
-                busy[name].append(max((await streams(client, urls[name], model[name], STREAMS, three))["extra"]))
+                m = await streams(client, urls[name], model[name], STREAMS, three, extra=extra.get(name))
+                busy[name].append(max(m["extra"]))
     med = statistics.median
     out: dict[str, Any] = {}
     for name in ("ours", "peer"):
@@ -304,7 +330,7 @@ def main() -> None:
             stop(list(procs.values()))
     print(table(res))
     knobs = {"n_sentiment": N_SENTIMENT, "rounds": ROUNDS, "streams": STREAMS, "chat_max_tokens": CHAT_MAX_TOKENS}
-    knobs |= {"max_tries": MAX_TRIES}
+    knobs |= {"max_tries": MAX_TRIES, "peer_sampling": peer_sampling()}
     knobs |= {"n_threads": N_THREADS, "n_ctx": N_CTX, "peer_args": peer[2:], "machine": platform.processor()}
     OUT.write_text(json.dumps({"knobs": knobs, **res}, indent=2) + "\n")
 

@@ -33,7 +33,7 @@ README = ROOT / "README.md"
 HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs before the ones in the README, kept in earlier/: "the run before"
 LOAD_BEFORE = "3cdf8fb"  # load.py
-CONCURRENCY_BEFORE = "1a8b1f3"  # concurrency.py, then run again on the same serving code: the machine's drift
+CONCURRENCY_BEFORE = "eeec57f"  # concurrency.py before the peer's chat requests got the chat task's DRY
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -408,6 +408,8 @@ def concurrency_prose() -> list[Phrase]:
                "results file at commit {})", ratio(r, agg), ratio(before, agg), earlier),
         phrase("Idle sentiment ({} of llama-server's time, {} before) and one stream's decode ({}, {} before)",
                ratio(r, idle), ratio(before, idle), ratio(r, one), ratio(before, one)),
+        phrase("the peer's chat requests carry the DRY sampling that our chat task adds to every allinone-chat "
+               "request ({} {}", "dry_multiplier", r["knobs"]["peer_sampling"]["dry_multiplier"]),
         phrase("the scale-out row, which only passes requests on to llama-server ({}, {} before)",
                ratio(r, agg, "scaleout"), ratio(before, agg, "scaleout")),
         phrase("llama-server's own four-stream aggregate was {} tokens/s in this run and {} in the run before",

@@ -3,11 +3,12 @@
 Three ways to run the same chat streams, round after round, the order reversed every other round: llama.cpp's
 `llama-server` over HTTP, `allinone serve` over HTTP (both as concurrency.py starts them), and our engine in this
 process (the same settings as the server, the streams read by threads). One stream and four streams, each to
-CHAT_MAX_TOKENS; rounds in which a stream ended early are not counted (four streams would be three). Ratios are per
-round, against llama-server in the same round, so the machine's drift falls on all three alike.
-For one stream the script also reads how long our steps take in and around `llama_decode`, against llama-server's
-own time per generated token (`timings.predicted_per_token_ms`, non-streamed requests alternating with ours):
-what is left inside the decode is llama.cpp's work as our context is configured, the rest is our step's Python.
+CHAT_MAX_TOKENS, all with the chat task's DRY (concurrency.peer_sampling); rounds in which a stream ended early are
+not counted (four streams would be three). Ratios are per round, against llama-server in the same round, so the
+machine's drift falls on all three alike. For one stream the script also reads how long our steps take in and around
+`llama_decode`, against llama-server's own time per generated token (`timings.predicted_per_token_ms`, non-streamed
+requests alternating with ours): what is left inside the decode is llama.cpp's work as our context is configured,
+the rest is our step's Python.
 
 Run: .venv/bin/python benchmarks/stream_gap.py   (prints a table, writes benchmarks/results/stream_gap.json)
 """
@@ -35,6 +36,7 @@ from concurrency import (
     STORY,
     free_port,
     peer_args,
+    peer_sampling,
     start_pair,
     stop,
     streams,
@@ -52,9 +54,9 @@ def full(tokens: list[int]) -> bool:
     return all(t == CHAT_MAX_TOKENS for t in tokens)
 
 
-async def over_http(url: str, model: str, n: int, seed: int) -> dict[str, Any]:
+async def over_http(url: str, model: str, n: int, seed: int, extra: dict[str, Any] | None) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=600) as client:
-        m = await streams(client, url, model, n, seed=seed)
+        m = await streams(client, url, model, n, seed=seed, extra=extra)
     return {"aggregate_tok_s": m["aggregate_tok_s"], "full": full(m["tokens"])}
 
 
@@ -69,11 +71,15 @@ class InProcess:
         settings = Settings(home=home, model=str(gguf), n_threads=N_THREADS, n_ctx=N_CTX)
         self.engine: Any = TaskService(settings).engine
         self.conversation = Conversation.of([Message(m["role"], m["content"]) for m in STORY])
+        from allinone.tasks import load_tasks
+
+        g = load_tasks()["chat"].generation  # what allinone-chat samples with, the request's temperature aside
+        self.top_p, self.dry_multiplier = g.top_p, g.dry_multiplier
 
     def _one(self, seed: int, tokens: list[int]) -> None:
         from allinone.engines.base import GenParams
 
-        params = GenParams(max_tokens=CHAT_MAX_TOKENS, temperature=0.8, seed=seed)
+        params = GenParams(CHAT_MAX_TOKENS, 0.8, self.top_p, seed=seed, dry_multiplier=self.dry_multiplier)
         for chunk in self.engine.stream(self.conversation, params):
             if chunk.usage is not None:
                 tokens.append(chunk.usage.completion_tokens)
@@ -93,7 +99,7 @@ class InProcess:
         """One stream: wall and `llama_decode` milliseconds per step."""
         from allinone.engines.base import GenParams
 
-        params = GenParams(max_tokens=CHAT_MAX_TOKENS, temperature=0.8, seed=seed)
+        params = GenParams(CHAT_MAX_TOKENS, 0.8, self.top_p, seed=seed, dry_multiplier=self.dry_multiplier)
         chunks = self.engine.stream(self.conversation, params)
         next(chunks)  # the prompt is computed: from here on, one token a step
         before, t0 = self.engine.busy(), time.perf_counter()
@@ -105,7 +111,7 @@ class InProcess:
 
 
 def peer_per_token_ms(url: str, seed: int) -> float:
-    body = {"messages": STORY, "max_tokens": CHAT_MAX_TOKENS, "temperature": 0.8, "seed": seed}
+    body = {"messages": STORY, "max_tokens": CHAT_MAX_TOKENS, "temperature": 0.8, "seed": seed, **peer_sampling()}
     r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
     assert r.status_code == 200, r.text
     return float(r.json()["timings"]["predicted_per_token_ms"])
@@ -113,11 +119,12 @@ def peer_per_token_ms(url: str, seed: int) -> float:
 
 def measure(urls: dict[str, str], local: InProcess) -> dict[str, Any]:
     model = {"peer": "default", "http": "allinone-chat"}
+    extra = {"peer": peer_sampling()}  # ours adds the same from the chat task
 
     def once(way: str, n: int, seed: int) -> dict[str, Any]:
         if way == "inproc":
             return local.streams(n, seed)
-        return asyncio.run(over_http(urls[way], model[way], n, seed))
+        return asyncio.run(over_http(urls[way], model[way], n, seed, extra.get(way)))
 
     def run(way: str, n: int, seed: int) -> dict[str, Any]:
         """Streams that all run to CHAT_MAX_TOKENS: a try where one ended early is run again with the next seeds."""
