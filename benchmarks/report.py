@@ -694,7 +694,8 @@ def probe_cost_prose() -> list[Phrase]:
 def stream_gap_prose() -> list[Phrase]:
     r, before = _json("stream_gap"), _json_at("8dc85d5", "stream_gap")  # its first run
     ungated = _json_at("3b6669b", "stream_gap")  # the run before the probe's C gate
-    step = r["one_stream_step"]
+    unequal = _json_at("03be5c9", "stream_gap")  # the run before every way sampled with the chat task's DRY
+    step, step_before = r["one_stream_step"], unequal["one_stream_step"]
 
     def split(run: dict[str, Any]) -> list[str]:
         return [f"{run[f'{n}_streams'][f'{way}_per_peer']:.2f}" for n in (1, 4) for way in ("inproc", "http")]
@@ -702,10 +703,10 @@ def stream_gap_prose() -> list[Phrase]:
     return [
         phrase("one stream ran at {} of llama-server's speed in process and {} over HTTP, four streams at {} and {}",
                *split(r)),
-        phrase("(before the gate: {} and {}, {} and {}; its first run: {} and {}, {} and {})", *split(ungated),
-               *split(before)),
-        phrase("With one stream our whole step now takes about llama-server's time per token ({} in this run)",
-               f"{step['wall_per_peer_token']:.3f}"),
+        phrase("(the run before, with DRY on our server alone: {} and {}, {} and {}; before the gate: {} and {}, {} "
+               "and {}; its first run: {} and {}, {} and {})", *split(unequal), *split(ungated), *split(before)),
+        phrase("With one stream our whole step takes {} of llama-server's time per token in this run ({} in the run "
+               "before)", f"{step['wall_per_peer_token']:.3f}", f"{step_before['wall_per_peer_token']:.3f}"),
         phrase("our `llama_decode` took {} of llama-server's time per generated token, and the whole step {} ms more",
                f"{step['decode_per_peer_token']:.2f}", f"{step['outside_decode_ms']:.1f}"),
     ]  # fmt: skip
