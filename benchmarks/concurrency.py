@@ -121,12 +121,12 @@ def peer_sampling() -> dict[str, Any]:
 
 
 async def stream_chat(
-    client: httpx.AsyncClient, url: str, model: str, seed: int, extra: dict[str, Any] | None = None
+    client: httpx.AsyncClient, url: str, model: str, seed: int, fields: dict[str, Any] | None = None
 ) -> dict[str, float]:
-    """One streamed chat completion (with `extra` request fields): when it started, its first token came, it ended,
+    """One streamed chat completion (with more request `fields`): when it started, its first token came, it ended,
     and its token count."""
     body = {
-        **(extra or {}),
+        **(fields or {}),
         "model": model,
         "messages": STORY,
         "max_tokens": CHAT_MAX_TOKENS,
@@ -176,11 +176,11 @@ async def streams(
     n: int,
     then: Any = None,
     seed: int = 0,
-    extra: dict[str, Any] | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """n streams at once (and, 1 s in, `then()`): aggregate tokens/s, each stream's time to first token."""
     t0 = time.perf_counter()
-    tasks = [asyncio.create_task(stream_chat(client, url, model, seed + i, extra)) for i in range(n)]
+    tasks = [asyncio.create_task(stream_chat(client, url, model, seed + i, fields)) for i in range(n)]
     extra = None
     if then is not None:
         await asyncio.sleep(1.0)
@@ -197,13 +197,13 @@ async def streams(
 
 
 async def full_streams(
-    client: httpx.AsyncClient, url: str, model: str, n: int, seed: int, extra: dict[str, Any] | None = None
+    client: httpx.AsyncClient, url: str, model: str, n: int, seed: int, fields: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """n streams that all run to CHAT_MAX_TOKENS. A sampled story may end early (one stream of 13 tokens makes four
     streams three), and the two servers draw different stories from the same seed, so a try where a stream ended
     early is run again with the next seeds: every counted row does the same work."""
     for attempt in range(MAX_TRIES):
-        m = await streams(client, url, model, n, seed=seed + attempt * n, extra=extra)
+        m = await streams(client, url, model, n, seed=seed + attempt * n, fields=fields)
         if all(t == CHAT_MAX_TOKENS for t in m["tokens"]):
             break
     m["tries"] = attempt + 1
@@ -226,10 +226,10 @@ async def measure(urls: dict[str, str], texts: list[str]) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         model = {"ours": "allinone-chat", "peer": "default", "scaleout": "allinone-chat"}
-        extra = {"peer": peer_sampling()}  # ours and the scale-out server add the same from the chat task
+        fields = {"peer": peer_sampling()}  # ours and the scale-out server add the same from the chat task
         for name in ("ours", "peer"):  # warm: prefixes cached, first decodes done
             await classify(client, urls[name], texts[0], name == "ours")
-            await stream_chat(client, urls[name], model[name], 0, extra.get(name))
+            await stream_chat(client, urls[name], model[name], 0, fields.get(name))
         idle: dict[str, list[float]] = {"ours": [], "peer": []}
         for i, text in enumerate(texts):
             for name in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
@@ -245,10 +245,10 @@ async def measure(urls: dict[str, str], texts: list[str]) -> dict[str, Any]:
         for r in range(ROUNDS):
             pair = ("ours", "peer") if r % 2 == 0 else ("peer", "ours")  # who goes first alternates by round
             for name in pair:
-                m = await streams(client, urls[name], model[name], 1, extra=extra.get(name))
+                m = await streams(client, urls[name], model[name], 1, fields=fields.get(name))
                 one[name].append(m["decode_tok_s"][0])
             for name in (*pair, "scaleout") if r % 2 == 0 else ("scaleout", *pair):
-                m = await full_streams(client, urls[name], model[name], STREAMS, 100 * r, extra.get(name))
+                m = await full_streams(client, urls[name], model[name], STREAMS, 100 * r, fields.get(name))
                 many[name].append(m)
             for name in pair:
                 sample = texts[3 * r : 3 * r + 3]
@@ -257,7 +257,7 @@ async def measure(urls: dict[str, str], texts: list[str]) -> dict[str, Any]:
                     jobs = [classify(client, urls[name], t, name == "ours") for t in sample]
                     return list(await asyncio.gather(*jobs))
 
-                m = await streams(client, urls[name], model[name], STREAMS, three, extra=extra.get(name))
+                m = await streams(client, urls[name], model[name], STREAMS, three, fields=fields.get(name))
                 busy[name].append(max(m["extra"]))
     med = statistics.median
     out: dict[str, Any] = {}

@@ -54,9 +54,9 @@ def full(tokens: list[int]) -> bool:
     return all(t == CHAT_MAX_TOKENS for t in tokens)
 
 
-async def over_http(url: str, model: str, n: int, seed: int, extra: dict[str, Any] | None) -> dict[str, Any]:
+async def over_http(url: str, model: str, n: int, seed: int, fields: dict[str, Any] | None) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=600) as client:
-        m = await streams(client, url, model, n, seed=seed, extra=extra)
+        m = await streams(client, url, model, n, seed=seed, fields=fields)
     return {"aggregate_tok_s": m["aggregate_tok_s"], "full": full(m["tokens"])}
 
 
@@ -119,12 +119,12 @@ def peer_per_token_ms(url: str, seed: int) -> float:
 
 def measure(urls: dict[str, str], local: InProcess) -> dict[str, Any]:
     model = {"peer": "default", "http": "allinone-chat"}
-    extra = {"peer": peer_sampling()}  # ours adds the same from the chat task
+    fields = {"peer": peer_sampling()}  # ours adds the same from the chat task
 
     def once(way: str, n: int, seed: int) -> dict[str, Any]:
         if way == "inproc":
             return local.streams(n, seed)
-        return asyncio.run(over_http(urls[way], model[way], n, seed, extra.get(way)))
+        return asyncio.run(over_http(urls[way], model[way], n, seed, fields.get(way)))
 
     def run(way: str, n: int, seed: int) -> dict[str, Any]:
         """Streams that all run to CHAT_MAX_TOKENS: a try where one ended early is run again with the next seeds."""
