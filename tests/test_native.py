@@ -45,22 +45,29 @@ def test_no_compiler_gives_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert native.load("add", ADD, tmp_path) is None
 
 
-def test_the_probe_gate_answers_in_c_while_off_and_asks_python_while_on(tmp_path: Path) -> None:
+def test_the_probe_gate_answers_by_name_in_c_and_calls_python_only_with_wanted_tensors(tmp_path: Path) -> None:
     lib = native.load("gate", GATE_C, tmp_path)
     assert lib is not None
     callback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_bool, ctypes.c_void_p)
-    asked: list[tuple[int, bool]] = []
+    names = {
+        t: ctypes.create_string_buffer(n) for t, n in {7: b"l_out-3", 8: b"attn_norm-3", 9: b"result_norm"}.items()
+    }
+    # fake tensors: the gate asks only their names (ggml_get_name's answer, a char pointer)
+    get_name = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(lambda tensor: ctypes.addressof(names[tensor]))
+    called: list[tuple[int, bool]] = []
 
     def python(tensor: int, ask: bool, _data: int) -> bool:
-        asked.append((tensor, ask))
-        return ask  # "yes, I want it" and then "stop"
+        called.append((tensor, ask))
+        return False  # "stop", so that the test sees Python's answer
 
     py = callback(python)
-    gate = _Gate(0, ctypes.cast(py, ctypes.c_void_p).value)
+    wanted = (ctypes.c_char_p * 2)(b"l_out-3", b"result_norm")
+    gate = _Gate(0, ctypes.cast(py, ctypes.c_void_p).value, ctypes.cast(get_name, ctypes.c_void_p).value, 2, wanted)
     fn = callback(ctypes.cast(lib.allinone_gate, ctypes.c_void_p).value)
     data = ctypes.cast(ctypes.pointer(gate), ctypes.c_void_p)
-    assert (fn(7, True, data), fn(7, False, data)) == (False, True)  # off: not wanted, go on
-    assert asked == []
+    assert (fn(7, True, data), fn(7, False, data)) == (False, True)  # off: nothing wanted, go on
     gate.on = 1
-    assert (fn(8, True, data), fn(8, False, data)) == (True, False)  # on: Python's answers
-    assert asked == [(8, True), (8, False)]
+    assert [fn(t, True, data) for t in (7, 8, 9)] == [True, False, True]  # on: the wanted names, answered in C
+    assert called == []
+    assert fn(9, False, data) is False  # a wanted tensor, computed: Python's answer
+    assert called == [(9, False)]

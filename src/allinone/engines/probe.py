@@ -14,25 +14,38 @@ from . import native
 
 Rows = np.ndarray[Any, np.dtype[np.float32]]
 
-# llama.cpp asks its eval callback about every graph node of every decode. Through ctypes each question takes the
-# GIL, about a thousand times a decode, and waits for it while the server's other threads hold it. This gate
-# answers in C while the probe is off, so llama.cpp computes the whole graph at once, and calls the Python
-# callback only between `start` and `stop`.
+# llama.cpp asks its eval callback about every graph node of every decode ("do you want this tensor?"), and for each
+# one wanted, once computed, hands it over. Through ctypes each call takes the GIL, about a thousand times a decode,
+# and waits for it while the server's other threads hold it. This gate answers the questions in C, by the tensor's
+# name, and calls Python only with the wanted tensors, computed, between `start` and `stop`; while the probe is off,
+# llama.cpp computes the whole graph at once.
 GATE_C = r"""
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 typedef bool (*eval_cb)(void *tensor, bool ask, void *user_data);
-struct gate { volatile int on; eval_cb python; };
+typedef const char *(*name_fn)(const void *tensor);
+struct gate { volatile int on; eval_cb python; name_fn name; int n_wanted; const char **wanted; };
 bool allinone_gate(void *tensor, bool ask, void *user_data) {
     struct gate *g = (struct gate *)user_data;
     if (!g->on) return !ask; /* ask: "do you want this tensor?" no; after compute: "continue?" yes */
-    return g->python(tensor, ask, NULL);
+    if (!ask) return g->python(tensor, ask, NULL); /* a wanted tensor, computed: Python copies it */
+    const char *name = g->name(tensor);
+    for (int i = 0; i < g->n_wanted; i++)
+        if (name != NULL && strcmp(name, g->wanted[i]) == 0) return true;
+    return false;
 }
 """
 
 
 class _Gate(ctypes.Structure):
-    _fields_ = [("on", ctypes.c_int), ("python", ctypes.c_void_p)]
+    _fields_ = [
+        ("on", ctypes.c_int),
+        ("python", ctypes.c_void_p),
+        ("name", ctypes.c_void_p),  # ggml_get_name
+        ("n_wanted", ctypes.c_int),
+        ("wanted", ctypes.POINTER(ctypes.c_char_p)),
+    ]
 
 
 class Probe:
@@ -41,8 +54,8 @@ class Probe:
 
     Only installed when a learned head asks for it: the callback runs for every graph node of every decode; between
     `start` and `stop` it copies the two tensors. With `native_dir`, llama.cpp calls a C gate (built there on first
-    use) that passes the questions on to Python only between `start` and `stop`; without it, or with no C compiler,
-    it calls Python for every node, which costs a few per cent of speed.
+    use) that answers every question in C and calls Python only with the wanted tensors between `start` and `stop`;
+    without it, or with no C compiler, it calls Python for every node, which costs a few per cent of speed.
     """
 
     def __init__(
@@ -61,7 +74,11 @@ class Probe:
         self._names[b"result_norm"] = "final"
         self.rows: dict[str, Rows] = {}
         self.callback = ll.ggml_backend_sched_eval_callback(self._eval)  # kept alive with the engine
-        self._gate = _Gate(0, ctypes.cast(self.callback, ctypes.c_void_p).value)  # on: between start and stop
+        wanted = list(self._names)
+        self._wanted = (ctypes.c_char_p * len(wanted))(*wanted)  # kept alive with the gate that points at it
+        python = ctypes.cast(self.callback, ctypes.c_void_p).value
+        get_name = ctypes.cast(lib.ggml_get_name, ctypes.c_void_p).value
+        self._gate = _Gate(0, python, get_name, len(wanted), self._wanted)  # on: between start and stop
         gate = native.load("gate", GATE_C, native_dir) if native_dir is not None else None
         # what the context is given: llama.cpp calls eval_fn(tensor, ask, eval_data)
         self.eval_fn, self.eval_data = self.callback, None
