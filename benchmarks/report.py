@@ -682,12 +682,14 @@ def probe_cost_prose() -> list[Phrase]:
         return [f"{gate[key]:.3f}", f"{python[key]:.3f}"]
 
     return [
-        phrase("runs chat streams on three servers in {} rounds", r["knobs"]["rounds"]),
+        phrase("runs chat streams and sentiment requests on three servers in {} rounds", r["knobs"]["rounds"]),
         phrase("time inside `llama_decode` per step was {} of heads off's behind the gate and {} with the Python "
                "callback with one stream ({} and {} with four)", *both("one_decode_ms_per_step"),
                *both("four_decode_ms_per_step")),
         phrase("one stream's speed {} and {}, four streams' aggregate {} and {}", *both("one_tok_s"),
                *both("four_tok_s")),
+        phrase("sentiment, {} texts a round, {} and {} of heads off's time inside `llama_decode` per text",
+               r["knobs"]["n_sentiment"], *both("sentiment_ms_per_text")),
     ]  # fmt: skip
 
 
