@@ -112,6 +112,12 @@ def start_pair(
 # --- requests ------------------------------------------------------------------------------------
 
 
+def dev_texts(n: int) -> list[str]:
+    """The first n ChnSentiCorp dev texts, each cut to 1000 characters."""
+    with DATA.open(encoding="utf-8") as f:
+        return [json.loads(line)["text"][:1000] for line, _ in zip(f, range(n), strict=False)]
+
+
 def peer_sampling() -> dict[str, Any]:
     """The DRY that our chat task applies to allinone-chat's requests, as llama-server's request fields."""
     from allinone.engines import dry
@@ -222,11 +228,11 @@ def four_streams(tries: list[dict[str, Any]]) -> dict[str, Any]:
 # --- the run -------------------------------------------------------------------------------------
 
 
-async def measure(urls: dict[str, str], texts: list[str]) -> dict[str, Any]:
+async def measure(urls: dict[str, str], texts: list[str], sampling: dict[str, Any]) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         model = {"ours": "allinone-chat", "peer": "default", "scaleout": "allinone-chat"}
-        fields = {"peer": peer_sampling()}  # ours and the scale-out server add the same from the chat task
+        fields = {"peer": sampling}  # ours and the scale-out server add the same from the chat task
         for name in ("ours", "peer"):  # warm: prefixes cached, first decodes done
             await classify(client, urls[name], texts[0], name == "ours")
             await stream_chat(client, urls[name], model[name], 0, fields.get(name))
@@ -310,8 +316,7 @@ def main() -> None:
 
     gguf = resolve_model("default", Settings()).path
     binary = ensure_llama_server()
-    with DATA.open(encoding="utf-8") as f:
-        texts = [json.loads(line)["text"][:1000] for line, _ in zip(f, range(N_SENTIMENT), strict=False)]
+    texts, sampling = dev_texts(N_SENTIMENT), peer_sampling()
     ports = {name: free_port() for name in ("ours", "peer", "scaleout")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     peer = peer_args(gguf)
@@ -325,12 +330,12 @@ def main() -> None:
             scaleout |= {"ALLINONE_ENGINE": "openai", "ALLINONE_OPENAI_BASE_URL": f"{urls['peer']}/v1"}
             procs["scaleout"] = start([*OURS_CMD, "--port", str(ports["scaleout"])], scaleout, home / "scaleout.out")
             wait_healthy(procs["scaleout"], ports["scaleout"], STARTUP_TIMEOUT_S, 0.5)
-            res = asyncio.run(measure(urls, texts))
+            res = asyncio.run(measure(urls, texts, sampling))
         finally:
             stop(list(procs.values()))
     print(table(res))
     knobs = {"n_sentiment": N_SENTIMENT, "rounds": ROUNDS, "streams": STREAMS, "chat_max_tokens": CHAT_MAX_TOKENS}
-    knobs |= {"max_tries": MAX_TRIES, "peer_sampling": peer_sampling()}
+    knobs |= {"max_tries": MAX_TRIES, "peer_sampling": sampling}
     knobs |= {"n_threads": N_THREADS, "n_ctx": N_CTX, "peer_args": peer[2:], "machine": platform.processor()}
     OUT.write_text(json.dumps({"knobs": knobs, **res}, indent=2) + "\n")
 

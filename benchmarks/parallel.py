@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from concurrency import CHAT_MAX_TOKENS, classify, free_port, stream_chat
+from concurrency import CHAT_MAX_TOKENS, classify, dev_texts, free_port, stream_chat
 from serving import rss_mb, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
@@ -38,7 +38,6 @@ N_THREADS = 2
 STARTUP_TIMEOUT_S = 300
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "chnsenticorp_dev.jsonl"
 OUT = ROOT / "benchmarks" / "results" / "parallel.json"
 
 
@@ -83,8 +82,7 @@ def run(parallel: int, texts: list[str]) -> dict[str, Any]:
 
 
 def main() -> None:
-    with DATA.open(encoding="utf-8") as f:
-        texts = [json.loads(line)["text"][:1000] for line, _ in zip(f, range(1 + USERS), strict=False)]
+    texts = dev_texts(1 + USERS)
     rows = []
     for parallel in SETTINGS:
         rows.append(run(parallel, texts))

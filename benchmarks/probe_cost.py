@@ -28,11 +28,11 @@ import httpx
 
 from concurrency import (
     CHAT_MAX_TOKENS,
-    DATA,
     N_THREADS,
     OURS_CMD,
     STREAMS,
     classify,
+    dev_texts,
     free_port,
     full_streams,
     ours_env,
@@ -90,7 +90,7 @@ def main() -> None:
     from allinone.models import resolve_model
     from allinone.settings import Settings
 
-    gguf = resolve_model("default", Settings()).path
+    gguf, texts = resolve_model("default", Settings()).path, dev_texts(N_SENTIMENT)
     ports = {name: free_port() for name in SERVERS}
     with tempfile.TemporaryDirectory() as tmp:
         home, procs = Path(tmp), {}
@@ -100,8 +100,6 @@ def main() -> None:
         try:
             for name, port in ports.items():
                 wait_healthy(procs[name], port, STARTUP_TIMEOUT_S, 0.5)
-            with DATA.open(encoding="utf-8") as f:
-                texts = [json.loads(line)["text"][:1000] for line, _ in zip(f, range(N_SENTIMENT), strict=False)]
             runs = asyncio.run(measure({name: f"http://127.0.0.1:{port}" for name, port in ports.items()}, texts))
         finally:
             stop(list(procs.values()))

@@ -110,8 +110,8 @@ class InProcess:
         return {"wall_ms": 1000 * wall / n, "decode_ms": 1000 * (after.seconds - before.seconds) / n}
 
 
-def peer_per_token_ms(url: str, seed: int) -> float:
-    body = {"messages": STORY, "max_tokens": CHAT_MAX_TOKENS, "temperature": 0.8, "seed": seed, **peer_sampling()}
+def peer_per_token_ms(url: str, seed: int, fields: dict[str, Any]) -> float:
+    body = {"messages": STORY, "max_tokens": CHAT_MAX_TOKENS, "temperature": 0.8, "seed": seed, **fields}
     r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
     assert r.status_code == 200, r.text
     return float(r.json()["timings"]["predicted_per_token_ms"])
@@ -163,7 +163,7 @@ def measure(urls: dict[str, str], local: InProcess) -> dict[str, Any]:
             if who == "ours":
                 got.update(local.step_times(200 + r))
             else:
-                got["peer_ms"] = peer_per_token_ms(urls["peer"], 200 + r)
+                got["peer_ms"] = peer_per_token_ms(urls["peer"], 200 + r, fields["peer"])
         steps.append(got)
     out["one_stream_step"] = {
         "rounds": steps,
