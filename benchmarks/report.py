@@ -33,7 +33,7 @@ README = ROOT / "README.md"
 HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs before the ones in the README, kept in earlier/: "the run before"
 LOAD_BEFORE = "3cdf8fb"  # load.py
-CONCURRENCY_BEFORE = "eeec57f"  # concurrency.py before the peer's chat requests got the chat task's DRY
+CONCURRENCY_BEFORE = "f4a134c"  # concurrency.py, the first run with the DRY fields on both servers, before the new gate
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
