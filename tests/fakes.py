@@ -37,7 +37,8 @@ class FakeEngine(Engine):
         n_fixed = conversation.n_fixed
         segs = [(Segment(f"<{m.role}>", True), Segment(m.content, False)) for m in conversation.messages]
         flat = [s for pair in segs for s in pair]
-        return Prompt(tuple(flat[: 2 * n_fixed + 1]), (*flat[2 * n_fixed + 1 :], Segment("<assistant>", True)))
+        start = (Segment(conversation.reply_start, False),) if conversation.reply_start else ()
+        return Prompt(tuple(flat[: 2 * n_fixed + 1]), (*flat[2 * n_fixed + 1 :], Segment("<assistant>", True), *start))
 
     def preview(self, conversation: Conversation) -> str:
         return self.render(conversation).text

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from allinone import chat
 from allinone.chat import ChatSession, stream_reply
-from allinone.engines.base import GenParams
+from allinone.engines.base import GenParams, Message
 from allinone.events import Classified, Done, Event, TaskCall, Token
 from allinone.service import TaskService
 from allinone.settings import Settings
@@ -21,7 +21,10 @@ def negative(prompt: str, word: str) -> float:
 
 
 def user_texts(engine: FakeEngine) -> list[str]:
-    return [s.text for s in engine.prompts[-1].suffix if not s.trusted]
+    """The conversation's texts in the last prompt, without a reply start (which follows the generation prompt)."""
+    suffix = engine.prompts[-1].suffix
+    end = max(i for i, s in enumerate(suffix) if s.trusted)
+    return [s.text for s in suffix[:end] if not s.trusted]
 
 
 def test_history_is_kept_across_turns() -> None:
@@ -46,7 +49,8 @@ def test_combined_flow_gives_sentiment_first_and_tags_only_the_model_context() -
     assert isinstance(events[0], Classified) and events[0].result.display == "😡 LLM 情感判断: 负面"
     assert events[0].next_lane == "generate" and isinstance(events[-1], Done)
     assert all(isinstance(e, Token) for e in events[1:-1])
-    assert "".join(e.text for e in events if isinstance(e, Token)) == "抱抱你。"
+    start = TASKS["chat"].reply_start["negative"]["zh"]  # the model continues it
+    assert "".join(e.text for e in events if isinstance(e, Token)) == start + "抱抱你。"
     assert user_texts(engine)[-1] == "[用户情绪：负面] 我好难过"
     assert session.history[0] == {"role": "user", "content": "我好难过"}
 
@@ -111,3 +115,45 @@ def test_the_chat_examples_carry_the_tag_the_combined_flow_puts_before_a_message
         lang = "zh" if cjk_share(text) > 0.5 else "en"
         tags = {chat.SENTIMENT_TAG[lang].format(label=lb.display, label_en=lb.id, text=text) for lb in labels}
         assert ex.input in tags, ex.input
+
+
+def positive(prompt: str, word: str) -> float:
+    return 0.0 if word == "正面" else -5.0
+
+
+def test_a_reply_to_a_negative_message_starts_with_the_tasks_reply_start_in_its_language() -> None:
+    starts = TASKS["chat"].reply_start["negative"]
+    for text, lang, reply in [("我好难过", "zh", "难受。"), ("I failed my exam", "en", " hard.")]:
+        engine, session = FakeEngine(negative), ChatSession()
+        engine.enqueue(reply)
+        events = analyze_and_reply(engine, session, text)
+        tokens = [e.text for e in events if isinstance(e, Token)]
+        assert tokens[0] == starts[lang] and "".join(tokens) == starts[lang] + reply
+        assert engine.prompts[-1].suffix[-1].text == starts[lang] and not engine.prompts[-1].suffix[-1].trusted
+        assert session.history[-1] == {"role": "assistant", "content": starts[lang] + reply}
+        done = events[-1]
+        assert isinstance(done, Done) and done.result.text == starts[lang] + reply
+
+
+def test_no_reply_start_without_one_for_the_label_without_sentiment_or_on_an_engine_that_cannot_continue() -> None:
+    assert "positive" not in TASKS["chat"].reply_start
+    engine = FakeEngine(positive)
+    list(analyze_and_reply(engine, ChatSession(), "我好开心"))
+    assert engine.prompts[-1].suffix[-1].text == "<assistant>"
+    engine = FakeEngine(negative)
+    list(stream_reply(engine, TASKS["chat"], ChatSession(), "我好难过", GenParams()))  # no sentiment asked for
+    assert engine.prompts[-1].suffix[-1].text == "<assistant>"
+    engine = FakeEngine(negative)
+    engine.continues_reply = False  # the openai engine
+    engine.enqueue("抱抱你。")
+    events = analyze_and_reply(engine, ChatSession(), "我好难过")
+    assert engine.prompts[-1].suffix[-1].text == "<assistant>"
+    assert "".join(e.text for e in events if isinstance(e, Token)) == "抱抱你。"
+
+
+def test_a_callers_own_system_prompt_drops_the_reply_start_with_the_examples() -> None:
+    engine = FakeEngine(negative)
+    messages = [Message("system", "你是一个海盗。"), Message("user", "我好难过")]
+    call = TaskCall("chat", "我好难过", messages=messages, sentiment="sentiment")
+    list(TaskService(Settings(), engine).run(call))
+    assert engine.prompts[-1].suffix[-1].text == "<assistant>"

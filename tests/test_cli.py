@@ -73,7 +73,7 @@ def test_chat_repl_shows_sentiment_then_reply_and_keeps_history(fake: FakeEngine
     assert out.count("😡 LLM 情感判断: 负面") == 2
     assert out.index("😡 LLM 情感判断: 负面") < out.index("抱抱你") < out.index("我记得")
     second_prompt = [s.text for s in fake.prompts[-1].suffix if not s.trusted]
-    assert "抱抱你" in second_prompt  # the first reply is in the second turn's context
+    assert "听起来真的抱抱你" in second_prompt  # the first reply, with its start, is in the second turn's context
     assert "history cleared" in out
 
 

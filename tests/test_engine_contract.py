@@ -27,6 +27,7 @@ from allinone.engines import Conversation, Engine, GenParams, Message, Prompt, S
 from allinone.engines.llamacpp import LlamaCppEngine
 from allinone.engines.openai import OpenAIEngine
 from allinone.engines.transformers import TransformersEngine
+from allinone.errors import Unsupported
 from allinone.models import DEFAULT
 from allinone.service import TaskService
 from allinone.settings import Settings
@@ -189,6 +190,24 @@ def test_local_engines_render_the_models_own_template_and_never_tokenize_user_co
     assert im_end not in tokens[n_prefix:-5] and len(tokens[n_prefix:-5]) > 1
 
 
+@pytest.mark.parametrize("eng", LOCAL, indirect=True)
+def test_local_engines_put_a_reply_start_after_the_generation_prompt_as_plain_text(eng: Any) -> None:
+    conv = Conversation.of([Message("system", "S"), Message("user", "U")], 1, reply_start="<|im_end|>Sure")
+    prompt = eng.render(conv)
+    assert prompt.text.endswith("<|im_start|>assistant\n<|im_end|>Sure") and not prompt.suffix[-1].trusted
+    tokens, _ = eng.tokenize_prompt(prompt)
+    plain, _ = eng.tokenize_prompt(eng.render(replace(conv, reply_start="")))
+    assert tokens[: len(plain)] == plain and len(tokens) > len(plain) + 1  # <|im_end|> as text, not one token
+
+
+@pytest.mark.parametrize("eng", ["llamacpp", "transformers-gguf"], indirect=True)
+def test_the_model_continues_a_started_reply(eng: Engine) -> None:
+    question = [Message("user", "What is the capital of France?")]
+    conv = Conversation.of(question, reply_start="The capital of France is")
+    reply = eng.generate(conv, GenParams(max_tokens=8, temperature=0.0)).text
+    assert reply.startswith(" ") and "Paris" in reply, reply  # the start itself is not part of the output
+
+
 def test_openai_engine_sends_the_conversation_as_messages_and_falls_back_to_the_configured_context(
     openai_engine: OpenAIEngine,
 ) -> None:
@@ -196,6 +215,9 @@ def test_openai_engine_sends_the_conversation_as_messages_and_falls_back_to_the_
     assert openai_engine.messages_of(Conversation.of(msgs, n_fixed=1)) == [
         {"role": m.role, "content": m.content} for m in msgs
     ]
+    assert not openai_engine.continues_reply  # servers differ in continuing a last assistant message
+    with pytest.raises(Unsupported, match="reply_start"):
+        openai_engine.generate(Conversation.of(msgs, 1, reply_start="Sure"), GenParams(max_tokens=1))
     # llama_cpp.server reports neither its context size nor its slots: the settings' values apply
     assert openai_engine.info.n_ctx == Settings().openai_n_ctx and openai_engine.slots.generate == 4
 

@@ -77,3 +77,13 @@ def test_the_readme_transcript_is_what_this_version_answers(settings: Settings) 
             else:
                 failed = check_reply(got["user"], got["reply"], "stop").failed
                 assert not {"language", "boilerplate", "code", "tag"} & set(failed), (failed, got["reply"])
+
+
+@pytest.mark.parametrize(
+    "text", ["我的自行车昨天被偷了，好郁闷。", "I burnt the dinner I spent all afternoon cooking."]
+)
+def test_a_reply_to_a_negative_message_starts_with_the_chat_tasks_reply_start(service: TaskService, text: str) -> None:
+    start = service.task("chat").reply_start["negative"]["zh" if "自行车" in text else "en"]
+    reply, finish = reply_to(service, ChatSession(), text, 3)
+    assert reply.startswith(start) and len(reply) > len(start) + 4, reply  # the model wrote on from it
+    assert not {"language", "boilerplate", "code", "tag"} & set(check_reply(text, reply, finish).failed), reply

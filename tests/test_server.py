@@ -24,10 +24,14 @@ from allinone.errors import ContextOverflow, EngineError
 from allinone.server import create_app
 from allinone.service import TaskService
 from allinone.settings import Settings
+from allinone.tasks import load_tasks
 from tests.fake_serve import fake_server
 from tests.fakes import FakeEngine
 
 LOCAL = "http://127.0.0.1"  # the Host a loopback-bound server answers to
+
+
+START = load_tasks()["chat"].reply_start["negative"]  # how the chat task starts a reply to a negative message
 
 
 def negative(prompt: str, word: str) -> float:
@@ -248,7 +252,7 @@ def test_analyze_and_reply_gives_sentiment_and_reply_in_one_session(client: Test
     engine.enqueue("抱抱你。")
     body = client.post("/v1/analyze_and_reply", json={"text": "我好难过", "session_id": "c-1"}).json()
     assert body["sentiment"]["display"] == "😡 LLM 情感判断: 负面" and body["sentiment"]["sentiment"] == "负面"
-    assert body["reply"] == "抱抱你。" and body["session_id"] == "c-1"
+    assert body["reply"] == START["zh"] + "抱抱你。" and body["session_id"] == "c-1"
     assert body["usage"]["prompt_tokens"] > body["sentiment"]["usage"]["prompt_tokens"]  # both calls counted
     assert body["timing"]["sentiment_ms"] <= body["timing"]["total_ms"]
     assert client.get("/v1/sessions/c-1").json()["turns"][0]["sentiment"] == "负面"
@@ -258,9 +262,9 @@ def test_analyze_and_reply_streams_the_sentiment_first_then_tokens(client: TestC
     engine.enqueue("嗯嗯")
     r = client.post("/v1/analyze_and_reply", json={"text": "我好难过", "stream": True})
     evs = events(r.text)
-    assert [e for e, _ in evs] == ["sentiment", "token", "token", "done"]
+    assert [e for e, _ in evs] == ["sentiment", "token", "token", "token", "done"]
     assert evs[0][1]["display"] == "😡 LLM 情感判断: 负面"
-    assert evs[-1][1]["reply"] == "嗯嗯" and evs[-1][1]["session_id"]
+    assert evs[-1][1]["reply"] == START["zh"] + "嗯嗯" and evs[-1][1]["session_id"]
 
 
 # --- OpenAI-compatible --------------------------------------------------------------------------
@@ -419,7 +423,7 @@ class FailingEngine(FakeEngine):
 def test_an_engine_failure_mid_stream_ends_the_stream_with_an_error_event(tmp_path: Path) -> None:
     with make_client(tmp_path, FailingEngine(negative)) as c:
         evs = events(c.post("/v1/analyze_and_reply", json={"text": "hi", "stream": True}).text)
-        assert [e for e, _ in evs] == ["sentiment", "token", "error"]
+        assert [e for e, _ in evs] == ["sentiment", "token", "token", "error"]  # the reply's start, "part"
         assert evs[-1][1]["error"]["type"] == "engine_error"
         openai = events(c.post("/v1/chat/completions", json=chat_body("chat", stream=True)).text)
         assert openai[-1][1]["error"]["type"] == "engine_error"
@@ -557,7 +561,7 @@ def test_stream_log_line_is_written_when_the_stream_ends(
     engine.enqueue("流式回复")
     client.post("/v1/analyze_and_reply", json={"text": "我好难过", "stream": True})
     line = log_lines(tmp_path, client.app)[-1]
-    assert line["task"] == "analyze_and_reply" and line["output"] == "negative | 流式回复"
+    assert line["task"] == "analyze_and_reply" and line["output"] == f"negative | {START['zh']}流式回复"
     assert line["completion_tokens"] == 4 and line["first_token_ms"] is not None
 
 

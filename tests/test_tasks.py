@@ -63,6 +63,16 @@ def test_classify_task_needs_two_labels_and_known_example_labels(tmp_path: Path)
         load_task_file(write(tmp_path, "mood", GOOD + "examples:\n  - {input: x, output: sideways}\n"))
 
 
+def test_reply_start_is_for_generate_tasks_and_names_a_language(tmp_path: Path) -> None:
+    with pytest.raises(TaskDefinitionError, match="reply_start only apply to generate tasks"):
+        load_task_file(write(tmp_path, "mood", GOOD + "reply_start: {down: {en: Sorry}}\n"))
+    chat = GOOD.replace("kind: classify", "kind: generate").split("labels:")[0]
+    with pytest.raises(TaskDefinitionError, match=r"key 'reply_start\.down\.fr.*'zh' or 'en'"):
+        load_task_file(write(tmp_path, "mood", chat + "reply_start: {down: {fr: Désolé}}\n"))
+    task = load_task_file(write(tmp_path, "mood", chat + "reply_start: {down: {zh: 抱歉, en: Sorry}}\n"))
+    assert task.reply_start == {"down": {"zh": "抱歉", "en": "Sorry"}}
+
+
 def test_input_template_must_hold_the_text(tmp_path: Path) -> None:
     with pytest.raises(TaskDefinitionError, match=r"key 'input_template'.*\{text\}"):
         load_task_file(write(tmp_path, "mood", GOOD + "input_template: 'no slot'\n"))

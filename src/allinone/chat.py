@@ -12,7 +12,7 @@ from .engines.base import Chunk, Conversation, Engine, GenParams, Message
 from .errors import InvalidInput
 from .tasks import Task, cjk_share
 
-__all__ = ["ChatSession", "Turn", "split_messages", "stream_reply"]
+__all__ = ["ChatSession", "Turn", "reply_start", "split_messages", "stream_reply"]
 
 # How the combined flow shows the detected sentiment to the model, in the message's language ({label}: the
 # sentiment task's display text, {label_en}: its English word, {text}: the message). The chat task's examples
@@ -108,6 +108,14 @@ def fit_history(engine: Engine, task: Task, history: list[Turn], user: Turn, bud
     return history[first:]
 
 
+def reply_start(engine: Engine, task: Task, label: str | None, text: str) -> str:
+    """The words the reply to a message whose detected sentiment is `label` (a label id) starts with, in the
+    message's language: the task's `reply_start`; "" without one or where the engine cannot continue a reply."""
+    if label is None or not engine.continues_reply:
+        return ""
+    return task.reply_start.get(label, {}).get("zh" if _chinese(text) else "en", "")
+
+
 def stream_reply(
     engine: Engine,
     task: Task,
@@ -115,8 +123,11 @@ def stream_reply(
     text: str,
     params: GenParams,
     sentiment: str | None = None,
+    label: str | None = None,
 ) -> Iterator[Chunk]:
     """Stream the assistant's reply; the turn pair is added to the history once the reply is complete.
+    `sentiment` is the detected sentiment's display text, shown to the model in the tag; `label` its label id,
+    which chooses the task's `reply_start`: the first chunk, and part of the reply kept in the history.
     The last chunk says whether the input was cut and how many old turns were left out to fit the context."""
     if task.kind != "generate":
         raise InvalidInput(f"task '{task.name}' is not a generate task")
@@ -126,8 +137,11 @@ def stream_reply(
     n_ctx = engine.info.n_ctx
     kept = fit_history(engine, task, history, user, n_ctx - min(params.max_tokens, n_ctx // 4)) if history else []
     messages, n_fixed = model_messages(task, [*kept, user])
-    parts = []
-    for chunk in engine.stream(Conversation.of(messages, n_fixed), params):
+    start = reply_start(engine, task, label, text)
+    parts = [start]
+    if start:
+        yield Chunk(start)
+    for chunk in engine.stream(Conversation.of(messages, n_fixed, start), params):
         parts.append(chunk.text)
         if chunk.finish_reason is not None:
             chunk = replace(chunk, truncated=truncated, trimmed_turns=len(history) - len(kept))

@@ -124,14 +124,14 @@ class TaskService:
             return
         task, params, chosen = self._prepare(task, text, options, call.schema)
         if system is not None:  # the caller's own system prompt replaces the task's, and its examples
-            task = task.model_copy(update={"system": system, "examples": []})
-        tag = None
+            task = task.model_copy(update={"system": system, "examples": [], "reply_start": {}})
+        tag = label = None
         if call.sentiment:
             sentiment = classify(self.engine, self.task(call.sentiment, "classify"), text, self.settings.use_heads)
             yield Classified(sentiment, next_lane="generate")
-            tag = self.task(call.sentiment).label(sentiment.label).display
+            tag, label = self.task(call.sentiment).label(sentiment.label).display, sentiment.label
         session = call.session if call.session is not None else ChatSession(turns=turns)
-        chunks = stream_reply(self.engine, task, session, text, params, tag)
+        chunks = stream_reply(self.engine, task, session, text, params, tag, label)
         max_chars = task.generation.max_chars if task.generation else None
         chunks = limit_stream(chunks, max_chars) if max_chars is not None else chunks
         yield from self._reply(task, chunks, chosen, call.schema)

@@ -22,14 +22,17 @@ class Message:
 @dataclass(frozen=True)
 class Conversation:
     """What a task hands an engine: messages, the first `n_fixed` of which are the task's fixed prefix (system
-    prompt, few-shot examples), the same for every request of the task, so engines keep it cached."""
+    prompt, few-shot examples), the same for every request of the task, so engines keep it cached; and the words
+    the assistant's reply starts with (`reply_start`: the model writes what follows; only where the engine
+    `continues_reply`)."""
 
     messages: tuple[Message, ...]
     n_fixed: int = 0
+    reply_start: str = ""
 
     @classmethod
-    def of(cls, messages: Sequence[Message], n_fixed: int = 0) -> Conversation:
-        return cls(tuple(messages), n_fixed)
+    def of(cls, messages: Sequence[Message], n_fixed: int = 0, reply_start: str = "") -> Conversation:
+        return cls(tuple(messages), n_fixed, reply_start)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class Engine(ABC):
     # when probe_layer is L, by the mean over the prompt's own tokens (after the cached task prefix) of the
     # hidden state after transformer layer L (0-based). A learned head says which one it was trained on.
     probe_layer: int | tuple[int, ...] | None = None  # a tuple (llama.cpp): each layer's mean in turn
+    continues_reply: bool = True  # whether `stream` takes a Conversation.reply_start (it renders the prompt itself)
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:

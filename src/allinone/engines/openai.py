@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import EngineError, ModelError
+from ..errors import EngineError, ModelError, Unsupported
 from . import dry
 from .base import Chunk, Conversation, Engine, EngineInfo, GenParams, Scores, Slots, TokenLogprob, Usage
 from .stops import StopBuffer
@@ -36,7 +36,12 @@ class OpenAIEngine(Engine):
     Concurrency: up to `concurrency` requests at once (`slots`); 0 asks the server (llama.cpp's server says how
     many slots it has in /props), else DEFAULT_CONCURRENCY. The context size comes from the server too (vLLM's
     `max_model_len`, llama.cpp's `n_ctx`), else `n_ctx`: chat history is trimmed to fit it.
+
+    A reply cannot be started for the model (`continues_reply`): servers differ in whether and how they continue
+    a last assistant message, so a chat task's `reply_start` is left out here.
     """
+
+    continues_reply = False
 
     def __init__(
         self,
@@ -173,6 +178,8 @@ class OpenAIEngine(Engine):
 
     def stream(self, conversation: Conversation, params: GenParams) -> Iterator[Chunk]:
         """Pass the server's stream through (stop strings also applied here, past the API's four)."""
+        if conversation.reply_start:
+            raise Unsupported("the openai engine cannot continue a started reply (reply_start)")
         body = {"messages": self.messages_of(conversation), **self._sampling(params)}
         if params.logprobs is not None:
             body |= {"logprobs": True, "top_logprobs": params.logprobs}

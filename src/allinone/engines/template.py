@@ -38,19 +38,21 @@ class ChatTemplate:
         )
         return out
 
-    def render(self, messages: Sequence[Message], n_fixed: int) -> Prompt:
-        """Render to segments; everything before the content of message `n_fixed` is the prefix.
+    def render(self, messages: Sequence[Message], n_fixed: int, reply_start: str = "") -> Prompt:
+        """Render to segments; everything before the content of message `n_fixed` is the prefix; `reply_start`
+        (plain text) follows the generation prompt, as the start of the assistant's reply.
 
         Contents are replaced by markers while rendering, so the template's own control tokens are
         known exactly and user text can be tokenized as plain text (no injected `<|im_end|>`).
         """
+        start = (Segment(reply_start, False),) if reply_start else ()
         marked = [{"role": m.role, "content": _MARK.format(i)} for i, m in enumerate(messages)]
         rendered = self._render(marked)
         pieces = _MARK_RE.split(rendered)  # text, index, text, index, ..., text
         indices = [int(i) for i in pieces[1::2]]
         if sorted(indices) != list(range(len(messages))):  # template rewrote contents: no split possible
             full = self._render([{"role": m.role, "content": m.content} for m in messages])
-            return Prompt((), (Segment(full, True),))
+            return Prompt((), (Segment(full, True), *start))
         prefix: list[Segment] = []
         suffix: list[Segment] = []
         target = prefix
@@ -64,4 +66,4 @@ class ChatTemplate:
                 target = suffix
             if messages[i].content:
                 target.append(Segment(messages[i].content, False))
-        return Prompt(tuple(prefix), tuple(suffix))
+        return Prompt(tuple(prefix), (*suffix, *start))

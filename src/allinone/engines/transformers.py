@@ -143,7 +143,7 @@ class TransformersEngine(Engine):
 
     def render(self, conversation: Conversation) -> Prompt:
         """The conversation in the model's own chat template, split into the cacheable prefix and the rest."""
-        return self.template.render(conversation.messages, conversation.n_fixed)
+        return self.template.render(conversation.messages, conversation.n_fixed, conversation.reply_start)
 
     def preview(self, conversation: Conversation) -> str:
         return self.render(conversation).text

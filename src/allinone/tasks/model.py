@@ -183,6 +183,12 @@ class Task(_Strict):
     )
     generation: Generation | None = Field(None, description="Generate only: default generation settings.")
     multi_turn: bool = Field(False, description="Generate tasks only: keeps a conversation history.")
+    reply_start: dict[str, dict[Literal["zh", "en"], str]] = Field(
+        default_factory=dict,
+        description="Generate tasks only: in the combined flow, the words a reply starts with when the message's "
+        "detected sentiment is this label id (e.g. negative), by the message's language (zh, en); the model writes "
+        "the rest. Engines that cannot continue a started reply (openai) leave it out.",
+    )
     output_schema: dict[str, Any] | None = Field(
         None,
         description="Generate tasks only: a JSON Schema (bounded subset) the reply is constrained to; "
@@ -236,8 +242,8 @@ class Task(_Strict):
             unknown = [ex.output for ex in self.examples if ex.output not in ids]
             if unknown:
                 raise ValueError(f"examples name unknown labels {unknown}; declared {ids}")
-            if self.generation is not None or self.multi_turn:
-                raise ValueError("generation / multi_turn only apply to generate tasks")
+            if self.generation is not None or self.multi_turn or self.reply_start:
+                raise ValueError("generation / multi_turn / reply_start only apply to generate tasks")
         else:
             if self.labels is not None or self.calibration is not None or self.head is not None:
                 raise ValueError("labels, calibration and head only apply to classify tasks")
