@@ -2,6 +2,7 @@
 
 Run: ALLINONE_N_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/chat_quality.py [tune|held|all] [NAME]
      [--model REF] [--tasks-dir DIR] [--tag TEMPLATE] [--keep-example-order] [--option KEY=VALUE ...] [--rescore]
+     [--messages main|extra]
 (prints pass rates per check, split and language, and the failures; writes benchmarks/results/chat_quality_NAME.json;
 --rescore checks that file's replies again without the model, after a change to the checks)
 
@@ -35,11 +36,14 @@ TARGETS = {"language": 1.0, "boilerplate": 1.0, "code": 1.0, "all": 0.95}  # hel
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data" / "chat_messages.jsonl"
+# 51 more messages (split `extra`), written later to choose the chat task's reply_start beside the tuning half: a
+# second tuning set, not a held-out one. `--messages extra` runs them
+EXTRA = ROOT / "benchmarks" / "data" / "chat_messages_extra.jsonl"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def load_items(split: str) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+def load_items(split: str, path: Path = DATA) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [r for r in rows if split == "all" or r["split"] == split]
 
 
@@ -70,7 +74,7 @@ def rate(rows: list[dict[str, Any]], check: str) -> float:
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for split in ("tune", "held"):
+    for split in ("tune", "held", "extra"):
         for lang in ("all", "zh", "en"):
             part = [r for r in rows if r["split"] == split and lang in ("all", r["lang"])]
             if part:
@@ -94,6 +98,7 @@ def print_table(result: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("split", nargs="?", default="all", choices=["tune", "held", "all"])
+    ap.add_argument("--messages", choices=["main", "extra"], default="main", help="extra: the second tuning set")
     ap.add_argument("name", nargs="?", default="current", help="result name: chat_quality_NAME.json")
     ap.add_argument("--model", default="default")
     ap.add_argument("--tasks-dir", type=Path, default=None, help="e.g. a dir with another chat.yaml")
@@ -108,7 +113,7 @@ def main() -> None:
     if args.rescore:
         result = json.loads(out_path.read_text(encoding="utf-8"))
         for r in result["replies"]:
-            r["failed"] = list(check_reply(r["turns"][-1], r["reply"], r["finish_reason"]).failed)
+            r["failed"] = list(check_reply(r["turns"][-1], r["reply"], r["finish_reason"], r["sentiment"]).failed)
         result["summary"] = summary(result["replies"])
         finish(result, out_path)
         return
@@ -121,17 +126,17 @@ def main() -> None:
     service.engine  # noqa: B018 - load before timing
     rows = []
     seeds = [int(s) for s in args.seeds.split(",")]
-    for item in load_items(args.split):
+    for item in load_items(args.split, EXTRA if args.messages == "extra" else DATA):
         for seed in seeds:
             out = converse(service, item["turns"], seed, options)
-            failed = check_reply(item["turns"][-1], out["reply"], out["finish_reason"]).failed
+            failed = check_reply(item["turns"][-1], out["reply"], out["finish_reason"], item["sentiment"]).failed
             rows.append({**item, "seed": seed, **out, "s": round(out["s"], 3), "failed": list(failed)})
     times = sorted(r["s"] for r in rows)
     result = {
         "name": args.name,
         "model": service.engine.info.model,
         "tag": chat.SENTIMENT_TAG,
-        "chat_task": service.task("chat").model_dump(include={"system", "examples", "generation"}),
+        "chat_task": service.task("chat").model_dump(include={"system", "examples", "reply_start", "generation"}),
         "options": options,
         "keep_example_order": args.keep_example_order,
         "seeds": seeds,

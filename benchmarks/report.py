@@ -137,8 +137,9 @@ def warm_start() -> str:
 
 def chat_quality() -> str:
     runs = [("before", _json("chat_quality_before")), ("without DRY", _json("chat_quality_nodry"))]
-    runs += [("DRY, temperature 0.7", _json("chat_quality_dry07")), ("now", _json("chat_quality_current"))]
-    checks = ["language", "boilerplate", "code", "complete", "length", "tag", "repetition", "role", "all"]
+    runs += [("DRY, temperature 0.7", _json("chat_quality_dry07")), ("DRY, temperature 0.4", _json("chat_quality_t04"))]
+    runs += [("start, first English wording", _json("chat_quality_start1")), ("now", _json("chat_quality_current"))]
+    checks = ["language", "boilerplate", "code", "complete", "length", "tag", "repetition", "role", "mood", "all"]
     rows = []
     for split, name in (("tune", "tuning half"), ("held", "held-out half")):
         for label, res in runs:
@@ -532,38 +533,48 @@ def event_loop_prose() -> list[Phrase]:
 
 
 def chat_quality_prose() -> list[Phrase]:
-    r, nodry = _json("chat_quality_current"), _json("chat_quality_nodry")
-    held = r["summary"]["held/all"]
+    r, t04 = _json("chat_quality_current"), _json("chat_quality_t04")
+    held, held04 = r["summary"]["held/all"], t04["summary"]["held/all"]
+    extra, extra04 = (_json(f"chat_quality_extra_{n}")["summary"]["extra/all"] for n in ("current", "t04"))
 
     def failed(res: dict[str, Any]) -> list[list[str]]:
         return [row["failed"] for row in res["replies"] if row["split"] == "held" and row["failed"]]
 
-    before = failed(nodry)
+    now, before = failed(r), failed(t04)
+    first = [row for row in _json("chat_quality_start1")["replies"] if "boilerplate" in row["failed"]]
     return [
-        phrase("{} pass every check against a target of {} ({} replies of {} fail; without DRY {} failed: {} took the "
-               "user's role", _pct(held["all"]), _pct(r["targets_held"]["all"], 0), WORDS[len(failed(r))], held["n"],
-               WORDS[len(before)], WORDS[sum("role" in f for f in before)]),
-        phrase("and {} repeated a sentence until the length limit", WORDS[sum("repetition" in f for f in before)]),
+        phrase("{} pass every check against a target of {} ({} replies of {} fail, {} of them on mood",
+               _pct(held["all"]), _pct(r["targets_held"]["all"], 0), WORDS[len(now)], held["n"],
+               WORDS[sum("mood" in f for f in now)]),
+        phrase("The previous default passed {} of them, {} failing on mood", _pct(held04["all"]),
+               WORDS[sum("mood" in f for f in before)]),
+        phrase("On the extra set, {} of {} replies pass every check now against {} with the previous default (mood: {} "
+               "against {})", _pct(extra["all"]), extra["n"], _pct(extra04["all"]), _pct(extra["mood"]),
+               _pct(extra04["mood"])),
+        phrase("showed {} such refusal", WORDS[len(first)]),
+        phrase("on {} more messages written for the choice",
+               len(_jsonl(ROOT / "benchmarks" / "data" / "chat_messages_extra.jsonl"))),
     ]  # fmt: skip
 
 
-def _hand_labels(a: str, b: str, split: str) -> tuple[int, int, int]:
-    """Our blind labels of configuration b's replies against a's on one half: (b preferred, a preferred, ties)."""
-    halves = {m["id"]: m["split"] for m in _jsonl(ROOT / "benchmarks" / "data" / "chat_messages.jsonl")}
+def _hand_labels(a: str, b: str, split: str, lang: str = "all") -> tuple[int, int, int]:
+    """Our blind labels of configuration b's replies against a's on one half (and language): (b preferred, a
+    preferred, ties)."""
+    halves = {m["id"]: (m["split"], m["lang"]) for m in _jsonl(ROOT / "benchmarks" / "data" / "chat_messages.jsonl")}
     rows = [r for r in _jsonl(ROOT / "benchmarks" / "data" / f"chat_preference_labels_{a}_vs_{b}.jsonl")
-            if halves[r["id"]] == split]  # fmt: skip
+            if halves[r["id"]][0] == split and lang in ("all", halves[r["id"]][1])]  # fmt: skip
     b_wins, ties = sum(r["mine"] == r["b_is"] for r in rows), sum(r["mine"] == "tie" for r in rows)
     return b_wins, len(rows) - b_wins - ties, ties
 
 
 def chat_sampling_prose() -> list[Phrase]:
     t04, t02, held = (
-        _hand_labels("dry07", "current", "tune"),
+        _hand_labels("dry07", "t04", "tune"),
         _hand_labels("dry07", "t02", "tune"),
-        _hand_labels("dry07", "current", "held"),
+        _hand_labels("dry07", "t04", "held"),
     )
     tune, tune07 = (
-        _json("chat_quality_current")["summary"]["tune/all"],
+        _json("chat_quality_t04")["summary"]["tune/all"],
         _json("chat_quality_dry07")["summary"]["tune/all"],
     )
     return [
@@ -571,31 +582,32 @@ def chat_sampling_prose() -> list[Phrase]:
         phrase("and those at 0.2 in {} to {} ({} ties)", *t02),
         phrase("0.4 passes fewer of the checks on the tuning half ({} of replies pass every check, against {})",
                _pct(tune["all"]), _pct(tune07["all"])),
-        phrase("the new replies against those at temperature 0.7, {} to {} with {} ties", *held),
+        phrase("put the replies at 0.4 against those at 0.7 {} to {}, with {} ties", *held),
     ]  # fmt: skip
 
 
 def model_preference_prose() -> list[Phrase]:
     return [
         phrase("prefer the 1.5B model's replies to the default's in {} pairs to {} ({} ties)",
-               *_hand_labels("current", "current-1.5b", "held")),
+               *_hand_labels("t04", "t04-1.5b", "held")),
     ]  # fmt: skip
 
 
 def chat_preference_prose() -> list[Phrase]:
     r = _json("chat_preference_before_vs_current_1")
-    before07 = _hand_labels("before", "dry07", "held")
     judged, hand = r["all"], r["agreement_with_hand_labels"]
-    labelled = len(_jsonl(ROOT / "benchmarks" / "data" / "chat_preference_labels_before_vs_current.jsonl"))  # ties too
     return [
-        phrase("It prefers the new replies in only {} of {} held-out pairs ({}; Chinese {}, English {}), and its two "
-               "orders agree on {} of pairs", judged["b_wins"], judged["pairs"], _pct(judged["b_win_rate"]),
+        phrase("prefer the new replies {} to {}, with {} ties (Chinese {} to {}, English {} to {})",
+               *_hand_labels("before", "current", "held"), *_hand_labels("before", "current", "held", "zh")[:2],
+               *_hand_labels("before", "current", "held", "en")[:2]),
+        phrase("For the previous default, temperature 0.4 without the start: {} to {}, {} ties",
+               *_hand_labels("before", "t04", "held")),
+        phrase("with DRY at temperature 0.7: {} to {}, {} ties", *_hand_labels("before", "dry07", "held")),
+        phrase("prefers the new replies in {} of {} held-out pairs ({}; Chinese {}, English {}), and its two orders "
+               "agree on {} of pairs", judged["b_wins"], judged["pairs"], _pct(judged["b_win_rate"]),
                _pct(r["zh"]["b_win_rate"], 0), _pct(r["en"]["b_win_rate"], 0), _pct(judged["consistent"], 0)),
-        phrase("It agrees with our own blind labels of {} of those pairs", labelled),
-        phrase("on {} of the {} they decide ({})", hand["agree"], hand["compared"], _pct(hand["rate"])),
-        phrase("Our labels prefer the new replies {} to {}, with {} ties.", hand["hand_b_wins"],
-               hand["labelled"] - hand["hand_b_wins"], labelled - hand["labelled"]),
-        phrase("the previous default, with DRY at temperature 0.7: {} to {}, {} ties", *before07),
+        phrase("it agrees with our labels on {} of the {} pairs both decide ({})", hand["agree"], hand["compared"],
+               _pct(hand["rate"])),
     ]  # fmt: skip
 
 
@@ -801,10 +813,10 @@ NOT_MEASURED: dict[str, str] = {
     "prefer the replies at 0.4 to those at 0.7": "the settings compared",
     "and those at 0.2 in": "a setting compared",
     "0.4 passes fewer of the checks": "a setting",
-    "with DRY at temperature 0.7 (the previous default)": "a setting",
-    "For the previous default, with DRY at temperature 0.7": "a setting",
-    "our labels put the new replies against those at temperature 0.7": "a setting",
-    "the tuning half's clear preference for 0.4": "a setting",
+    "with DRY at temperature 0.7, at 0.4 (the previous default)": "settings",
+    "our labels put the replies at 0.4 against those at 0.7": "the settings compared",
+    "For the previous default, temperature 0.4 without the start": "a setting",
+    "an earlier session; with DRY at temperature 0.7": "a setting",
     "`dry_multiplier` 0.8, its usual setting": "a setting",
     "(`mix, ChnSentiCorp ×2`: 4,000)": "the training set's size, sentiment_data.py's knobs",
     "(Q4_K_M, 491 MB)": "the size of the model file",

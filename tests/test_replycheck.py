@@ -118,4 +118,37 @@ def test_echoing_the_topic_in_second_person_is_not_taking_the_role() -> None:
 
 
 def test_every_check_is_named_in_checks() -> None:
-    assert set(CHECKS) == {"language", "boilerplate", "code", "complete", "length", "tag", "repetition", "role"}
+    assert set(CHECKS) == {"language", "boilerplate", "code", "complete", "length", "tag", "repetition", "role", "mood"}
+
+
+@pytest.mark.parametrize(
+    ("message", "sentiment", "reply"),
+    [
+        ("My grandfather passed away last night.", "negative", "Thank you for asking! I'm glad I could help."),
+        ("I got laid off today.", "negative", "You're welcome, that's a great feeling."),
+        ("感冒三天了还没好，喉咙特别疼", "negative", "太好了，你的喉咙疼确实很严重，多喝水，多休息。"),
+        ("My grandfather passed away.", "negative", "That sounds really great, but his death is a big deal for you."),
+        ("我考研上岸了！", "positive", "很遗憾听到这个消息，考研真的很辛苦，好好休息一下吧。"),
+    ],
+)
+def test_an_opening_at_odds_with_the_messages_mood_fails(message: str, sentiment: str, reply: str) -> None:
+    assert check_reply(message, reply, "stop", sentiment).failed == ("mood",)
+
+
+def test_the_mood_check_reads_only_the_first_clause_and_needs_the_messages_sentiment() -> None:
+    grief = "My grandfather passed away last night."
+    kind = "I'm so sorry. He must have been a great man, and you loved him."
+    assert check_reply(grief, kind, "stop", "negative").passed
+    assert check_reply("今天升职加薪了，超级开心！", GOOD_ZH, "stop", "positive").passed
+    thanks = "Thanks a lot! Losing him is hard; be gentle with yourself."  # at odds, but only a mood can say so
+    assert check_reply(grief, thanks).passed and check_reply(grief, thanks, "stop", "neutral").passed
+    assert check_reply(grief, thanks, "stop", "negative").failed == ("mood",)
+
+
+def test_a_negated_cheer_or_thanks_for_confiding_is_not_at_odds_with_bad_news() -> None:
+    for message, reply in [
+        ("我觉得自己在朋友圈里总是被忽略", "被忽略确实很让人不开心。你可以主动约朋友出来聊聊。"),
+        ("My coworker keeps taking credit for my ideas.", "That's not very nice. You could talk to your manager."),
+        ("My grandfather passed away.", "Thank you for telling me, I'm so sorry. Be gentle with yourself."),
+    ]:
+        assert "mood" not in check_reply(message, reply, "stop", "negative").failed, reply

@@ -1,4 +1,4 @@
-"""Objective checks of a chat reply: language, boilerplate, code, completeness, length, tag, loops, role."""
+"""Objective checks of a chat reply: language, boilerplate, code, completeness, length, tag, loops, role, mood."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .tasks import cjk_share
 __all__ = ["CHECKS", "ReplyCheck", "check_reply", "language_of"]
 
 Language = Literal["zh", "en"]
-CHECKS = ("language", "boilerplate", "code", "complete", "length", "tag", "repetition", "role")
+CHECKS = ("language", "boilerplate", "code", "complete", "length", "tag", "repetition", "role", "mood")
 
 LENGTH = {"zh": (10, 220), "en": (6, 160)}  # characters (zh) or words (en) a caring chat reply takes
 _BOILERPLATE = re.compile(
@@ -50,6 +50,24 @@ _END = re.compile(r"[。！？!?.…~～」』”\"')）\]】]\s*$|[\U0001F300-\
 _SENTENCE = re.compile(r"[^。！？!?.\n]+[。！？!?.\n]?")
 _FIRST_PERSON = re.compile(r"\b(?:I|I'm|I've|I'd|I'll|my|me|mine|myself)\b")
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+_FIRST_CLAUSE = re.compile(r"^[^，,。！？!?.;；:：\n]*")
+# What the first clause of a reply must not say, by the message's sentiment: thanks, congratulations, praise or
+# good wishes for bad news ("Thank you for asking!" to a grandfather's death); sympathy for good news
+_AT_ODDS = {
+    "negative": re.compile(
+        r"congrat|thank|welcome|\bglad\b|\bgreat\b|wonderful|awesome|amazing|\bnice\b|\bhappy\b|good (?:job|luck|news)"
+        r"|恭喜|谢谢|感谢|不客气|太好了|太棒|真棒|不错|好消息|开心|高兴|祝贺",
+        re.IGNORECASE,
+    ),
+    "positive": re.compile(r"sorry|oh no|condolence|抱歉|遗憾|难过|节哀|伤心", re.IGNORECASE),
+}
+_NEGATED = re.compile(
+    r"(?:不|没|别|\bnot|n't|\bno)(?:\s+(?:very|so|really|too|that))?\s*$", re.IGNORECASE
+)  # "not nice", 不开心
+_THANKS_FOR_TELLING = re.compile(  # how a listener thanks someone for confiding: fine for bad news
+    r"thanks?(?: you)? for (?:sharing|telling|letting me know|trusting|opening up)|谢谢你?(?:愿意)?(?:告诉|分享|信任)",
+    re.IGNORECASE,
+)
 
 
 def language_of(text: str) -> Language:
@@ -99,6 +117,16 @@ def _takes_users_role(reply: str, message: str, lang: Language) -> bool:
     return len(words) >= 4 and _FIRST_PERSON.search(copied) is not None
 
 
+def _at_odds(reply: str, sentiment: str | None) -> bool:
+    """The reply's first clause answers bad news with thanks or cheer, or good news with sympathy."""
+    pattern = _AT_ODDS.get(sentiment or "")
+    first = _FIRST_CLAUSE.match(reply.strip())
+    if pattern is None or first is None:
+        return False
+    clause = _THANKS_FOR_TELLING.sub("", first.group())
+    return any(not _NEGATED.search(clause[: m.start()]) for m in pattern.finditer(clause))
+
+
 @dataclass(frozen=True)
 class ReplyCheck:
     """Which checks a reply failed (empty: it passed every one)."""
@@ -110,8 +138,11 @@ class ReplyCheck:
         return not self.failed
 
 
-def check_reply(message: str, reply: str, finish_reason: str | None = "stop") -> ReplyCheck:
-    """Run every check of CHECKS on the reply to `message`; `finish_reason` "length" means it was cut."""
+def check_reply(
+    message: str, reply: str, finish_reason: str | None = "stop", sentiment: str | None = None
+) -> ReplyCheck:
+    """Run every check of CHECKS on the reply to `message`; `finish_reason` "length" means it was cut. `sentiment`
+    (positive, negative; None or neutral: no mood check) is the message's own, as whoever wrote it means it."""
     lang = language_of(message)
     low, high = LENGTH[lang]
     results = {
@@ -123,5 +154,6 @@ def check_reply(message: str, reply: str, finish_reason: str | None = "stop") ->
         "tag": _TAG.search(reply) is None,
         "repetition": not _repeats(reply, lang),
         "role": not _takes_users_role(reply, message, lang),
+        "mood": not _at_odds(reply, sentiment),
     }
     return ReplyCheck(tuple(name for name in CHECKS if not results[name]))
