@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from accuracy import HELD_OUT as HELD_OUT_SETS  # the held-out domains, as accuracy.json names them
+from allinone.replycheck import language_of
 from head_choice import HELD_OUT, MAX_DROP, TRAIN  # the same domains, as head_choice.json names them
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -593,10 +594,34 @@ def model_preference_prose() -> list[Phrase]:
     ]  # fmt: skip
 
 
+def _label_split(a: str, b: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Our labels of b against a, on the pairs where b's reply opens with its chat task's reply start, and on those
+    where nothing gives b away (no start, and a's reply in the message's language)."""
+    starts = tuple(
+        w for by_lang in _json(f"chat_quality_{b}")["chat_task"]["reply_start"].values() for w in by_lang.values()
+    )
+    rows = _jsonl(ROOT / "benchmarks" / "data" / f"chat_preference_labels_{a}_vs_{b}.jsonl")
+
+    def tally(part: list[dict[str, Any]]) -> tuple[int, int, int]:
+        wins, ties = sum(r["mine"] == r["b_is"] for r in part), sum(r["mine"] == "tie" for r in part)
+        return wins, len(part) - wins - ties, ties
+
+    def same_language(r: dict[str, Any]) -> bool:
+        return language_of(r["A" if r["b_is"] == "B" else "B"]) == language_of(r["message"])
+
+    started = [r for r in rows if r[r["b_is"]].startswith(starts)]
+    blind = [r for r in rows if not r[r["b_is"]].startswith(starts) and same_language(r)]
+    return tally(started), tally(blind)
+
+
 def chat_preference_prose() -> list[Phrase]:
     r = _json("chat_preference_before_vs_current_1")
     judged, hand = r["all"], r["agreement_with_hand_labels"]
+    started, blind = _label_split("before", "current")
     return [
+        phrase("where the start applies, {} to {} ({} ties)", *started),
+        phrase("where nothing gives the new reply away ({} pairs), the labels are even: {} to {}, {} ties", sum(blind),
+               *blind),
         phrase("prefer the new replies {} to {}, with {} ties (Chinese {} to {}, English {} to {})",
                *_hand_labels("before", "current", "held"), *_hand_labels("before", "current", "held", "zh")[:2],
                *_hand_labels("before", "current", "held", "en")[:2]),
