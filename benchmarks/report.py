@@ -558,14 +558,19 @@ def chat_quality_prose() -> list[Phrase]:
     ]  # fmt: skip
 
 
+def _tally(rows: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """Hand labels of configuration b's replies against a's: (b preferred, a preferred, ties)."""
+    b_wins, ties = sum(r["mine"] == r["b_is"] for r in rows), sum(r["mine"] == "tie" for r in rows)
+    return b_wins, len(rows) - b_wins - ties, ties
+
+
 def _hand_labels(a: str, b: str, split: str, lang: str = "all") -> tuple[int, int, int]:
     """Our blind labels of configuration b's replies against a's on one half (and language): (b preferred, a
     preferred, ties)."""
     halves = {m["id"]: (m["split"], m["lang"]) for m in _jsonl(ROOT / "benchmarks" / "data" / "chat_messages.jsonl")}
     rows = [r for r in _jsonl(ROOT / "benchmarks" / "data" / f"chat_preference_labels_{a}_vs_{b}.jsonl")
             if halves[r["id"]][0] == split and lang in ("all", halves[r["id"]][1])]  # fmt: skip
-    b_wins, ties = sum(r["mine"] == r["b_is"] for r in rows), sum(r["mine"] == "tie" for r in rows)
-    return b_wins, len(rows) - b_wins - ties, ties
+    return _tally(rows)
 
 
 def chat_sampling_prose() -> list[Phrase]:
@@ -602,16 +607,12 @@ def _label_split(a: str, b: str) -> tuple[tuple[int, int, int], tuple[int, int, 
     )
     rows = _jsonl(ROOT / "benchmarks" / "data" / f"chat_preference_labels_{a}_vs_{b}.jsonl")
 
-    def tally(part: list[dict[str, Any]]) -> tuple[int, int, int]:
-        wins, ties = sum(r["mine"] == r["b_is"] for r in part), sum(r["mine"] == "tie" for r in part)
-        return wins, len(part) - wins - ties, ties
-
     def same_language(r: dict[str, Any]) -> bool:
         return language_of(r["A" if r["b_is"] == "B" else "B"]) == language_of(r["message"])
 
     started = [r for r in rows if r[r["b_is"]].startswith(starts)]
     blind = [r for r in rows if not r[r["b_is"]].startswith(starts) and same_language(r)]
-    return tally(started), tally(blind)
+    return _tally(started), _tally(blind)
 
 
 def chat_preference_prose() -> list[Phrase]:
