@@ -148,6 +148,7 @@ def main() -> None:
             server.terminate()
             exit_code = server.wait(timeout=120)
     by_status = Counter(str(r["status"]) for r in results)
+    by_kind = {k: dict(Counter(str(r["status"]) for r in results if r["kind"] == k)) for k in ("sentiment", "chat")}
     ok = [r for r in results if r["status"] == 200]
     rows = []
     for kind in ("all", "sentiment", "chat"):
@@ -173,6 +174,7 @@ def main() -> None:
         "cache_mb": CACHE_MB,
         "requests": len(results),
         "by_status": dict(by_status),
+        "by_kind_status": by_kind,  # a full queue refuses a lane's requests: which kind got the 429s
         "errors_other_than_429": bad,
         "warmup_s": WARMUP_S,
         "rss_mb_loaded": round(rss_loaded, 1),
@@ -185,7 +187,7 @@ def main() -> None:
         "latency": rows,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
-    print(f"{CLIENTS} clients, {wall:.0f} s, {len(results)} requests; by status: {dict(by_status)}")
+    print(f"{CLIENTS} clients, {wall:.0f} s, {len(results)} requests; by status: {dict(by_status)}; by kind: {by_kind}")
     print(f"{'kind':<10} {'answered':>8} {'per s':>7} {'p50 s':>7} {'p99 s':>7}")
     for row in rows:
         print(f"{row['kind']:<10} {row['answered']:>8} {row['per_s']:>7} {row['p50_s']:>7} {row['p99_s']:>7}")

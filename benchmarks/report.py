@@ -33,7 +33,7 @@ EARLIER = RESULTS / "earlier"  # earlier/COMMIT/NAME.json: NAME.json as COMMIT l
 README = ROOT / "README.md"
 HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs before the ones in the README, kept in earlier/: "the run before"
-LOAD_BEFORE = "3cdf8fb"  # load.py
+LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
 CONCURRENCY_BEFORE = "f4a134c"  # concurrency.py, the first run with the DRY fields on both servers, before the new gate
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -479,6 +479,7 @@ def load_prose() -> list[Phrase]:
     lat = {row["kind"]: row for row in r["latency"]}
     earlier = {row["kind"]: row for row in _json_at(before, "load")["latency"]}
     last = {row["kind"]: row for row in _json_at(LOAD_BEFORE, "load")["latency"]}
+    last_refused, refused = _json_at(LOAD_BEFORE, "load")["by_status"].get("429", 0), r["by_status"].get("429", 0)
     growth = r["rss_mb_end"] / r["rss_mb_start"] - 1  # from the RSS figures: rss_growth is rounded to 4 places
     return [
         phrase("(`benchmarks/load.py`: {} clients", r["clients"]),
@@ -487,7 +488,10 @@ def load_prose() -> list[Phrase]:
                r["cache_mb"]),
         phrase("{} answered requests a second, against {} before continuous batching", f"{lat['all']['per_s']:.2f}",
                f"{earlier['all']['per_s']:.2f}"),
-        phrase("the run before, on a faster day of this machine, gave {})", f"{last['all']['per_s']:.2f}"),
+        phrase("the run before, with one queue for both lanes, gave {}", f"{last['all']['per_s']:.2f}"),
+        phrase("its {} refusals (429) could fall on either kind, one queue serving both lanes; of this run's {}, "
+               "{} were chat turns and {} sentiment requests)", last_refused, refused,
+               r["by_kind_status"]["chat"].get("429", 0), r["by_kind_status"]["sentiment"].get("429", 0)),
         phrase("sentiment p50 {} s. The model computed for {} of the measured run's wall time",
                f"{lat['sentiment']['p50_s']:.1f}", _pct(r["model_busy_share"], 0)),
         phrase("Chat turns are slow here (p50 {} s)", f"{lat['chat']['p50_s']:.0f}"),

@@ -115,3 +115,48 @@ def test_admission_runs_as_many_replies_as_the_engine_has_slots_and_queues_the_r
     assert (running, waiting) == (3, 1)  # three at once: the engine's slots, not one
     assert classified == 200  # the classification lane is not behind the replies
     assert statuses == [200] * 4
+
+
+def test_each_lane_has_its_own_queue_so_waiting_replies_never_get_a_classification_refused() -> None:
+    from allinone.server.admission import Admission, QueueFull
+    from allinone.server.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics()
+    admission = Admission(1, 0, metrics, lambda: True, lambda: Slots(generate=1, score=1))
+
+    async def refused(lane: Any) -> bool:
+        try:
+            await admission.acquire(lane)
+        except QueueFull:
+            return True
+        admission.release(lane)
+        return False
+
+    async def main() -> tuple[bool, bool, bool, int, int]:
+        got: list[str] = []
+
+        async def wait_for(lane: Any) -> None:
+            await admission.acquire(lane)
+            got.append(lane)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await admission.acquire("generate")  # a reply runs
+                tg.start_soon(wait_for, "generate")  # another waits: the replies' queue is full
+                await admission.acquire("score")  # a classification runs
+                while admission.waiting < 1:
+                    await anyio.sleep(0.01)
+                tg.start_soon(wait_for, "score")  # waits for the classification slot, not refused
+                while admission.waiting < 2:
+                    await anyio.sleep(0.01)
+                depth = metrics.queue_depth
+                score_refused = await refused("score")  # now the classifications' own queue is full
+                generate_refused = await refused("generate")
+                admission.release("score")
+                admission.release("generate")
+        for lane in got:
+            admission.release(lane)
+        return score_refused, generate_refused, sorted(got) == ["generate", "score"], depth, admission.waiting
+
+    assert anyio.run(main) == (True, True, True, 2, 0)
+    assert metrics.rejections[("queue_full",)] == 2

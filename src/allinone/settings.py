@@ -125,7 +125,12 @@ class Settings(BaseSettings):
     session_retention_days: float = Field(
         0, ge=0, description="Delete chat sessions idle this many days (at startup, then hourly); 0 = keep forever."
     )
-    max_queue: int = Field(8, ge=0, description="Model requests that may wait for the model; more get 429 at once.")
+    max_queue: int = Field(
+        8,
+        ge=0,
+        description="Model requests that may wait for the model in each lane (replies, classifications); more get "
+        "429 at once.",
+    )
     request_timeout: float = Field(
         300, ge=0, description="Seconds a model request may wait plus run; then 504 and the model is freed. 0 = none."
     )

@@ -46,7 +46,8 @@ Lane = Literal["generate", "score"]  # a reply being generated; a classification
 
 class Admission:
     """Who gets the model: `acquire` waits (in the event loop) for a slot of its lane, or refuses when `max_queue`
-    requests are already waiting, the model is not loaded yet, or the request's deadline passes. The lanes are
+    requests are already waiting in that lane, the model is not loaded yet, or the request's deadline passes. Each
+    lane has its own queue, so replies waiting for the model never get a classification refused. The lanes are
     sized by the engine (`Engine.slots`) once it is loaded."""
 
     def __init__(
@@ -64,7 +65,12 @@ class Admission:
         self.timeout = timeout  # seconds, queue plus run; 0 = none
         self.metrics = metrics
         self.ready = ready
-        self.waiting = 0
+        self._waiting: dict[Lane, int] = {"generate": 0, "score": 0}
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot, in both lanes."""
+        return sum(self._waiting.values())
 
     def lane(self, name: Lane) -> anyio.Semaphore:
         if not self._lanes:
@@ -98,9 +104,10 @@ class Admission:
         queues even when the queue is full rather than being refused halfway."""
         self.check_ready()
         slot = self.lane(lane)
-        if slot.value == 0 and self.waiting >= self.max_queue and not again:
-            raise self._refuse("queue_full", QueueFull(f"server busy: {self.waiting} requests already waiting"))
-        self._wait(+1)
+        if slot.value == 0 and self._waiting[lane] >= self.max_queue and not again:
+            waiting = self._waiting[lane]
+            raise self._refuse("queue_full", QueueFull(f"server busy: {waiting} requests already waiting"))
+        self._wait(lane, +1)
         try:
             left = None if deadline is None else max(deadline - time.perf_counter(), 0)
             with anyio.fail_after(left):
@@ -108,7 +115,7 @@ class Admission:
         except TimeoutError:
             raise self._refuse("timeout", RequestTimeout(f"no model slot within {self.timeout:g} s")) from None
         finally:
-            self._wait(-1)
+            self._wait(lane, -1)
 
     def release(self, lane: Lane) -> None:
         self.lane(lane).release()
@@ -144,6 +151,6 @@ class Admission:
         finally:
             self.release(lane)
 
-    def _wait(self, delta: int) -> None:
-        self.waiting += delta
+    def _wait(self, lane: Lane, delta: int) -> None:
+        self._waiting[lane] += delta
         self.metrics.queue_depth = self.waiting
