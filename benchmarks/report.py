@@ -501,6 +501,21 @@ def load_prose() -> list[Phrase]:
     ]  # fmt: skip
 
 
+def mixed_step_prose() -> list[Phrase]:
+    r = _json("mixed_step")
+    first, last = r["sentiment_by_phase"][0], r["sentiment_by_phase"][-1]
+    return [
+        phrase("(in process, four {}-token replies, sentiment requests one at a time while they stream, the two ways "
+               "alternating over {} rounds)", r["reply_tokens"], r["rounds"]),
+        phrase("a sentiment request sent once the replies had {} tokens took {} s with the reply tokens apart and {} s "
+               "with them in the batch ({} s and {} s in their first {} tokens); the replies' aggregate was {} and {} "
+               "tokens/s", last["generated"].split("-")[0], f"{last['apart_p50_s']:.2f}",
+               f"{last['together_p50_s']:.2f}", f"{first['apart_p50_s']:.2f}", f"{first['together_p50_s']:.2f}",
+               first["generated"].split("-")[1], f"{r['replies_tok_s']['apart']:.1f}",
+               f"{r['replies_tok_s']['together']:.1f}"),
+    ]  # fmt: skip
+
+
 def structured_prose() -> list[Phrase]:
     return [phrase("best of {} alternating rounds", _json("structured")["rounds"])]
 
@@ -800,6 +815,7 @@ PHRASES: dict[str, Callable[[], list[Phrase]]] = {
     "batching": batching_prose,
     "engine_config": engine_config_prose,
     "load": load_prose,
+    "mixed_step": mixed_step_prose,
     "structured": structured_prose,
     "session_sync": session_sync_prose,
     "event_loop": event_loop_prose,

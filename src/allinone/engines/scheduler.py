@@ -6,7 +6,8 @@ Each step builds one batch from
      replies (it goes into the next step); while replies stream, up to `score_chunk` of its tokens per step, so
      that a long text does not stall every stream for the whole of its prefill;
   3. chunks of the prompts of newly arrived replies, small enough that running streams keep flowing;
-and decodes it with one `llama_decode` call.
+and decodes it with one `llama_decode` call, or two when prompt tokens make it large: the reply tokens, then the
+rest (Scheduler._batches).
 
 Caching: a task's fixed prefix (system prompt, examples) is computed once and its KV state kept in host memory;
 a request restores it into its sequence (a copy of a few MB) and computes only its own tokens. After a reply the
@@ -25,6 +26,7 @@ decode by 18% on the default model (20.9 -> 17.1 tokens/s, one stream, 2 threads
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import functools
 import queue
 import threading
@@ -44,6 +46,7 @@ Item = tuple[int, int, int, bool]  # token, position, sequence, wants logits
 MAX_PREFIXES = 16  # task prefixes kept in host memory (least recently used are dropped; ~8 MB each on the default)
 MIN_REUSE = 16  # shared tokens worth restoring a saved conversation for (fewer are as quick to compute)
 ECHO_CHUNK = 64  # prompt tokens per step when every one needs its logits (echo): 64 x vocab floats of output
+SPLIT_TOKENS = 64  # a step of this many tokens decodes its reply tokens apart (Scheduler._batches)
 
 
 class Context(Protocol):
@@ -291,6 +294,22 @@ class Scheduler:
         if not items:
             self._flush()
             return
+        for batch_parts, batch_items in self._batches(parts, items):
+            self._decode(batch_parts, batch_items)
+
+    @staticmethod
+    def _batches(parts: list[Part], items: list[Item]) -> list[tuple[list[Part], list[Item]]]:
+        """The step's decodes: its reply tokens on their own when prompt tokens would bring the batch to
+        SPLIT_TOKENS or more, else one. With that many tokens llama.cpp's CPU flash attention computes in tiles of
+        64 query rows, and a tile holding a reply's token computes over every cell of the replies' interleaved
+        tokens for all its rows, a cost that grows with the replies' length (benchmarks/mixed_step.py)."""
+        n_tokens = sum(p.n for p in parts if p.kind == "token")  # _build puts them first
+        if n_tokens == 0 or n_tokens == len(items) or len(items) < SPLIT_TOKENS:
+            return [(parts, items)]
+        rest = [dataclasses.replace(p, start=p.start - n_tokens) for p in parts if p.kind != "token"]
+        return [([p for p in parts if p.kind == "token"], items[:n_tokens]), (rest, items[n_tokens:])]
+
+    def _decode(self, parts: list[Part], items: list[Item]) -> None:
         probe = self.ctx.probe if any(p.kind == "prompt" and getattr(p.job, "hidden", False) for p in parts) else None
         if probe is not None:
             probe.start()
