@@ -478,8 +478,9 @@ def load_prose() -> list[Phrase]:
     r, before = _json("load"), "2e98757"  # the last run before continuous batching
     lat = {row["kind"]: row for row in r["latency"]}
     earlier = {row["kind"]: row for row in _json_at(before, "load")["latency"]}
-    last = {row["kind"]: row for row in _json_at(LOAD_BEFORE, "load")["latency"]}
-    last_refused, refused = _json_at(LOAD_BEFORE, "load")["by_status"].get("429", 0), r["by_status"].get("429", 0)
+    run_before = _json_at(LOAD_BEFORE, "load")
+    last = {row["kind"]: row for row in run_before["latency"]}
+    last_refused, refused = run_before["by_status"].get("429", 0), r["by_status"].get("429", 0)
     growth = r["rss_mb_end"] / r["rss_mb_start"] - 1  # from the RSS figures: rss_growth is rounded to 4 places
     return [
         phrase("(`benchmarks/load.py`: {} clients", r["clients"]),

@@ -104,8 +104,8 @@ class Admission:
         queues even when the queue is full rather than being refused halfway."""
         self.check_ready()
         slot = self.lane(lane)
-        if slot.value == 0 and self._waiting[lane] >= self.max_queue and not again:
-            waiting = self._waiting[lane]
+        waiting = self._waiting[lane]
+        if slot.value == 0 and waiting >= self.max_queue and not again:
             raise self._refuse("queue_full", QueueFull(f"server busy: {waiting} requests already waiting"))
         self._wait(lane, +1)
         try:
