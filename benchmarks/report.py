@@ -34,7 +34,7 @@ README = ROOT / "README.md"
 HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs before the ones in the README, kept in earlier/: "the run before"
 LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
-CONCURRENCY_BEFORE = "f4a134c"  # concurrency.py, the first run with the DRY fields on both servers, before the new gate
+CONCURRENCY_BEFORE = "32e0abc"  # concurrency.py, the run before the queue per lane and the split step
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
