@@ -7,6 +7,12 @@ after a warm-up of the same load (the saved chat states fill their bounded cache
 stay under 10%), and the share of the measured run's wall time the model spent computing (/metrics: near 1, the
 load is bound by compute). Bounded: no request starts after WARMUP_S + DURATION_S and each has REQUEST_TIMEOUT_S.
 
+Then, on the same server with the clients stopped, the model's cost of each kind of request: COST_REQUESTS of it,
+COST_CONCURRENCY at a time, its /metrics busy seconds divided by their number. From those costs, the most answered
+requests a second the measured run's mix of answers could reach with the model computing all the time: the
+ceiling of this machine for that mix, an estimate (the costs are taken without the clients' own load on the cores,
+and under load a step can mix kinds; the classifications' lane runs COST_CONCURRENCY at a time there too).
+
 Run: .venv/bin/python benchmarks/load.py   (prints a table, writes benchmarks/results/load.json)
 """
 
@@ -47,6 +53,8 @@ RSS_GROWTH_LIMIT = 0.10
 STARTUP_TIMEOUT_S = 300
 SEED = 0
 BUSY_METRIC = "allinone_engine_busy_seconds_total"
+COST_REQUESTS = 16  # of each kind, for the model's cost of one
+COST_CONCURRENCY = 4  # at a time: sentiment prompts are computed together, chat replies decoded together
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chnsenticorp_dev.jsonl"
@@ -106,6 +114,38 @@ async def client(i: int, url: str, end: float, sentiments: list[str], results: l
                 await asyncio.sleep(float(r.headers.get("retry-after", "1")))
 
 
+async def model_cost(url: str, bodies: list[tuple[str, dict[str, object]]]) -> float:
+    """The model's compute seconds per request (/metrics), the requests sent COST_CONCURRENCY at a time."""
+    pending = list(bodies)
+    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S) as c:
+
+        async def worker() -> None:
+            while pending:
+                path, body = pending.pop()
+                r = await c.post(path, json=body)
+                if r.status_code != 200:
+                    raise SystemExit(f"FAILED: {path} answered {r.status_code} on the idle server: {r.text[:200]}")
+
+        before = await busy_seconds(url)
+        await asyncio.gather(*(worker() for _ in range(COST_CONCURRENCY)))
+        return (await busy_seconds(url) - before) / len(bodies)
+
+
+async def model_costs(url: str) -> dict[str, float]:
+    """Model seconds per sentiment request and per chat turn, as the measured run sends them (the chat turns go on
+    sessions the load has used, whose states are cached)."""
+    rng = random.Random(SEED)
+    sentiments: list[tuple[str, dict[str, object]]] = [
+        ("/analyze", {"text": t}) for t in rng.sample(texts(200), COST_REQUESTS)
+    ]
+    chats: list[tuple[str, dict[str, object]]] = [
+        ("/v1/tasks/chat", {"text": rng.choice(CHAT_TEXTS), "session_id": f"load-{i % CLIENTS}",
+                            "max_tokens": CHAT_MAX_TOKENS})
+        for i in range(COST_REQUESTS)
+    ]  # fmt: skip
+    return {"sentiment": await model_cost(url, sentiments), "chat": await model_cost(url, chats)}
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -144,6 +184,7 @@ def main() -> None:
             rss_loaded = rss_mb(server.pid)
             results, wall, rss_start, busy = asyncio.run(drive(f"http://127.0.0.1:{port}", server.pid))
             rss_end = rss_mb(server.pid)
+            costs = asyncio.run(model_costs(f"http://127.0.0.1:{port}"))
         finally:
             server.terminate()
             exit_code = server.wait(timeout=120)
@@ -164,6 +205,8 @@ def main() -> None:
             }
         )
     growth = (rss_end - rss_start) / rss_start
+    answered = {k: sum(1 for r in ok if r["kind"] == k) for k in costs}
+    bound = len(ok) / sum(answered[k] * costs[k] for k in costs)  # answers per second of model compute
     bad = {s: n for s, n in by_status.items() if s not in ("200", "429")}
     summary = {
         "clients": CLIENTS,
@@ -184,6 +227,11 @@ def main() -> None:
         "rss_ok": growth < RSS_GROWTH_LIMIT,
         "server_exit_code_after_sigterm": exit_code,
         "model_busy_share": round(busy, 3),
+        "cost_requests": COST_REQUESTS,
+        "cost_concurrency": COST_CONCURRENCY,
+        "model_s_per_request": {k: round(v, 3) for k, v in costs.items()},
+        "bound_per_s": round(bound, 2),  # the measured mix of answers with the model computing all the time
+        "share_of_bound": round(len(ok) / wall / bound, 3),  # answered per s / bound_per_s
         "latency": rows,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
@@ -195,6 +243,12 @@ def main() -> None:
         f"server RSS {rss_loaded:.0f} MB loaded, {rss_start:.0f} MB after warm-up -> {rss_end:.0f} MB ({growth:+.1%})"
     )
     print(f"the model computed for {busy:.0%} of the measured run's wall time")
+    print(
+        f"model seconds per request ({COST_REQUESTS} of each, {COST_CONCURRENCY} at a time, idle clients): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in costs.items())
+    )
+    share = len(ok) / wall / bound
+    print(f"this mix of answers with the model never idle: at most {bound:.2f}/s; the run reached {share:.0%}")
     print(f"exit code after SIGTERM: {exit_code}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
