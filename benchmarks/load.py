@@ -7,8 +7,9 @@ after a warm-up of the same load (the saved chat states fill their bounded cache
 stay under 10%), and the share of the measured run's wall time the model spent computing (/metrics: near 1, the
 load is bound by compute). Bounded: no request starts after WARMUP_S + DURATION_S and each has REQUEST_TIMEOUT_S.
 
-Then, on the same server with the clients stopped, the model's cost of each kind of request: COST_REQUESTS of it,
-COST_CONCURRENCY at a time, its /metrics busy seconds divided by their number. From those costs, the most answered
+Then, on the same server with the clients stopped, the model's cost of each kind of request, sent COST_CONCURRENCY
+at a time: its /metrics busy seconds divided by the number sent (every text the clients draw from for sentiment,
+whose cost grows with the text's length; COST_CHATS turns for chat). From those costs, the most answered
 requests a second the measured run's mix of answers could reach with the model computing all the time: the
 ceiling of this machine for that mix, an estimate (the costs are taken without the clients' own load on the cores,
 and under load a step can mix kinds; the classifications' lane runs COST_CONCURRENCY at a time there too).
@@ -47,13 +48,14 @@ WARMUP_S = 30.0  # the same load first, unmeasured: the KV-state cache (ALLINONE
 CACHE_MB = 64
 CHAT_SHARE = 0.5  # share of requests that are chat turns; the rest are sentiment
 CHAT_MAX_TOKENS = 24
+SENTIMENT_TEXTS = 200  # the first texts of ChnSentiCorp dev, which the clients draw from
 REQUEST_TIMEOUT_S = 120.0
 N_THREADS = 2  # inference threads of the server (the reference machine's two cores)
 RSS_GROWTH_LIMIT = 0.10
 STARTUP_TIMEOUT_S = 300
 SEED = 0
 BUSY_METRIC = "allinone_engine_busy_seconds_total"
-COST_REQUESTS = 16  # of each kind, for the model's cost of one
+COST_CHATS = 16  # chat turns for the model's cost of one (sentiment: every text of the load, SENTIMENT_TEXTS)
 COST_CONCURRENCY = 4  # at a time: sentiment prompts are computed together, chat replies decoded together
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,13 +137,11 @@ async def model_costs(url: str) -> dict[str, float]:
     """Model seconds per sentiment request and per chat turn, as the measured run sends them (the chat turns go on
     sessions the load has used, whose states are cached)."""
     rng = random.Random(SEED)
-    sentiments: list[tuple[str, dict[str, object]]] = [
-        ("/analyze", {"text": t}) for t in rng.sample(texts(200), COST_REQUESTS)
-    ]
+    sentiments: list[tuple[str, dict[str, object]]] = [("/analyze", {"text": t}) for t in texts(SENTIMENT_TEXTS)]
     chats: list[tuple[str, dict[str, object]]] = [
         ("/v1/tasks/chat", {"text": rng.choice(CHAT_TEXTS), "session_id": f"load-{i % CLIENTS}",
                             "max_tokens": CHAT_MAX_TOKENS})
-        for i in range(COST_REQUESTS)
+        for i in range(COST_CHATS)
     ]  # fmt: skip
     return {"sentiment": await model_cost(url, sentiments), "chat": await model_cost(url, chats)}
 
@@ -163,7 +163,7 @@ async def busy_seconds(url: str) -> float:
 async def drive(url: str, pid: int) -> tuple[list[dict[str, object]], float, float, float]:
     """The measured run's results, its wall time, the RSS after the warm-up, and the share of the measured run's
     wall time the model spent computing (near 1: the load is bound by the model's compute, not by waiting)."""
-    sentiments = texts(200)
+    sentiments = texts(SENTIMENT_TEXTS)
     warm: list[dict[str, object]] = []
     start = time.monotonic()
     await asyncio.gather(*(client(i, url, start + WARMUP_S, sentiments, warm) for i in range(CLIENTS)))
@@ -227,7 +227,7 @@ def main() -> None:
         "rss_ok": growth < RSS_GROWTH_LIMIT,
         "server_exit_code_after_sigterm": exit_code,
         "model_busy_share": round(busy, 3),
-        "cost_requests": COST_REQUESTS,
+        "cost_requests": {"sentiment": SENTIMENT_TEXTS, "chat": COST_CHATS},
         "cost_concurrency": COST_CONCURRENCY,
         "model_s_per_request": {k: round(v, 3) for k, v in costs.items()},
         "bound_per_s": round(bound, 2),  # the measured mix of answers with the model computing all the time
@@ -244,8 +244,8 @@ def main() -> None:
     )
     print(f"the model computed for {busy:.0%} of the measured run's wall time")
     print(
-        f"model seconds per request ({COST_REQUESTS} of each, {COST_CONCURRENCY} at a time, idle clients): "
-        + ", ".join(f"{k} {v:.3f}" for k, v in costs.items())
+        f"model seconds per request ({SENTIMENT_TEXTS} sentiment, {COST_CHATS} chat, {COST_CONCURRENCY} at a time, "
+        "idle clients): " + ", ".join(f"{k} {v:.3f}" for k, v in costs.items())
     )
     share = len(ok) / wall / bound
     print(f"this mix of answers with the model never idle: at most {bound:.2f}/s; the run reached {share:.0%}")

@@ -495,8 +495,9 @@ def load_prose() -> list[Phrase]:
                r["by_kind_status"]["chat"].get("429", 0), r["by_kind_status"]["sentiment"].get("429", 0)),
         phrase("sentiment p50 {} s. The model computed for {} of the measured run's wall time",
                f"{lat['sentiment']['p50_s']:.1f}", _pct(r["model_busy_share"], 0)),
-        phrase("once the clients stop ({} requests of each kind, {} at a time), a sentiment request costs {} s of "
-               "model compute and a chat turn {} s", r["cost_requests"], r["cost_concurrency"],
+        phrase("once the clients stop (all {} texts the clients draw from and {} chat turns, {} at a time), a "
+               "sentiment request costs {} s of model compute and a chat turn {} s", r["cost_requests"]["sentiment"],
+               r["cost_requests"]["chat"], r["cost_concurrency"],
                f"{r['model_s_per_request']['sentiment']:.2f}", f"{r['model_s_per_request']['chat']:.2f}"),
         phrase("caps this run's mix of answers ({} sentiment, {} chat) at {} a second with the model never idle",
                lat["sentiment"]["answered"], lat["chat"]["answered"], f"{r['bound_per_s']:.2f}"),
