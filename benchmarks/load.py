@@ -205,8 +205,9 @@ def main() -> None:
             }
         )
     growth = (rss_end - rss_start) / rss_start
-    answered = {k: sum(1 for r in ok if r["kind"] == k) for k in costs}
+    answered = {row["kind"]: row["answered"] for row in rows}
     bound = len(ok) / sum(answered[k] * costs[k] for k in costs)  # answers per second of model compute
+    share = len(ok) / wall / bound  # of that bound, what the run reached
     bad = {s: n for s, n in by_status.items() if s not in ("200", "429")}
     summary = {
         "clients": CLIENTS,
@@ -231,7 +232,7 @@ def main() -> None:
         "cost_concurrency": COST_CONCURRENCY,
         "model_s_per_request": {k: round(v, 3) for k, v in costs.items()},
         "bound_per_s": round(bound, 2),  # the measured mix of answers with the model computing all the time
-        "share_of_bound": round(len(ok) / wall / bound, 3),  # answered per s / bound_per_s
+        "share_of_bound": round(share, 3),
         "latency": rows,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
@@ -247,7 +248,6 @@ def main() -> None:
         f"model seconds per request ({SENTIMENT_TEXTS} sentiment, {COST_CHATS} chat, {COST_CONCURRENCY} at a time, "
         "idle clients): " + ", ".join(f"{k} {v:.3f}" for k, v in costs.items())
     )
-    share = len(ok) / wall / bound
     print(f"this mix of answers with the model never idle: at most {bound:.2f}/s; the run reached {share:.0%}")
     print(f"exit code after SIGTERM: {exit_code}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
