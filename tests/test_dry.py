@@ -88,3 +88,59 @@ def test_the_same_penalties_as_llama_cpps_dry_sampler(vocab: Any) -> None:
         assert all(ours[k] == pytest.approx(theirs[k], rel=1e-4) for k in ours), seq
         compared += bool(ours)
     assert compared > 100  # most sequences had something to penalise
+
+
+@pytest.mark.model
+def test_penalising_the_top_k_alone_samples_the_same_tokens_as_penalising_the_vocabulary(settings: Settings) -> None:
+    """The engine's chain applies DRY to the top-k likeliest tokens instead of the whole vocabulary (llama-server's
+    order), a fifth of the time a token. DRY only lowers logits, so the draw is the same unless a penalty pushes a
+    candidate out of the top k. On real replies, with the same seeds, both orders pick the same tokens."""
+    import llama_cpp as ll
+
+    from allinone.engines import GenParams
+    from allinone.engines.llamacpp import _Context, _quiet
+    from allinone.models import ensure_default
+
+    _quiet(ll)
+    model = ll.llama_model_load_from_file(
+        str(ensure_default(settings.models_dir)).encode(), ll.llama_model_default_params()
+    )
+    cparams = ll.llama_context_default_params()
+    cparams.n_ctx, cparams.n_threads, cparams.n_threads_batch = 1024, 2, 2
+    ctx = _Context(ll, model, ll.llama_init_from_model(model, cparams), 512, None)
+    breakers = (ctypes.c_char_p * len(dry.BREAKERS))(*(b.encode() for b in dry.BREAKERS))
+    picked = penalised = 0
+    try:
+        for seed, text in enumerate(
+            ["我的狗昨天死了，我好难过，我们在一起十二年了。", "Tell me a story about a lighthouse keeper."]
+        ):
+            params = GenParams(max_tokens=96, temperature=0.8, top_k=40, top_p=0.8, seed=seed, dry_multiplier=0.8)
+            prompt = ctx.tokenize(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n", special=True)
+            ours = ctx.sampler(params, prompt)
+            reference = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())  # DRY over everything
+            whole = ll.llama_sampler_init_dry(ctx._vocab, 0.8, dry.BASE, dry.ALLOWED_LENGTH, dry.LAST_N, breakers, 4)
+            for token in prompt:
+                ll.llama_sampler_accept(whole, token)
+            for sampler in (whole, ll.llama_sampler_init_top_k(40), ll.llama_sampler_init_top_p(0.8, 1)):
+                ll.llama_sampler_chain_add(reference, sampler)
+            ll.llama_sampler_chain_add(reference, ll.llama_sampler_init_temp(0.8))
+            ll.llama_sampler_chain_add(reference, ll.llama_sampler_init_dist(seed))
+            ll.llama_memory_clear(ll.llama_get_memory(ctx._ctx), True)
+            ctx.decode([(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+            seen = list(prompt)
+            for pos in range(len(prompt), len(prompt) + params.max_tokens):
+                penalised += bool(dry.penalties(seen, 0.8))
+                token = ctx.sample(ours, -1)
+                assert int(ll.llama_sampler_sample(reference, ctx._ctx, -1)) == token, (text, pos)
+                seen.append(token)
+                picked += 1
+                if ctx.is_eog(token):
+                    break
+                ctx.decode([(token, pos, 0, True)])
+            ctx.free_sampler(ours)
+            ll.llama_sampler_free(reference)
+    finally:
+        ctx.close()
+        ll.llama_free(ctx._ctx)
+        ll.llama_model_free(model)
+    assert picked > 100 and penalised > 0  # real replies, with repeats for DRY to penalise

@@ -66,10 +66,10 @@ _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float3
 
 @dataclass(eq=False)
 class _Sampler:
-    """A reply's sampler chain (top-k, top-p, temperature, then a draw, or greedy) and, for an output schema, its
-    grammar. The grammar checks only the token the chain chose; the whole vocabulary is masked only when it
-    refuses that token, so constrained decoding costs little more than free decoding (llama.cpp's own
-    common_sampler does the same)."""
+    """A reply's sampler chain (top-k, the penalties, top-p, temperature, then a draw; or the penalties and greedy)
+    and, for an output schema, its grammar. The grammar checks only the token the chain chose; the whole vocabulary
+    is masked only when it refuses that token, so constrained decoding costs little more than free decoding
+    (llama.cpp's own common_sampler does the same)."""
 
     chain: Any
     grammar: Any = None
@@ -106,6 +106,13 @@ class _Context:
     def sampler(self, params: GenParams, seen: Sequence[int] = ()) -> _Sampler:
         ll = self._ll
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        sampling = params.temperature > 0
+        if sampling:
+            # top-k first, so the penalties after it look at k candidates instead of the whole vocabulary: 0.24 ms a
+            # reply token against 0.56 in llama-server's order, DRY first (benchmarks/sampler.py). Penalties only
+            # lower logits, so the draw differs only when one pushes a candidate out of the top k, and then only in
+            # whether the (k+1)-th likeliest token may be drawn: both orders drew the same 1,326 tokens of 32 replies.
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(params.top_k))
         if params.dry_multiplier > 0:  # DRY over the request's own messages and the reply (see dry.py)
             breakers = (ctypes.c_char_p * len(dry.BREAKERS))(*(b.encode() for b in dry.BREAKERS))
             sampler = ll.llama_sampler_init_dry(
@@ -119,11 +126,10 @@ class _Context:
                 self._n_vocab, params.max_tokens, params.repeat_penalty, 0.0, 0.0
             )
             ll.llama_sampler_chain_add(chain, penalties)
-        if params.temperature <= 0:
+        if not sampling:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
         else:
             seed = params.seed if params.seed is not None and params.seed >= 0 else secrets.randbits(32)
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(params.top_k))
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(params.top_p, 1))
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(params.temperature))
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
