@@ -34,7 +34,7 @@ README = ROOT / "README.md"
 HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs before the ones in the README, kept in earlier/: "the run before"
 LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
-CONCURRENCY_BEFORE = "32e0abc"  # concurrency.py, the run before the queue per lane and the split step
+CONCURRENCY_BEFORE = "5d44102"  # concurrency.py, the run before the sampler took top-k before DRY
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -403,8 +403,8 @@ def concurrency_prose() -> list[Phrase]:
                f"{o['three_sentiments_under_four_streams_slowest_s']:.2f}",
                f"{p['three_sentiments_under_four_streams_slowest_s']:.1f}",
                f"{before['peer']['three_sentiments_under_four_streams_slowest_s']:.1f}"),
-        phrase("The same three texts sent together to our idle server take {} s",
-               f"{o['three_sentiments_idle_slowest_s']:.2f}"),
+        phrase("The same three texts sent together to our idle server take {} s ({} s in the run before;",
+               f"{o['three_sentiments_idle_slowest_s']:.2f}", f"{before['ours']['three_sentiments_idle_slowest_s']:.2f}"),
         phrase("every stream ran to its {} tokens", knobs["chat_max_tokens"]),
         phrase("Four streams together reach {} of llama-server's aggregate in this run and {} in the run before (the "
                "results file at commit {})", ratio(r, agg), ratio(before, agg), earlier),
@@ -417,6 +417,18 @@ def concurrency_prose() -> list[Phrase]:
         phrase("llama-server's own four-stream aggregate was {} tokens/s in this run and {} in the run before",
                f"{p[agg]:.1f}", f"{before['peer'][agg]:.1f}"),
         phrase("The first token of four streams comes at {} s", f"{o['four_streams_ttft_p50_s']:.2f}"),
+    ]  # fmt: skip
+
+
+def sampler_prose() -> list[Phrase]:
+    r = _json("sampler")
+    chains = r["chains"]
+    return [
+        phrase("{} ms a reply token against {} ms in llama-server's order", f"{chains['engine']['median_ms']:.2f}",
+               f"{chains['llama-server order']['median_ms']:.2f}"),
+        phrase("with the same token drawn at {} of {} tokens of {} replies",
+               "all" if r["same_token_share"] == 1 else _pct(r["same_token_share"]), f"{r['tokens']:,}",
+               r["knobs"]["n_messages"]),
     ]  # fmt: skip
 
 
@@ -820,6 +832,7 @@ PHRASES: dict[str, Callable[[], list[Phrase]]] = {
     "tasks": tasks_prose,
     "http_overhead": http_overhead_prose,
     "concurrency": concurrency_prose,
+    "sampler": sampler_prose,
     "parallel": parallel_prose,
     "batching": batching_prose,
     "engine_config": engine_config_prose,
