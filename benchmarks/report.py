@@ -404,7 +404,8 @@ def concurrency_prose() -> list[Phrase]:
                f"{p['three_sentiments_under_four_streams_slowest_s']:.1f}",
                f"{before['peer']['three_sentiments_under_four_streams_slowest_s']:.1f}"),
         phrase("The same three texts sent together to our idle server take {} s ({} s in the run before;",
-               f"{o['three_sentiments_idle_slowest_s']:.2f}", f"{before['ours']['three_sentiments_idle_slowest_s']:.2f}"),
+               f"{o['three_sentiments_idle_slowest_s']:.2f}",
+               f"{before['ours']['three_sentiments_idle_slowest_s']:.2f}"),
         phrase("every stream ran to its {} tokens", knobs["chat_max_tokens"]),
         phrase("Four streams together reach {} of llama-server's aggregate in this run and {} in the run before (the "
                "results file at commit {})", ratio(r, agg), ratio(before, agg), earlier),
