@@ -34,6 +34,7 @@ README = ROOT / "README.md"
 HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs before the ones in the README, kept in earlier/: "the run before"
 LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
+LOAD_PREVIOUS = "f74708c"  # load.py, the run before the one in the README
 CONCURRENCY_BEFORE = "5d44102"  # concurrency.py, the run before the sampler took top-k before DRY
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -491,7 +492,7 @@ def load_prose() -> list[Phrase]:
     r, before = _json("load"), "2e98757"  # the last run before continuous batching
     lat = {row["kind"]: row for row in r["latency"]}
     earlier = {row["kind"]: row for row in _json_at(before, "load")["latency"]}
-    run_before = _json_at(LOAD_BEFORE, "load")
+    run_before, previous = _json_at(LOAD_BEFORE, "load"), _json_at(LOAD_PREVIOUS, "load")
     last = {row["kind"]: row for row in run_before["latency"]}
     last_refused, refused = run_before["by_status"].get("429", 0), r["by_status"].get("429", 0)
     growth = r["rss_mb_end"] / r["rss_mb_start"] - 1  # from the RSS figures: rss_growth is rounded to 4 places
@@ -515,6 +516,9 @@ def load_prose() -> list[Phrase]:
         phrase("caps this run's mix of answers ({} sentiment, {} chat) at {} a second with the model never idle",
                lat["sentiment"]["answered"], lat["chat"]["answered"], f"{r['bound_per_s']:.2f}"),
         phrase("the run reached {} of it", _pct(r["share_of_bound"], 0)),
+        phrase("(the results file at commit {}: {} answered a second, {} of a cap of {})", LOAD_PREVIOUS,
+               f"{previous['latency'][0]['per_s']:.2f}", _pct(previous["share_of_bound"], 0),
+               f"{previous['bound_per_s']:.2f}"),
         phrase("sentiment requests alone would cap at {} a second", f"{1 / r['model_s_per_request']['sentiment']:.2f}"),
         phrase("Chat turns are slow here (p50 {} s)", f"{lat['chat']['p50_s']:.0f}"),
         phrase("all {} sessions' own KV states fit the {} MB cache", r["clients"], r["cache_mb"]),
