@@ -34,6 +34,7 @@ README = ROOT / "README.md"
 HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs before the ones in the README, kept in earlier/: "the run before"
 LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
+DRY_FIRST = "03be5c9"  # thread_cpu.py, the run before the sampler took top-k before DRY
 LOAD_PREVIOUS = "f74708c"  # load.py, the run before the one in the README
 CONCURRENCY_BEFORE = "5d44102"  # concurrency.py, the run before the sampler took top-k before DRY
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
@@ -800,6 +801,7 @@ def stream_gap_prose() -> list[Phrase]:
 def thread_cpu_prose() -> list[Phrase]:
     m, earlier = _json("thread_cpu")["mean"], "5c8f502"  # the run before callers got their chunks between decodes
     before = _json_at(earlier, "thread_cpu")["mean"]
+    dry_first = _json_at(DRY_FIRST, "thread_cpu")["mean"]
     return [
         phrase("llama.cpp's two compute threads take {} of it and every other thread (HTTP, the events, the stream "
                "workers) {}", _pct(m["compute_threads_share"]), _pct(m["other_threads_share"])),
@@ -807,6 +809,8 @@ def thread_cpu_prose() -> list[Phrase]:
                _pct(m["in_decode_share"]), f"{m['outside_decode_ms_per_step']:.1f}"),
         phrase("it was {} and {} ms (the results file at commit {})", _pct(before["in_decode_share"]),
                f"{before['outside_decode_ms_per_step']:.1f}", earlier),
+        phrase("before the sampler took top-k before DRY, {} and {} ms (the results file at commit {})",
+               _pct(dry_first["in_decode_share"]), f"{dry_first['outside_decode_ms_per_step']:.1f}", DRY_FIRST),
     ]  # fmt: skip
 
 
