@@ -10,7 +10,6 @@ Run: .venv/bin/python benchmarks/sampler.py   (prints a table, writes benchmarks
 
 from __future__ import annotations
 
-import ctypes
 import json
 import statistics
 import time
@@ -29,17 +28,11 @@ OUT = ROOT / "benchmarks" / "results" / "sampler.json"
 
 def llama_server_chain(ll: Any, vocab: Any, params: Any, seen: list[int]) -> Any:
     """llama-server's order for these settings: DRY over the whole vocabulary, then top-k, top-p, temperature."""
-    from allinone.engines import dry
+    from allinone.engines.llamacpp import dry_sampler
 
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-    breakers = (ctypes.c_char_p * len(dry.BREAKERS))(*(b.encode() for b in dry.BREAKERS))
-    whole = ll.llama_sampler_init_dry(
-        vocab, params.dry_multiplier, dry.BASE, dry.ALLOWED_LENGTH, dry.LAST_N, breakers, len(breakers)
-    )
-    for token in seen[-dry.LAST_N :]:
-        ll.llama_sampler_accept(whole, token)
     for sampler in (
-        whole,
+        dry_sampler(ll, vocab, params.dry_multiplier, seen),
         ll.llama_sampler_init_top_k(params.top_k),
         ll.llama_sampler_init_top_p(params.top_p, 1),
         ll.llama_sampler_init_temp(params.temperature),

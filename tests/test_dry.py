@@ -52,12 +52,9 @@ def vocab(settings: Settings) -> Iterator[Any]:
 def _llama_cpp_penalties(vocab: Any, seq: list[int], candidates: list[int], multiplier: float) -> dict[int, float]:
     import llama_cpp as ll
 
-    breakers = (ctypes.c_char_p * len(dry.BREAKERS))(*(b.encode() for b in dry.BREAKERS))
-    sampler = ll.llama_sampler_init_dry(
-        vocab, multiplier, dry.BASE, dry.ALLOWED_LENGTH, dry.LAST_N, breakers, len(breakers)
-    )
-    for token in seq:
-        ll.llama_sampler_accept(sampler, token)
+    from allinone.engines.llamacpp import dry_sampler
+
+    sampler = dry_sampler(ll, vocab, multiplier, seq)
     data = np.zeros(len(candidates), dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)])
     data["id"] = candidates
     arr = ll.llama_token_data_array(data.ctypes.data_as(ctypes.POINTER(ll.llama_token_data)), len(data), -1, False)
@@ -93,12 +90,13 @@ def test_the_same_penalties_as_llama_cpps_dry_sampler(vocab: Any) -> None:
 @pytest.mark.model
 def test_penalising_the_top_k_alone_samples_the_same_tokens_as_penalising_the_vocabulary(settings: Settings) -> None:
     """The engine's chain applies DRY to the top-k likeliest tokens instead of the whole vocabulary (llama-server's
-    order), a fifth of the time a token. DRY only lowers logits, so the draw is the same unless a penalty pushes a
-    candidate out of the top k. On real replies, with the same seeds, both orders pick the same tokens."""
+    order), in less than half the time a token (benchmarks/sampler.py). DRY only lowers logits, so the draw is the
+    same unless a penalty pushes a candidate out of the top k. On real replies, with the same seeds, both orders pick
+    the same tokens."""
     import llama_cpp as ll
 
     from allinone.engines import GenParams
-    from allinone.engines.llamacpp import _Context, _quiet
+    from allinone.engines.llamacpp import _Context, _quiet, dry_sampler
     from allinone.models import ensure_default
 
     _quiet(ll)
@@ -108,7 +106,6 @@ def test_penalising_the_top_k_alone_samples_the_same_tokens_as_penalising_the_vo
     cparams = ll.llama_context_default_params()
     cparams.n_ctx, cparams.n_threads, cparams.n_threads_batch = 1024, 2, 2
     ctx = _Context(ll, model, ll.llama_init_from_model(model, cparams), 512, None)
-    breakers = (ctypes.c_char_p * len(dry.BREAKERS))(*(b.encode() for b in dry.BREAKERS))
     picked = penalised = 0
     try:
         for seed, text in enumerate(
@@ -118,9 +115,7 @@ def test_penalising_the_top_k_alone_samples_the_same_tokens_as_penalising_the_vo
             prompt = ctx.tokenize(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n", special=True)
             ours = ctx.sampler(params, prompt)
             reference = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())  # DRY over everything
-            whole = ll.llama_sampler_init_dry(ctx._vocab, 0.8, dry.BASE, dry.ALLOWED_LENGTH, dry.LAST_N, breakers, 4)
-            for token in prompt:
-                ll.llama_sampler_accept(whole, token)
+            whole = dry_sampler(ll, ctx._vocab, 0.8, prompt)
             for sampler in (whole, ll.llama_sampler_init_top_k(40), ll.llama_sampler_init_top_p(0.8, 1)):
                 ll.llama_sampler_chain_add(reference, sampler)
             ll.llama_sampler_chain_add(reference, ll.llama_sampler_init_temp(0.8))

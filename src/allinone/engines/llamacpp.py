@@ -56,6 +56,17 @@ def _quiet(ll: Any) -> None:
         ll.llama_backend_init()
 
 
+def dry_sampler(ll: Any, vocab: Any, multiplier: float, seen: Sequence[int] = ()) -> Any:
+    """llama.cpp's DRY sampler with dry.py's settings, having seen the last dry.LAST_N of `seen`."""
+    breakers = (ctypes.c_char_p * len(dry.BREAKERS))(*(b.encode() for b in dry.BREAKERS))
+    sampler = ll.llama_sampler_init_dry(
+        vocab, multiplier, dry.BASE, dry.ALLOWED_LENGTH, dry.LAST_N, breakers, len(breakers)
+    )
+    for token in seen[-dry.LAST_N :]:
+        ll.llama_sampler_accept(sampler, token)
+    return sampler
+
+
 @lru_cache(maxsize=64)
 def _grammar(schema_json: str) -> str:
     return schema_to_gbnf(json.loads(schema_json))
@@ -113,14 +124,8 @@ class _Context:
             # lower logits, so the draw differs only when one pushes a candidate out of the top k, and then only in
             # whether the (k+1)-th likeliest token may be drawn: both orders drew the same 1,326 tokens of 32 replies.
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(params.top_k))
-        if params.dry_multiplier > 0:  # DRY over the request's own messages and the reply (see dry.py)
-            breakers = (ctypes.c_char_p * len(dry.BREAKERS))(*(b.encode() for b in dry.BREAKERS))
-            sampler = ll.llama_sampler_init_dry(
-                self._vocab, params.dry_multiplier, dry.BASE, dry.ALLOWED_LENGTH, dry.LAST_N, breakers, len(breakers)
-            )
-            for token in seen[-dry.LAST_N :]:  # a reply should not parrot the message it answers
-                ll.llama_sampler_accept(sampler, token)
-            ll.llama_sampler_chain_add(chain, sampler)
+        if params.dry_multiplier > 0:  # DRY over the request's own messages and the reply: no parroting the message
+            ll.llama_sampler_chain_add(chain, dry_sampler(ll, self._vocab, params.dry_multiplier, seen))
         if params.repeat_penalty != 1.0:  # over the whole reply; the prompt is not penalised
             penalties = ll.llama_sampler_init_penalties(
                 self._n_vocab, params.max_tokens, params.repeat_penalty, 0.0, 0.0
