@@ -27,7 +27,10 @@ GOOD, BAD = "房间干净，服务热情，下次还来。", "太吵了，一晚
 
 @pytest.fixture(scope="module")
 def probed(settings: Settings) -> Iterator[LlamaCppEngine]:
-    eng = LlamaCppEngine(ensure_default(settings.models_dir), name="default", n_ctx=2048, probe_layer=12)
+    # classification chunks of 128 tokens while replies stream (512 by default): the chunked test's text stays short
+    eng = LlamaCppEngine(
+        ensure_default(settings.models_dir), name="default", n_ctx=2048, probe_layer=12, score_chunk=128
+    )
     yield eng
     eng.close()
 

@@ -265,24 +265,38 @@ def test_a_long_classification_is_computed_in_chunks_while_replies_stream_and_wh
         sched.close()
 
 
-def test_reply_tokens_are_decoded_apart_when_a_prompt_makes_the_step_large() -> None:
+def test_reply_tokens_are_decoded_apart_after_the_prompt_when_a_prompt_makes_the_step_large() -> None:
     # llama.cpp's CPU flash attention tiles 64 query rows: a reply's token in a tile makes every row of it attend
-    # over all the replies' cells, so a step of SPLIT_TOKENS or more decodes the reply tokens first, on their own
+    # over all the replies' cells, so a step of SPLIT_TOKENS or more decodes the reply tokens on their own, after
+    # the prompt, so that a classification's answer goes out while they decode
     ctx = FakeContext(n_batch=128)
     ctx.delay = 0.005
     sched = Scheduler(ctx, parallel=4, cache_bytes=1 << 20, prefill_chunk=8, score_chunk=100)
+    answered: list[bool] = []  # at each decode: had the classification been answered?
+    job = ScoreJob(letters("sys" + "q" * 80), 0, conts=[letters("a"), letters("b")])
+    decode = ctx.decode
+
+    def decode_and_look(items: Sequence[Item]) -> None:
+        answered.append(job.done.is_set())
+        decode(items)
+
+    ctx.decode = decode_and_look  # type: ignore[method-assign]
     try:
         stream = generate(sched, "a", max_tokens=20)
         while len(ctx.batches) < 2:
             time.sleep(0.001)
-        job = score(sched, "sys" + "q" * 80, 3, ["a", "b"])
+        ctx.gate.clear()  # hold the decode in progress (it becomes batch n); the classification arrives meanwhile
+        time.sleep(0.05)
+        n = len(ctx.batches)
+        sched.submit(job)
+        ctx.gate.set()
+        assert job.done.wait(5)
         text, _ = drain(stream)
         mine = [i for i, b in enumerate(ctx.batches) if ctx.tokens_in(b, job.seq)]
-        big = [i for i in mine if len(ctx.tokens_in(ctx.batches[i], job.seq)) >= 64]
-        assert big  # the prompt came while the reply streamed, in a large step
-        for i in big:
-            assert not ctx.tokens_in(ctx.batches[i], stream.seq)  # no reply token beside the prompt
-            assert [s for *_, s, _ in ctx.batches[i - 1]] == [stream.seq]  # it was decoded just before, alone
+        assert mine == [n + 1]  # the whole prompt, first in the next step, before its reply token
+        assert not ctx.tokens_in(ctx.batches[n + 1], stream.seq)  # no reply token beside the prompt
+        assert [s for *_, s, _ in ctx.batches[n + 2]] == [stream.seq]  # decoded just after, alone
+        assert not answered[n + 1] and answered[n + 2]  # answered as the step's reply tokens decoded
         assert text == "bcdefghijklmnopqrstu"  # each token sampled from its own decode's logits
         alone = score(sched, "sys" + "q" * 80, 3, ["a", "b"])
         assert alone.result is not None and job.result is not None

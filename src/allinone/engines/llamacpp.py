@@ -21,7 +21,7 @@ from ..structured import schema_to_gbnf
 from . import dry, kvstate
 from .base import Busy, Chunk, Conversation, Engine, EngineInfo, GenParams, Prompt, PromptTokens, Scores, Segment, Slots
 from .probe import Probe
-from .scheduler import GenJob, Item, Scheduler, ScoreJob
+from .scheduler import SCORE_CHUNK, GenJob, Item, Scheduler, ScoreJob
 from .template import ChatTemplate
 
 __all__ = ["LlamaCppEngine"]
@@ -248,6 +248,7 @@ class LlamaCppEngine(Engine):
         n_batch: int = 512,
         parallel: int = 4,
         prefill_chunk: int = 128,
+        score_chunk: int = SCORE_CHUNK,
         probe_layer: int | tuple[int, ...] | None = None,
         kv_f16: bool = True,
         flash_attn: bool = True,
@@ -304,7 +305,11 @@ class LlamaCppEngine(Engine):
             details["probe_callback"] = "native gate" if probe is not None and probe.native else "python"
         self.info = EngineInfo("llama.cpp", name, self._n_ctx, details)
         self._scheduler = Scheduler(
-            self._ctx, parallel=parallel, cache_bytes=cache_mb << 20, prefill_chunk=prefill_chunk
+            self._ctx,
+            parallel=parallel,
+            cache_bytes=cache_mb << 20,
+            prefill_chunk=prefill_chunk,
+            score_chunk=score_chunk,
         )
 
     # --- model metadata and tokens ----------------------------------------------------------------

@@ -3,11 +3,11 @@
 Each step builds one batch from
   1. one token for every reply being generated;
   2. the prompts of classifications: a classification is one forward pass and never waits for other users'
-     replies (it goes into the next step); while replies stream, up to `score_chunk` of its tokens per step, so
-     that a long text does not stall every stream for the whole of its prefill;
+     replies (it goes into the next step); while replies stream, up to `score_chunk` of its tokens per step (512
+     by default, the texts of a few requests together), so that only a very long text is spread over steps;
   3. chunks of the prompts of newly arrived replies, small enough that running streams keep flowing;
-and decodes it with one `llama_decode` call, or two when prompt tokens make it large: the reply tokens, then the
-rest (Scheduler._batches).
+and decodes it with one `llama_decode` call, or two when prompt tokens make it large: the prompts, whose answers
+go out at once, then the reply tokens (Scheduler._batches).
 
 Caching: a task's fixed prefix (system prompt, examples) is computed once and its KV state kept in host memory;
 a request restores it into its sequence (a copy of a few MB) and computes only its own tokens. After a reply the
@@ -47,6 +47,7 @@ MAX_PREFIXES = 16  # task prefixes kept in host memory (least recently used are 
 MIN_REUSE = 16  # shared tokens worth restoring a saved conversation for (fewer are as quick to compute)
 ECHO_CHUNK = 64  # prompt tokens per step when every one needs its logits (echo): 64 x vocab floats of output
 SPLIT_TOKENS = 64  # a step of this many tokens decodes its reply tokens apart (Scheduler._batches)
+SCORE_CHUNK = 512  # classification tokens a step takes while replies stream: ~1.5 s on the default model, 2 threads
 
 
 class Context(Protocol):
@@ -182,7 +183,13 @@ class Scheduler:
     """
 
     def __init__(
-        self, ctx: Context, *, parallel: int, cache_bytes: int, prefill_chunk: int = 128, score_chunk: int = 128
+        self,
+        ctx: Context,
+        *,
+        parallel: int,
+        cache_bytes: int,
+        prefill_chunk: int = 128,
+        score_chunk: int = SCORE_CHUNK,
     ) -> None:
         self.ctx, self.parallel, self.cache_bytes, self.prefill_chunk = ctx, parallel, cache_bytes, prefill_chunk
         self.score_chunk = score_chunk
@@ -302,12 +309,15 @@ class Scheduler:
         """The step's decodes: its reply tokens on their own when prompt tokens would bring the batch to
         SPLIT_TOKENS or more, else one. With that many tokens llama.cpp's CPU flash attention computes in tiles of
         64 query rows, and a tile holding a reply's token computes over every cell of the replies' interleaved
-        tokens for all its rows, a cost that grows with the replies' length (benchmarks/mixed_step.py)."""
+        tokens for all its rows, a cost that grows with the replies' length (benchmarks/mixed_step.py).
+        Split, the prompts go first: a classification's answer (and a new reply's first token) is handed over
+        while the reply tokens decode, not a decode later; the streams' tokens of the step come out at its end
+        either way."""
         n_tokens = sum(p.n for p in parts if p.kind == "token")  # _build puts them first
         if n_tokens == 0 or n_tokens == len(items) or len(items) < SPLIT_TOKENS:
             return [(parts, items)]
         rest = [dataclasses.replace(p, start=p.start - n_tokens) for p in parts if p.kind != "token"]
-        return [([p for p in parts if p.kind == "token"], items[:n_tokens]), (rest, items[n_tokens:])]
+        return [(rest, items[n_tokens:]), ([p for p in parts if p.kind == "token"], items[:n_tokens])]
 
     def _decode(self, parts: list[Part], items: list[Item]) -> None:
         probe = self.ctx.probe if any(p.kind == "prompt" and getattr(p.job, "hidden", False) for p in parts) else None
