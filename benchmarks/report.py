@@ -35,8 +35,8 @@ HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs before the ones in the README, kept in earlier/: "the run before"
 LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
 DRY_FIRST = "03be5c9"  # thread_cpu.py, the run before the sampler took top-k before DRY
-LOAD_PREVIOUS = "f74708c"  # load.py, the run before the one in the README
-CONCURRENCY_BEFORE = "5d44102"  # concurrency.py, the run before the sampler took top-k before DRY
+LOAD_PREVIOUS = "ded4248"  # load.py, the run before the one in the README
+CONCURRENCY_BEFORE = "a82b41b"  # concurrency.py, the run before classifications took 512 tokens a step, first
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -396,6 +396,10 @@ def concurrency_prose() -> list[Phrase]:
     def ratio(run: dict[str, Any], key: str, side: str = "ours") -> str:
         return f"{run[side][key] / run['peer'][key]:.2f}"
 
+    def busy(run: dict[str, Any]) -> str:  # the three texts under four streams, over the same three idle
+        ours = run["ours"]
+        return f"{ours['three_sentiments_under_four_streams_slowest_s'] / ours['three_sentiments_idle_slowest_s']:.2f}"
+
     agg, idle, one = "four_streams_aggregate_tok_s", "sentiment_p50_idle_s", "one_stream_decode_tok_s"
     return [
         phrase("both running at once with {} threads each (`-c {} -np {}`", knobs["n_threads"],
@@ -408,6 +412,8 @@ def concurrency_prose() -> list[Phrase]:
         phrase("The same three texts sent together to our idle server take {} s ({} s in the run before;",
                f"{o['three_sentiments_idle_slowest_s']:.2f}",
                f"{before['ours']['three_sentiments_idle_slowest_s']:.2f}"),
+        phrase("and took {} of their idle time, against {} in the run before, when a step took at most", busy(r),
+               busy(before)),
         phrase("every stream ran to its {} tokens", knobs["chat_max_tokens"]),
         phrase("Four streams together reach {} of llama-server's aggregate in this run and {} in the run before (the "
                "results file at commit {})", ratio(r, agg), ratio(before, agg), earlier),
@@ -495,6 +501,7 @@ def load_prose() -> list[Phrase]:
     earlier = {row["kind"]: row for row in _json_at(before, "load")["latency"]}
     run_before, previous = _json_at(LOAD_BEFORE, "load"), _json_at(LOAD_PREVIOUS, "load")
     before_all = next(row for row in previous["latency"] if row["kind"] == "all")
+    before_sentiment = next(row for row in previous["latency"] if row["kind"] == "sentiment")
     last = {row["kind"]: row for row in run_before["latency"]}
     last_refused, refused = run_before["by_status"].get("429", 0), r["by_status"].get("429", 0)
     growth = r["rss_mb_end"] / r["rss_mb_start"] - 1  # from the RSS figures: rss_growth is rounded to 4 places
@@ -521,6 +528,8 @@ def load_prose() -> list[Phrase]:
         phrase("(the results file at commit {}: {} answered a second, {} of a cap of {})", LOAD_PREVIOUS,
                f"{before_all['per_s']:.2f}", _pct(previous["share_of_bound"], 0),
                f"{previous['bound_per_s']:.2f}"),
+        phrase("the sentiment p50 went from {} s to {} s", f"{before_sentiment['p50_s']:.1f}",
+               f"{lat['sentiment']['p50_s']:.1f}"),
         phrase("sentiment requests alone would cap at {} a second", f"{1 / r['model_s_per_request']['sentiment']:.2f}"),
         phrase("Chat turns are slow here (p50 {} s)", f"{lat['chat']['p50_s']:.0f}"),
         phrase("all {} sessions' own KV states fit the {} MB cache", r["clients"], r["cache_mb"]),
