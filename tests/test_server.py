@@ -632,12 +632,15 @@ def test_a_client_that_leaves_stops_the_generation_and_frees_the_engine(tmp_path
     leave_at: list[float] = []
 
     async def receive() -> dict[str, Any]:
-        if not leave_at:  # the request body; the client goes away a little later
-            leave_at.append(time.monotonic() + 0.2)
+        if not leave_at:  # the request body; the client goes away once the reply has streamed for a while
+            leave_at.append(time.monotonic() + 5.0)  # at the latest (the combined flow classifies first)
             return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
-        if time.monotonic() < leave_at[0]:
-            await anyio.sleep(leave_at[0] - time.monotonic())
-        return {"type": "http.disconnect"}
+        while True:  # polls (Request.is_disconnected) cancel this at its first await: decide before it
+            if engine.started and len(leave_at) == 1:
+                leave_at.append(time.monotonic() + 0.2)
+            if time.monotonic() >= leave_at[-1]:
+                return {"type": "http.disconnect"}
+            await anyio.sleep(0.01)
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -661,6 +664,7 @@ def test_a_client_that_leaves_stops_the_generation_and_frees_the_engine(tmp_path
             await app(scope, receive, send)
 
     anyio.run(main)
+    assert engine.started  # the client left during the generation, not before it
     assert engine.lock.acquire(timeout=1.0) and engine.closed  # generation stopped (it closes before it frees the lock)
     line = log_lines(tmp_path, app)[-1]
     assert line["status"] == 499 and 0 < line["completion_tokens"] < 1000  # the chunks it did stream
