@@ -36,6 +36,7 @@ HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
 DRY_FIRST = "03be5c9"  # thread_cpu.py, the run before the sampler took top-k before DRY
 LOAD_PREVIOUS = "ded4248"  # load.py, the run before the one in the README
+MIXED_STEP_BEFORE = "419f3f2"  # mixed_step.py, the run before the split step put its prompts first
 CONCURRENCY_BEFORE = "a82b41b"  # concurrency.py, the run before classifications took 512 tokens a step, first
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -539,9 +540,12 @@ def load_prose() -> list[Phrase]:
 
 
 def mixed_step_prose() -> list[Phrase]:
-    r = _json("mixed_step")
+    r, before = _json("mixed_step"), _json_at(MIXED_STEP_BEFORE, "mixed_step")
     first, last = r["sentiment_by_phase"][0], r["sentiment_by_phase"][-1]
     return [
+        phrase("({} and {} in the run before, when the reply tokens went first: the results file at commit {})",
+               f"{before['replies_tok_s']['apart']:.1f}", f"{before['replies_tok_s']['together']:.1f}",
+               MIXED_STEP_BEFORE),
         phrase("(in process, four {}-token replies, sentiment requests one at a time while they stream, the two ways "
                "alternating over {} rounds)", r["reply_tokens"], r["rounds"]),
         phrase("a sentiment request sent once the replies had {} tokens took {} s with the reply tokens apart and {} s "
