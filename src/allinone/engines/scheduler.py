@@ -47,7 +47,7 @@ MAX_PREFIXES = 16  # task prefixes kept in host memory (least recently used are 
 MIN_REUSE = 16  # shared tokens worth restoring a saved conversation for (fewer are as quick to compute)
 ECHO_CHUNK = 64  # prompt tokens per step when every one needs its logits (echo): 64 x vocab floats of output
 SPLIT_TOKENS = 64  # a step of this many tokens decodes its reply tokens apart (Scheduler._batches)
-SCORE_CHUNK = 512  # classification tokens a step takes while replies stream: ~1.5 s on the default model, 2 threads
+SCORE_CHUNK = 512  # classification tokens a step takes while replies stream: ~2 s on the default model, 2 threads
 
 
 class Context(Protocol):
