@@ -501,8 +501,7 @@ def load_prose() -> list[Phrase]:
     lat = {row["kind"]: row for row in r["latency"]}
     earlier = {row["kind"]: row for row in _json_at(before, "load")["latency"]}
     run_before, previous = _json_at(LOAD_BEFORE, "load"), _json_at(LOAD_PREVIOUS, "load")
-    before_all = next(row for row in previous["latency"] if row["kind"] == "all")
-    before_sentiment = next(row for row in previous["latency"] if row["kind"] == "sentiment")
+    prev = {row["kind"]: row for row in previous["latency"]}
     last = {row["kind"]: row for row in run_before["latency"]}
     last_refused, refused = run_before["by_status"].get("429", 0), r["by_status"].get("429", 0)
     growth = r["rss_mb_end"] / r["rss_mb_start"] - 1  # from the RSS figures: rss_growth is rounded to 4 places
@@ -527,9 +526,9 @@ def load_prose() -> list[Phrase]:
                lat["sentiment"]["answered"], lat["chat"]["answered"], f"{r['bound_per_s']:.2f}"),
         phrase("the run reached {} of it", _pct(r["share_of_bound"], 0)),
         phrase("(the results file at commit {}: {} answered a second, {} of a cap of {})", LOAD_PREVIOUS,
-               f"{before_all['per_s']:.2f}", _pct(previous["share_of_bound"], 0),
+               f"{prev['all']['per_s']:.2f}", _pct(previous["share_of_bound"], 0),
                f"{previous['bound_per_s']:.2f}"),
-        phrase("the sentiment p50 went from {} s to {} s", f"{before_sentiment['p50_s']:.1f}",
+        phrase("the sentiment p50 went from {} s to {} s", f"{prev['sentiment']['p50_s']:.1f}",
                f"{lat['sentiment']['p50_s']:.1f}"),
         phrase("sentiment requests alone would cap at {} a second", f"{1 / r['model_s_per_request']['sentiment']:.2f}"),
         phrase("Chat turns are slow here (p50 {} s)", f"{lat['chat']['p50_s']:.0f}"),
