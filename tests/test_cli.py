@@ -90,3 +90,16 @@ def test_models_lists_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     rows = json.loads(result.output)
     assert rows[0]["ref"] == "default" and rows[0]["size"] == 491_400_064
     assert rows[0]["path"].startswith(str(tmp_path))
+
+
+def test_a_bad_setting_in_the_environment_is_one_line_naming_the_variable_with_exit_code_2(
+    fake: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLINONE_WIDEN", "maybe")
+    monkeypatch.setenv("ALLINONE_PARALLEL", "many")
+    result = invoke("run", "sentiment", "很好")
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("error: ALLINONE_")
+    assert "ALLINONE_WIDEN='maybe': Input should be 'on' or 'off'" in result.output
+    assert "ALLINONE_PARALLEL='many': Input should be a valid integer" in result.output

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
 from .errors import AllInOneError
 from .settings import Settings
@@ -35,6 +36,18 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except AllInOneError as e:
             raise UserError(str(e)) from None
+        except ValidationError as e:
+            if e.title != Settings.__name__:
+                raise
+            raise UserError(_settings_message(e)) from None
+
+
+def _settings_message(e: ValidationError) -> str:
+    """A bad setting (an ALLINONE_* variable) as the user wrote it, with what it should be."""
+    return "; ".join(
+        f"ALLINONE_{'_'.join(str(p) for p in err['loc']).upper()}={err.get('input')!r}: {err['msg']}"
+        for err in e.errors()
+    )
 
 
 def _remember_engine(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
