@@ -496,6 +496,23 @@ def engine_config_prose() -> list[Phrase]:
     ]  # fmt: skip
 
 
+def widen_prose() -> list[Phrase]:
+    r = _json("widen")
+    plain, wide = r["rows"]
+    mb = {name: f"{size / 1e6:.1f}" for name, size in r["size_bytes"].items()}
+    return [
+        phrase("made once in the home dir ({} MB against {} MB)", mb[wide["weights"]], mb[plain["weights"]]),
+        phrase("taking turns; {} dev texts, {} rounds of {}-token decodes)", r["knobs"]["n_texts"],
+               r["knobs"]["rounds"], r["knobs"]["decode_tokens"]),
+        phrase("measured sentiment p50 {} s against {} s (paired ratio {}), one stream {} tokens/s against {}, and "
+               "four streams {} against {}", f"{wide['sentiment_p50_s']:.3f}", f"{plain['sentiment_p50_s']:.3f}",
+               f"{wide['sentiment_paired_ratio']:.3f}", f"{wide['one_stream_tok_s']:.1f}",
+               f"{plain['one_stream_tok_s']:.1f}", f"{wide['four_streams_tok_s']:.1f}",
+               f"{plain['four_streams_tok_s']:.1f}"),
+        phrase("the label probabilities did not move (max |Δp| {})", f"{r['max_abs_dp']:.4f}"),
+    ]  # fmt: skip
+
+
 def load_prose() -> list[Phrase]:
     r, before = _json("load"), "2e98757"  # the last run before continuous batching
     lat = {row["kind"]: row for row in r["latency"]}
@@ -858,6 +875,7 @@ PHRASES: dict[str, Callable[[], list[Phrase]]] = {
     "parallel": parallel_prose,
     "batching": batching_prose,
     "engine_config": engine_config_prose,
+    "widen": widen_prose,
     "load": load_prose,
     "mixed_step": mixed_step_prose,
     "structured": structured_prose,

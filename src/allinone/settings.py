@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         description="llama.cpp: repack the Q4 weights for this CPU's SIMD units at load (llama.cpp's own default); "
         "`auto` = on, except on CPUs with AMX, where llama-cpp-python 0.3.36 crashes on repacked weights.",
     )
+    widen: Literal["on", "off"] = Field(
+        "off",
+        description="llama.cpp: `on` loads a copy of the GGUF whose Q5_0 weights are stored as Q8_0, the same "
+        "values, made once in home/widened: prompts (classification) compute faster, decode reads more bytes a token "
+        "(benchmarks/widen.py).",
+    )
     batch_size: int = Field(
         1,  # measured: not faster than one at a time on 2 CPU cores (benchmarks/batching.py)
         ge=1,

@@ -61,11 +61,12 @@ def load_engine(settings: Settings, probe_layer: int | None = None) -> Engine:
             n_threads=settings.n_threads,
             probe_layer=probe_layer,
         )
+    from ..widen import widened
     from .llamacpp import LlamaCppEngine, repack_weights
 
     info = resolve_model(settings.model, settings)
     return LlamaCppEngine(
-        info.path,
+        widened(info.path, settings.home / "widened") if settings.widen == "on" else info.path,
         name=info.name,
         n_ctx=settings.n_ctx,
         cache_mb=settings.cache_mb,
