@@ -92,6 +92,19 @@ def test_a_model_without_q5_0_weights_is_loaded_as_it_is(tmp_path: Path) -> None
     assert not list((tmp_path / "cache").glob("*.gguf"))
 
 
+def test_a_model_split_into_files_is_loaded_as_it_is(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    part = tmp_path / "m-00001-of-00002.gguf"
+    w = GGUFWriter(part, "qwen2")
+    w.add_uint16("split.count", 2)  # llama.cpp would look for m-00002-of-00002.gguf beside the copy
+    w.add_tensor("blk.0.attn_q.weight", quantize(rng.normal(size=(4, 64)).astype(np.float32), Q.Q5_0), raw_dtype=Q.Q5_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert widened(part, tmp_path / "cache") == part
+
+
 def test_a_cache_that_cannot_be_written_loads_the_model_as_it_is_with_a_warning(
     model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -47,6 +47,7 @@ class Layout:
     tensors: list[Tensor]
     alignment: int
     data: int  # where the data section starts
+    splits: int = 1  # files the model is split into (llama.cpp finds the others by this file's name)
 
 
 class _Reader:
@@ -87,11 +88,13 @@ def read_layout(buf: mmap.mmap) -> Layout:
     if r.take("<I") < 2:
         raise ValueError("GGUF version 1 is not supported")
     n_tensors, n_kv = r.take("<Q"), r.take("<Q")
-    alignment = 32
+    alignment, splits = 32, 1
     for _ in range(n_kv):
         key, vtype = r.string(), r.take("<I")
         if key == b"general.alignment" and vtype == 4:
             alignment = r.take("<I")
+        elif key == b"split.count" and vtype == 2:
+            splits = r.take("<H")
         else:
             r.skip(vtype)
     kv_end = r.pos
@@ -104,7 +107,7 @@ def read_layout(buf: mmap.mmap) -> Layout:
     ordered = sorted(tensors, key=lambda t: t.offset)
     for t, after in zip(ordered, [*ordered[1:], None], strict=True):
         t.size = (after.offset if after is not None else len(buf) - data) - t.offset
-    return Layout(kv_end, tensors, alignment, data)
+    return Layout(kv_end, tensors, alignment, data, splits)
 
 
 def widen_q5_0(raw: memoryview | bytes) -> bytes:
@@ -131,7 +134,7 @@ def write_widened(src: Path, dst: Path) -> int:
         layout = read_layout(buf)
         names = {t.name for t in layout.tensors}
         widened = [t for t in layout.tensors if _widens(t, names)]
-        if not widened:
+        if not widened or layout.splits > 1:  # a copy of one part of a split model would not find the others
             return 0
         a = layout.alignment
         offsets, end = {}, 0
@@ -179,7 +182,8 @@ def widened(src: Path, cache_dir: Path) -> Path:
                 plain.touch()
                 return src
             for old in cache_dir.glob(f"{glob.escape(stem)}.*"):  # copies of an earlier version of src
-                old.unlink(missing_ok=True)
+                if old != target:  # another process may have just made it, and be loading it
+                    old.unlink(missing_ok=True)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
