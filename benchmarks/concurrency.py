@@ -5,7 +5,8 @@ the load of a shared machine falls on both alike (compare the ratios). The peer 
 task's system prompt and examples as a chat completion with `max_tokens: 1` and top logprobs, and the same chat
 messages with the same sampling: our chat task adds DRY to every chat request (allinone-chat), so the peer's chat
 requests carry the same DRY fields (peer_sampling), and both do the same work per token. A third server, `allinone
-serve --engine openai` in front of the peer, measures scale-out.
+serve --engine openai` in front of the peer, measures scale-out. Both get the same GGUF; ours loads it, as by
+default, through the widened copy it makes at start (widen.py: the same weight values, Q5_0 stored as Q8_0).
 
 Rows: idle sentiment latency; one stream's decode speed; four streams' aggregate speed and time to first token;
 the slowest of three sentiment requests sent 1 s into four streams, and of the same three sent together to the idle

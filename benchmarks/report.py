@@ -35,9 +35,9 @@ HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs before the ones in the README, kept in earlier/: "the run before"
 LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
 DRY_FIRST = "03be5c9"  # thread_cpu.py, the run before the sampler took top-k before DRY
-LOAD_PREVIOUS = "ded4248"  # load.py, the run before the one in the README
+LOAD_PREVIOUS = "da4fb0b"  # load.py, the run before the one in the README
 MIXED_STEP_BEFORE = "419f3f2"  # mixed_step.py, the run before the split step put its prompts first
-CONCURRENCY_BEFORE = "a82b41b"  # concurrency.py, the run before classifications took 512 tokens a step, first
+CONCURRENCY_BEFORE = "da4fb0b"  # concurrency.py, the run before the default loaded the widened weights
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -413,8 +413,7 @@ def concurrency_prose() -> list[Phrase]:
         phrase("The same three texts sent together to our idle server take {} s ({} s in the run before;",
                f"{o['three_sentiments_idle_slowest_s']:.2f}",
                f"{before['ours']['three_sentiments_idle_slowest_s']:.2f}"),
-        phrase("and took {} of their idle time, against {} in the run before, when a step took at most", busy(r),
-               busy(before)),
+        phrase("and took {} of their idle time, against {} in the run before. Since this run", busy(r), busy(before)),
         phrase("every stream ran to its {} tokens", knobs["chat_max_tokens"]),
         phrase("Four streams together reach {} of llama-server's aggregate in this run and {} in the run before (the "
                "results file at commit {})", ratio(r, agg), ratio(before, agg), earlier),
@@ -510,6 +509,8 @@ def widen_prose() -> list[Phrase]:
                f"{plain['one_stream_tok_s']:.1f}", f"{wide['four_streams_tok_s']:.1f}",
                f"{plain['four_streams_tok_s']:.1f}"),
         phrase("the label probabilities did not move (max |Δp| {})", f"{r['max_abs_dp']:.4f}"),
+        phrase("the widened weights left one stream {} of its decode speed",
+               f"{wide['one_stream_tok_s'] / plain['one_stream_tok_s']:.2f}"),
     ]  # fmt: skip
 
 

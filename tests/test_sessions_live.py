@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from allinone.settings import Settings
+from allinone.widen import widened
 
 pytestmark = pytest.mark.model
 
@@ -32,10 +33,13 @@ def _free_port() -> int:
 
 
 def _model_path() -> str:
-    found = sorted((Settings().models_dir).glob("*.gguf"))
+    """The cached default model's widened copy, made once in the user's cache (each server's own home would make
+    one more)."""
+    settings = Settings()
+    found = sorted(settings.models_dir.glob("*.gguf"))
     if not found:
         pytest.skip("the default model is not cached")
-    return str(found[0])
+    return str(widened(found[0], settings.home / "widened"))
 
 
 @contextmanager

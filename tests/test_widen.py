@@ -122,22 +122,21 @@ def test_a_file_that_is_not_gguf_is_loaded_as_it_is(tmp_path: Path) -> None:
 
 
 @pytest.mark.model
-def test_the_widened_default_model_scores_as_the_original_does(settings: Settings, engine: object) -> None:
-    """ALLINONE_WIDEN=on loads the widened copy, which gives the scores of the file loaded as it is (the default)."""
+def test_the_default_engine_loads_the_widened_copy_which_scores_as_the_file_as_it_is(
+    settings: Settings, engine: object
+) -> None:
     from allinone.classify import conversation
     from allinone.engines import load_engine
     from allinone.models import ensure_default
     from allinone.tasks import load_tasks
 
     original = ensure_default(settings.models_dir)
-    assert engine.info.details["path"] == str(original)  # type: ignore[attr-defined]
-    wide = load_engine(settings.model_copy(update={"widen": "on", "n_ctx": 2048}))
+    path = Path(str(engine.info.details["path"]))  # type: ignore[attr-defined]
+    assert path == widened(original, settings.home / "widened") and path != original
+    assert not [t.name for t in GGUFReader(path).tensors if t.tensor_type == Q.Q5_0 and t.name != "token_embd.weight"]
+    plain = load_engine(settings.model_copy(update={"widen": "off", "n_ctx": 2048}))
     try:
-        path = Path(str(wide.info.details["path"]))
-        assert path == widened(original, settings.home / "widened") and path != original
-        assert not [
-            t.name for t in GGUFReader(path).tensors if t.tensor_type == Q.Q5_0 and t.name != "token_embd.weight"
-        ]
+        assert plain.info.details["path"] == str(original)
         task = load_tasks()["sentiment"]
         words = [w for label in task.labels or [] for w in label.words]
         for text in [
@@ -147,7 +146,7 @@ def test_the_widened_default_model_scores_as_the_original_does(settings: Setting
             "还行吧",
         ]:
             conv = conversation(task, text)
-            a, b = wide.score(conv, words).logprobs, engine.score(conv, words).logprobs  # type: ignore[attr-defined]
+            a, b = engine.score(conv, words).logprobs, plain.score(conv, words).logprobs  # type: ignore[attr-defined]
             assert np.allclose(a, b, atol=0.02), (text, a, b)
     finally:
-        wide.close()
+        plain.close()

@@ -53,10 +53,10 @@ class Settings(BaseSettings):
         "`auto` = on, except on CPUs with AMX, where llama-cpp-python 0.3.36 crashes on repacked weights.",
     )
     widen: Literal["on", "off"] = Field(
-        "off",
-        description="llama.cpp: `on` loads a copy of the GGUF whose Q5_0 weights are stored as Q8_0, the same "
-        "values, made once in home/widened: prompts (classification) compute faster, decode reads more bytes a token "
-        "(benchmarks/widen.py).",
+        "on",
+        description="llama.cpp: load a copy of the GGUF whose Q5_0 weights are stored as Q8_0, the same values, made "
+        "once in home/widened: prompts (a classification is one) compute faster, a decode step reads more bytes "
+        "(benchmarks/widen.py); `off` loads the file as it is.",
     )
     batch_size: int = Field(
         1,  # measured: not faster than one at a time on 2 CPU cores (benchmarks/batching.py)
