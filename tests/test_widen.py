@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -115,10 +116,20 @@ def test_a_cache_that_cannot_be_written_loads_the_model_as_it_is_with_a_warning(
     assert "could not widen" in caplog.text
 
 
-def test_a_file_that_is_not_gguf_is_loaded_as_it_is(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [b"\0" * 4096, b"GGUF" + os.urandom(4096), b"", b"GGUF" + struct.pack("<IQQQ", 3, 0, 1, 2**64 - 1) + b"\0" * 64],
+    ids=["zeros", "corrupt", "empty", "huge-length"],
+)
+def test_a_file_that_is_not_readable_gguf_is_loaded_as_it_is_without_a_warning(
+    content: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     junk = tmp_path / "junk.gguf"
-    junk.write_bytes(b"\0" * 4096)
-    assert widened(junk, tmp_path / "cache") == junk
+    junk.write_bytes(content)
+    with caplog.at_level(logging.WARNING):
+        assert widened(junk, tmp_path / "cache") == junk  # llama.cpp then says what is wrong with it, in one line
+        assert widened(tmp_path / "missing.gguf", tmp_path / "cache") == tmp_path / "missing.gguf"
+    assert not caplog.records
 
 
 @pytest.mark.model

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import mmap
 import os
 import struct
@@ -125,6 +126,11 @@ def widen_q5_0(raw: memoryview | bytes) -> bytes:
     return out.tobytes()
 
 
+def _blocks(t: Tensor) -> int:
+    """Blocks of 32 weights in a tensor."""
+    return math.prod(t.dims) // 32
+
+
 def _widens(t: Tensor, names: set[bytes]) -> bool:
     return t.type == Q5_0 and (t.name != _KEEP or b"output.weight" not in names)
 
@@ -132,16 +138,23 @@ def _widens(t: Tensor, names: set[bytes]) -> bool:
 def write_widened(src: Path, dst: Path) -> int:
     """Write src with its Q5_0 tensors as Q8_0 to dst; how many tensors were widened (0: nothing written)."""
     with src.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        layout = read_layout(buf)
+        try:
+            layout = read_layout(buf)
+        except (struct.error, KeyError, IndexError, OverflowError) as e:
+            raise ValueError(f"not a GGUF file this reader understands ({e})") from None
         names = {t.name for t in layout.tensors}
         widened = [t for t in layout.tensors if _widens(t, names)]
+        for t in layout.tensors:
+            fits = t.size >= 0 and layout.data + t.offset + t.size <= len(buf)
+            if not fits or (t in widened and (t.dims[0] % 32 or _blocks(t) * _Q5_0.itemsize > t.size)):
+                raise ValueError(f"tensor {t.name!r} does not fit the file")
         if not widened or layout.splits > 1:  # a copy of one part of a split model would not find the others
             return 0
         a = layout.alignment
         offsets, end = {}, 0
         for t in sorted(layout.tensors, key=lambda t: t.offset):
             offsets[t.name] = end
-            n_blocks = int(np.prod(t.dims)) // 32
+            n_blocks = _blocks(t)
             end = -(-(end + (n_blocks * _Q8_0.itemsize if _widens(t, names) else t.size)) // a) * a
         with dst.open("wb") as out:
             out.write(buf[: layout.kv_end])
@@ -154,7 +167,7 @@ def write_widened(src: Path, dst: Path) -> int:
                 out.write(b"\0" * (data + offsets[t.name] - out.tell()))
                 raw = memoryview(buf)[layout.data + t.offset : layout.data + t.offset + t.size]
                 if _widens(t, names):
-                    n_blocks = int(np.prod(t.dims)) // 32
+                    n_blocks = _blocks(t)
                     out.write(widen_q5_0(raw[: n_blocks * _Q5_0.itemsize]))
                 else:
                     out.write(raw)
@@ -164,8 +177,12 @@ def write_widened(src: Path, dst: Path) -> int:
 
 def widened(src: Path, cache_dir: Path) -> Path:
     """The model to load: a widened copy of src in cache_dir (made once, again when src changes), or src itself when
-    it has no Q5_0 tensors or the copy cannot be made (then a warning says why)."""
-    stat = src.stat()
+    it has no Q5_0 tensors, cannot be read as GGUF (llama.cpp will say why), or the copy cannot be written (a warning
+    says why)."""
+    try:
+        stat = src.stat()
+    except OSError:  # llama.cpp says what is wrong when it loads the file
+        return src
     stem = src.name.removesuffix(".gguf")
     target = cache_dir / f"{stem}.{stat.st_size}-{stat.st_mtime_ns}.q8.gguf"
     plain = cache_dir / f"{stem}.{stat.st_size}-{stat.st_mtime_ns}.plain"  # src has nothing to widen
@@ -188,7 +205,10 @@ def widened(src: Path, cache_dir: Path) -> Path:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-    except (OSError, ValueError) as e:
+    except ValueError as e:  # a file this reader cannot read: llama.cpp says what is wrong with it when it loads it
+        log.debug("loading %s as it is: %s", src, e)
+        return src
+    except OSError as e:
         log.warning("loading %s as it is: could not widen its Q5_0 weights in %s (%s)", src, cache_dir, e)
         return src
     return target
