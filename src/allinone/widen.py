@@ -105,7 +105,7 @@ def read_layout(buf: mmap.mmap) -> Layout:
         name = r.string()
         dims = tuple(r.take("<Q") for _ in range(r.take("<I")))
         tensors.append(Tensor(name, dims, r.take("<I"), r.take("<Q")))
-    data = -(-r.pos // alignment) * alignment
+    data = _align(r.pos, alignment)
     ordered = sorted(tensors, key=lambda t: t.offset)
     for t, after in zip(ordered, [*ordered[1:], None], strict=True):
         t.size = (after.offset if after is not None else len(buf) - data) - t.offset
@@ -131,8 +131,14 @@ def _blocks(t: Tensor) -> int:
     return math.prod(t.dims) // 32
 
 
-def _widens(t: Tensor, names: set[bytes]) -> bool:
-    return t.type == Q5_0 and (t.name != _KEEP or b"output.weight" not in names)
+def _align(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
+
+def _to_widen(tensors: list[Tensor]) -> set[bytes]:
+    """The names of the Q5_0 tensors to widen: all, except the token embedding when the model has an output matrix."""
+    names = {t.name for t in tensors}
+    return {t.name for t in tensors if t.type == Q5_0 and (t.name != _KEEP or b"output.weight" not in names)}
 
 
 def write_widened(src: Path, dst: Path) -> int:
@@ -142,37 +148,31 @@ def write_widened(src: Path, dst: Path) -> int:
             layout = read_layout(buf)
         except (struct.error, KeyError, IndexError, OverflowError) as e:
             raise ValueError(f"not a GGUF file this reader understands ({e})") from None
-        names = {t.name for t in layout.tensors}
-        widened = [t for t in layout.tensors if _widens(t, names)]
+        wide = _to_widen(layout.tensors)
         for t in layout.tensors:
             fits = t.size >= 0 and layout.data + t.offset + t.size <= len(buf)
-            if not fits or (t in widened and (t.dims[0] % 32 or _blocks(t) * _Q5_0.itemsize > t.size)):
+            if not fits or (t.name in wide and (t.dims[0] % 32 or _blocks(t) * _Q5_0.itemsize > t.size)):
                 raise ValueError(f"tensor {t.name!r} does not fit the file")
-        if not widened or layout.splits > 1:  # a copy of one part of a split model would not find the others
+        if not wide or layout.splits > 1:  # a copy of one part of a split model would not find the others
             return 0
-        a = layout.alignment
+        stored = sorted(layout.tensors, key=lambda t: t.offset)  # the order of their data in the file
         offsets, end = {}, 0
-        for t in sorted(layout.tensors, key=lambda t: t.offset):
+        for t in stored:
             offsets[t.name] = end
-            n_blocks = _blocks(t)
-            end = -(-(end + (n_blocks * _Q8_0.itemsize if _widens(t, names) else t.size)) // a) * a
+            end = _align(end + (_blocks(t) * _Q8_0.itemsize if t.name in wide else t.size), layout.alignment)
         with dst.open("wb") as out:
             out.write(buf[: layout.kv_end])
             for t in layout.tensors:
                 out.write(struct.pack("<Q", len(t.name)) + t.name + struct.pack("<I", len(t.dims)))
                 out.write(struct.pack(f"<{len(t.dims)}Q", *t.dims))
-                out.write(struct.pack("<IQ", Q8_0 if _widens(t, names) else t.type, offsets[t.name]))
-            data = -(-out.tell() // a) * a
-            for t in sorted(layout.tensors, key=lambda t: t.offset):
+                out.write(struct.pack("<IQ", Q8_0 if t.name in wide else t.type, offsets[t.name]))
+            data = _align(out.tell(), layout.alignment)
+            for t in stored:
                 out.write(b"\0" * (data + offsets[t.name] - out.tell()))
                 raw = memoryview(buf)[layout.data + t.offset : layout.data + t.offset + t.size]
-                if _widens(t, names):
-                    n_blocks = _blocks(t)
-                    out.write(widen_q5_0(raw[: n_blocks * _Q5_0.itemsize]))
-                else:
-                    out.write(raw)
+                out.write(widen_q5_0(raw[: _blocks(t) * _Q5_0.itemsize]) if t.name in wide else raw)
                 raw.release()
-        return len(widened)
+        return len(wide)
 
 
 def widened(src: Path, cache_dir: Path) -> Path:
