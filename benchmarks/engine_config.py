@@ -46,6 +46,15 @@ def p_first(logprobs: list[float]) -> float:
     return 1 / (1 + pow(2.718281828459045, logprobs[1] - logprobs[0]))
 
 
+def decode_rate(engine: Any, chat: Any, params: Any, streams: int) -> float:
+    """Tokens a second of `streams` replies to `chat` generated at once, together."""
+    with ThreadPoolExecutor(streams) as pool:
+        t0 = time.perf_counter()
+        outs = list(pool.map(lambda _: engine.generate(chat, params), range(streams)))
+        wall = time.perf_counter() - t0
+    return sum(o.usage.completion_tokens for o in outs if o.usage) / wall
+
+
 def main() -> None:
     from allinone.classify import conversation
     from allinone.engines import Conversation, GenParams, Message
@@ -73,19 +82,12 @@ def main() -> None:
             e.score(conv, words)
             latency[name].append(time.perf_counter() - t0)
 
-    def decode_rate(e: Any, streams: int) -> float:
-        with ThreadPoolExecutor(streams) as pool:
-            t0 = time.perf_counter()
-            outs = list(pool.map(lambda _: e.generate(chat, params), range(streams)))
-            wall = time.perf_counter() - t0
-        return sum(o.usage.completion_tokens for o in outs if o.usage) / wall
-
     one: dict[str, list[float]] = {n: [] for n in engines}
     many: dict[str, list[float]] = {n: [] for n in engines}
     for _ in range(ROUNDS):
         for name, e in engines.items():
-            one[name].append(decode_rate(e, 1))
-            many[name].append(decode_rate(e, STREAMS))
+            one[name].append(decode_rate(e, chat, params, 1))
+            many[name].append(decode_rate(e, chat, params, STREAMS))
 
     def compare(ps: list[float], qs: list[float], prefix: str = "") -> dict[str, float]:
         diffs = [abs(a - b) for a, b in zip(ps, qs, strict=True)]

@@ -10,12 +10,12 @@ Run: .venv/bin/python benchmarks/widen.py   (writes benchmarks/results/widen.jso
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+
+from batching import p_first
+from engine_config import decode_rate
 
 # --- knobs ---------------------------------------------------------------------------------------
 N_TEXTS = 60  # ChnSentiCorp dev texts from FIRST_TEXT (the other benchmarks' latency texts are the first 30)
@@ -28,10 +28,6 @@ N_THREADS = 2
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chnsenticorp_dev.jsonl"
 OUT = ROOT / "benchmarks" / "results" / "widen.json"
-
-
-def p_first(logprobs: list[float]) -> float:
-    return 1 / (1 + math.exp(logprobs[1] - logprobs[0]))
 
 
 def main() -> None:
@@ -72,19 +68,12 @@ def main() -> None:
             latency[name].append(time.perf_counter() - start)
             probs[name].append(p_first(scores.logprobs))
 
-    def rate(e: Any, streams: int) -> float:
-        with ThreadPoolExecutor(streams) as pool:
-            start = time.perf_counter()
-            outs = list(pool.map(lambda _: e.generate(chat, params), range(streams)))
-            wall = time.perf_counter() - start
-        return sum(o.usage.completion_tokens for o in outs if o.usage) / wall
-
     one: dict[str, list[float]] = {n: [] for n in names}
     many: dict[str, list[float]] = {n: [] for n in names}
     for r in range(ROUNDS):
         for name in names if r % 2 == 0 else names[::-1]:
-            one[name].append(rate(engines[name], 1))
-            many[name].append(rate(engines[name], STREAMS))
+            one[name].append(decode_rate(engines[name], chat, params, 1))
+            many[name].append(decode_rate(engines[name], chat, params, STREAMS))
     for e in engines.values():
         e.close()
 
