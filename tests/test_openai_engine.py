@@ -18,15 +18,18 @@ from allinone.errors import EngineError
 
 
 @contextmanager
-def fake_server(routes: dict[str, tuple[int, Any]]) -> Iterator[str]:
-    """GET/POST path -> (status, JSON body) on 127.0.0.1; yields the /v1 base URL."""
+def fake_server(routes: dict[str, tuple[int, Any]], unanswered: int = 0) -> Iterator[str]:
+    """GET/POST path -> (status, JSON body, or a str sent as an event stream) on 127.0.0.1; yields the /v1 base URL.
+    The first `unanswered` POSTs get their connection closed without an answer."""
+    dropped = 0
 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self) -> None:
             status, body = routes.get(self.path, (404, {"error": "not found"}))
-            raw = json.dumps(body).encode()
+            sse = isinstance(body, str)
+            raw = (body if sse else json.dumps(body)).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/event-stream" if sse else "application/json")
             self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
             self.wfile.write(raw)
@@ -35,7 +38,12 @@ def fake_server(routes: dict[str, tuple[int, Any]]) -> Iterator[str]:
             self._answer()
 
         def do_POST(self) -> None:
+            nonlocal dropped
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if dropped < unanswered:
+                dropped += 1
+                self.close_connection = True
+                return
             self._answer()
 
         def log_message(self, *args: Any) -> None:
@@ -100,3 +108,34 @@ def test_an_upstream_failure_reaches_the_client_without_the_servers_url_or_body(
     for error in (raised.value, streamed.value):
         assert secret not in str(error) and "127.0.0.1" not in str(error) and "500" in str(error)
     assert secret in caplog.text  # the operator's log has it
+
+
+STORY_EVENTS = (
+    "".join(
+        f"data: {json.dumps(event)}\n\n"
+        for event in [
+            {"choices": [{"delta": {"content": "hello"}}]},
+            {"choices": [{"delta": {}, "finish_reason": "stop"}]},
+        ]
+    )
+    + "data: [DONE]\n\n"
+)
+
+
+@pytest.mark.parametrize("unanswered", [1, 2])
+def test_a_request_the_server_closed_unanswered_is_sent_again(unanswered: int) -> None:
+    """A server may close a pooled connection as a request goes out on it (an idle connection's keep-alive expiry):
+    the request, never answered, goes out again."""
+    routes = {"/v1/models": (200, {"data": [{"id": "m"}]}), "/v1/chat/completions": (200, STORY_EVENTS)}
+    conv = Conversation.of([Message("user", "hi")])
+    with fake_server(routes, unanswered) as url:
+        chunks = list(OpenAIEngine(url).stream(conv, GenParams(max_tokens=4)))
+    assert "".join(c.text for c in chunks) == "hello" and chunks[-1].finish_reason == "stop"
+
+
+def test_a_server_that_keeps_closing_unanswered_is_an_engine_error() -> None:
+    routes = {"/v1/models": (200, {"data": [{"id": "m"}]}), "/v1/chat/completions": (200, STORY_EVENTS)}
+    with fake_server(routes, unanswered=3) as url:
+        engine = OpenAIEngine(url)
+        with pytest.raises(EngineError, match="the model server failed"):
+            list(engine.stream(Conversation.of([Message("user", "hi")]), GenParams(max_tokens=4)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -84,9 +85,25 @@ class OpenAIEngine(Engine):
 
     # --- HTTP -------------------------------------------------------------------------------------
 
+    def _send(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, stream: bool = False, retries: int = 2
+    ) -> Any:
+        """Send a request, again (up to `retries` times) when the server closed the connection without answering.
+        Servers close a pooled connection left idle (uvicorn and llama.cpp's server after 5 s, httpx's own expiry),
+        and a request that goes out on it as it closes is never answered (httpx issue 2983); llama.cpp's server
+        also closes some connections after a streamed reply, unannounced. Nothing was answered, so the request is
+        sent again on another connection, as the openai SDK does."""
+        try:
+            return self._client.send(self._client.build_request(method, path, json=body), stream=stream)
+        except self._httpx.RemoteProtocolError as e:
+            if not retries or "without sending a response" not in str(e):
+                raise
+            log.debug("model server %s%s closed the connection unanswered; sending again", self.base_url, path)
+        return self._send(method, path, body, stream=stream, retries=retries - 1)
+
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
-            r = self._client.request(method, path, json=body)
+            r = self._send(method, path, body)
         except self._httpx.HTTPError as e:
             raise self._failed(path, f"unreachable: {e}") from None
         if r.status_code >= 400:
@@ -233,7 +250,7 @@ class OpenAIEngine(Engine):
         stops, usage, finish, n_chunks = StopBuffer(params.stop), None, "stop", 0
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         try:
-            with self._client.stream("POST", path, json=body) as r:
+            with contextlib.closing(self._send("POST", path, body, stream=True)) as r:
                 if r.status_code >= 400:
                     r.read()
                     raise self._failed(path, f"answered {r.status_code}: {r.text[:300]}", r.status_code)
