@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from concurrency import CHAT_MAX_TOKENS, classify, dev_texts, free_port, stream_chat
-from serving import rss_mb, wait_healthy
+from serving import LIMITS, rss_mb, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 SETTINGS = (1, 2, 4, 8)
@@ -42,7 +42,7 @@ OUT = ROOT / "benchmarks" / "results" / "parallel.json"
 
 
 async def measure(url: str, texts: list[str]) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+    async with httpx.AsyncClient(timeout=600, limits=LIMITS) as client:
         await classify(client, url, texts[0], ours=True)  # warm: prefixes cached, first decodes done
         await stream_chat(client, url, "allinone-chat", seed=0)
         t0 = time.perf_counter()

@@ -39,7 +39,7 @@ from concurrency import (
     start,
     stop,
 )
-from serving import metric, wait_healthy
+from serving import LIMITS, metric, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 ROUNDS = 6  # rounds (one stream, then four, on each server), the order alternating
@@ -61,7 +61,7 @@ async def decode_ms(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
 async def measure(urls: dict[str, str], texts: list[str]) -> dict[str, dict[str, list[float]]]:
     keys = [f"{n}_{what}" for n in WIDTHS for what in ("tok_s", "decode_ms_per_step")] + ["sentiment_ms_per_text"]
     out: dict[str, dict[str, list[float]]] = {name: {key: [] for key in keys} for name in urls}
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+    async with httpx.AsyncClient(timeout=600, limits=LIMITS) as client:
         for url in urls.values():  # warm: prefixes cached, first decodes done
             await classify(client, url, "房间很干净", True)
             await full_streams(client, url, MODEL, 1, seed=0)

@@ -1,5 +1,5 @@
 """Shared by the benchmarks that start a real `allinone serve`: wait until it answers /health, read its RSS and
-its /metrics counters."""
+its /metrics counters; the HTTP client limits they use."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ import time
 from pathlib import Path
 
 import httpx
+
+# Every request on a connection of its own: llama-server may close a connection after a streamed reply without
+# saying so (no "Connection: close"), and a request sent on it at once fails with "Server disconnected without sending
+# a response" (1 in 10 requests right after a stream, on its own; it broke three concurrency.py runs). Connecting on
+# loopback costs both servers alike, well under a millisecond.
+LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=0)
 
 
 def wait_healthy(server: subprocess.Popen[bytes], port: int, timeout_s: float, poll_s: float) -> None:

@@ -42,7 +42,7 @@ from concurrency import (
     streams,
 )
 from peer import ensure_llama_server
-from serving import wait_healthy
+from serving import LIMITS, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 ROUNDS = {1: 6, 4: 4}  # rounds per number of streams
@@ -55,7 +55,7 @@ def full(tokens: list[int]) -> bool:
 
 
 async def over_http(url: str, model: str, n: int, seed: int, fields: dict[str, Any] | None) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with httpx.AsyncClient(timeout=600, limits=LIMITS) as client:
         m = await streams(client, url, model, n, seed=seed, fields=fields)
     return {"aggregate_tok_s": m["aggregate_tok_s"], "full": full(m["tokens"])}
 

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from concurrency import CHAT_MAX_TOKENS, N_THREADS, STREAMS, classify, free_port, full_streams, ours_env, start
-from serving import metric, wait_healthy
+from serving import LIMITS, metric, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 ROUNDS = 3
@@ -57,7 +57,7 @@ async def busy_seconds(client: httpx.AsyncClient, url: str) -> tuple[int, float]
 
 async def measure(url: str, pid: int) -> list[dict[str, Any]]:
     rounds = []
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+    async with httpx.AsyncClient(timeout=600, limits=LIMITS) as client:
         await classify(client, url, "房间很干净", True)  # warm: prefixes cached, first decodes done
         await full_streams(client, url, MODEL, 1, seed=0)
         for r in range(ROUNDS):
