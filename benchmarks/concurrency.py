@@ -11,8 +11,9 @@ default, through the widened copy it makes at start (widen.py: the same weight v
 Rows: idle sentiment latency; one stream's decode speed; four streams' aggregate speed and time to first token;
 the slowest of three sentiment requests sent 1 s into four streams, and of the same three sent together to the idle
 server (their own compute, with nothing to wait for); four streams through the scale-out server.
-The four-stream rows count only tries in which every stream ran to max_tokens (a story that ends early would make
-four streams three, and the servers sample different stories), so both do the same work.
+The stream rows count only tries in which every stream ran to max_tokens (a story that ends early would make
+four streams three, and the servers sample different stories), so both do the same work. The JSON keeps every
+round's figure beside the medians.
 Run: .venv/bin/python benchmarks/concurrency.py   (builds llama-server once, see peer.py; writes
 benchmarks/results/concurrency.json)
 """
@@ -36,11 +37,12 @@ import httpx
 
 from allinone.engines.llamacpp import cpu_has_amx
 from peer import ensure_llama_server
-from serving import wait_healthy
+from serving import LIMITS, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 N_SENTIMENT = 30  # ChnSentiCorp dev texts for idle latency
-ROUNDS = 4  # rounds of each streaming scenario per server, the order alternating; medians are reported
+ROUNDS = 6  # rounds of each streaming scenario per server, the order alternating; medians are reported
+ONE_STREAM_ROUNDS = 12  # of one stream: a short run (about 6 s), the noisiest row
 STREAMS = 4
 CHAT_MAX_TOKENS = 256
 MAX_TRIES = 5  # of a four-stream scenario, until every stream runs to CHAT_MAX_TOKENS
@@ -221,6 +223,7 @@ def four_streams(tries: list[dict[str, Any]]) -> dict[str, Any]:
     """A server's four-stream rounds: the median aggregate, and how many tries each round took to run full."""
     return {
         "four_streams_aggregate_tok_s": statistics.median(m["aggregate_tok_s"] for m in tries),
+        "four_streams_runs_tok_s": [m["aggregate_tok_s"] for m in tries],
         "four_streams_tries": [m["tries"] for m in tries],
         "four_streams_all_full": all(t == CHAT_MAX_TOKENS for m in tries for t in m["tokens"]),
     }
@@ -230,8 +233,7 @@ def four_streams(tries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def measure(urls: dict[str, str], texts: list[str], sampling: dict[str, Any]) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=600, limits=LIMITS) as client:
         model = {"ours": "allinone-chat", "peer": "default", "scaleout": "allinone-chat"}
         fields = {"peer": sampling}  # ours and the scale-out server add the same from the chat task
         for name in ("ours", "peer"):  # warm: prefixes cached, first decodes done
@@ -247,13 +249,14 @@ async def measure(urls: dict[str, str], texts: list[str], sampling: dict[str, An
                 jobs = [classify(client, urls[name], t, name == "ours") for t in texts[3 * r : 3 * r + 3]]
                 three_idle[name].append(max(await asyncio.gather(*jobs)))
         one: dict[str, list[float]] = {"ours": [], "peer": []}
+        for r in range(ONE_STREAM_ROUNDS):
+            for name in ("ours", "peer") if r % 2 == 0 else ("peer", "ours"):
+                m = await full_streams(client, urls[name], model[name], 1, 1000 + 10 * r, fields.get(name))
+                one[name].append(m["decode_tok_s"][0])
         many: dict[str, list[dict[str, Any]]] = {"ours": [], "peer": [], "scaleout": []}
         busy: dict[str, list[float]] = {"ours": [], "peer": []}
         for r in range(ROUNDS):
             pair = ("ours", "peer") if r % 2 == 0 else ("peer", "ours")  # who goes first alternates by round
-            for name in pair:
-                m = await streams(client, urls[name], model[name], 1, fields=fields.get(name))
-                one[name].append(m["decode_tok_s"][0])
             for name in (*pair, "scaleout") if r % 2 == 0 else ("scaleout", *pair):
                 m = await full_streams(client, urls[name], model[name], STREAMS, 100 * r, fields.get(name))
                 many[name].append(m)
@@ -273,6 +276,7 @@ async def measure(urls: dict[str, str], texts: list[str], sampling: dict[str, An
         out[name] = {
             "sentiment_p50_idle_s": med(idle[name]),
             "one_stream_decode_tok_s": med(one[name]),
+            "one_stream_runs_tok_s": one[name],
             **four_streams(many[name]),
             "four_streams_ttft_p50_s": med(ttfts),
             "four_streams_ttft_max_s": max(ttfts),
@@ -335,7 +339,8 @@ def main() -> None:
         finally:
             stop(list(procs.values()))
     print(table(res))
-    knobs = {"n_sentiment": N_SENTIMENT, "rounds": ROUNDS, "streams": STREAMS, "chat_max_tokens": CHAT_MAX_TOKENS}
+    knobs: dict[str, Any] = {"n_sentiment": N_SENTIMENT, "rounds": ROUNDS, "one_stream_rounds": ONE_STREAM_ROUNDS}
+    knobs |= {"streams": STREAMS, "chat_max_tokens": CHAT_MAX_TOKENS}
     knobs |= {"max_tries": MAX_TRIES, "peer_sampling": sampling}
     knobs |= {"n_threads": N_THREADS, "n_ctx": N_CTX, "peer_args": peer[2:], "machine": platform.processor()}
     OUT.write_text(json.dumps({"knobs": knobs, **res}, indent=2) + "\n")

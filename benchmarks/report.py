@@ -37,7 +37,8 @@ LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
 DRY_FIRST = "03be5c9"  # thread_cpu.py, the run before the sampler took top-k before DRY
 LOAD_PREVIOUS = "da4fb0b"  # load.py, the run before the one in the README
 MIXED_STEP_BEFORE = "419f3f2"  # mixed_step.py, the run before the split step put its prompts first
-CONCURRENCY_BEFORE = "da4fb0b"  # concurrency.py, the run before the default loaded the widened weights
+CONCURRENCY_BEFORE = "0982e76"  # concurrency.py, the run before the one in the README
+CONCURRENCY_AS_IS = "da4fb0b"  # concurrency.py, the last run before the default loaded the widened weights
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -390,7 +391,7 @@ def http_overhead_prose() -> list[Phrase]:
 
 def concurrency_prose() -> list[Phrase]:
     r, earlier = _json("concurrency"), CONCURRENCY_BEFORE
-    before = _json_at(earlier, "concurrency")
+    before, as_is = _json_at(earlier, "concurrency"), _json_at(CONCURRENCY_AS_IS, "concurrency")
     knobs, o, p = r["knobs"], r["ours"], r["peer"]
     peer = knobs["peer_args"]
 
@@ -402,27 +403,34 @@ def concurrency_prose() -> list[Phrase]:
         return f"{ours['three_sentiments_under_four_streams_slowest_s'] / ours['three_sentiments_idle_slowest_s']:.2f}"
 
     agg, idle, one = "four_streams_aggregate_tok_s", "sentiment_p50_idle_s", "one_stream_decode_tok_s"
+    three_busy, three_idle = "three_sentiments_under_four_streams_slowest_s", "three_sentiments_idle_slowest_s"
+    rounds = [a / b for a, b in zip(o["four_streams_runs_tok_s"], p["four_streams_runs_tok_s"], strict=True)]
     return [
         phrase("both running at once with {} threads each (`-c {} -np {}`", knobs["n_threads"],
                peer[peer.index("-c") + 1], peer[peer.index("-np") + 1]),
-        phrase("medians of {} rounds", knobs["rounds"]),
+        phrase("medians of {} rounds ({} of one stream)", knobs["rounds"], knobs["one_stream_rounds"]),
         phrase("({} s against a target of 1.0 s; llama-server took {} s in this run and {} s in the run before;",
-               f"{o['three_sentiments_under_four_streams_slowest_s']:.2f}",
-               f"{p['three_sentiments_under_four_streams_slowest_s']:.1f}",
-               f"{before['peer']['three_sentiments_under_four_streams_slowest_s']:.1f}"),
-        phrase("The same three texts sent together to our idle server take {} s ({} s in the run before;",
-               f"{o['three_sentiments_idle_slowest_s']:.2f}",
-               f"{before['ours']['three_sentiments_idle_slowest_s']:.2f}"),
-        phrase("and took {} of their idle time, against {} in the run before. Since this run", busy(r), busy(before)),
+               f"{o[three_busy]:.2f}", f"{p[three_busy]:.1f}", f"{before['peer'][three_busy]:.1f}"),
+        phrase("sent together to our idle server take {} s ({} s in the run before)", f"{o[three_idle]:.2f}",
+               f"{before['ours'][three_idle]:.2f}"),
+        phrase("and took {} of their idle time, against {} in the run before", busy(r), busy(before)),
+        phrase("In the last run with the weights as the file has them (the results file at commit {}), the three took "
+               "{} s idle and {} s beside four streams", CONCURRENCY_AS_IS, f"{as_is['ours'][three_idle]:.2f}",
+               f"{as_is['ours'][three_busy]:.2f}"),
         phrase("every stream ran to its {} tokens", knobs["chat_max_tokens"]),
-        phrase("Four streams together reach {} of llama-server's aggregate in this run and {} in the run before (the "
-               "results file at commit {})", ratio(r, agg), ratio(before, agg), earlier),
+        phrase("Four streams together reach {} of llama-server's aggregate in this run, {} in the run before (the "
+               "results file at commit {}) and {} in the last run without the widened weights", ratio(r, agg),
+               ratio(before, agg), earlier, ratio(as_is, agg)),
+        phrase("this run's ratio lay between {} and {} (the JSON keeps every round)", f"{min(rounds):.2f}",
+               f"{max(rounds):.2f}"),
+        phrase("The scale-out row, which only passes requests on to llama-server ({}, {} before)",
+               ratio(r, agg, "scaleout"), ratio(before, agg, "scaleout")),
         phrase("Idle sentiment ({} of llama-server's time, {} before) and one stream's decode ({}, {} before)",
                ratio(r, idle), ratio(before, idle), ratio(r, one), ratio(before, one)),
+        phrase("takes the median of {} runs of each server instead of {}", knobs["one_stream_rounds"],
+               before["knobs"]["rounds"]),
         phrase("the peer's chat requests carry the DRY sampling that our chat task adds to every allinone-chat "
                "request ({} {}", "dry_multiplier", r["knobs"]["peer_sampling"]["dry_multiplier"]),
-        phrase("the scale-out row, which only passes requests on to llama-server ({}, {} before)",
-               ratio(r, agg, "scaleout"), ratio(before, agg, "scaleout")),
         phrase("llama-server's own four-stream aggregate was {} tokens/s in this run and {} in the run before",
                f"{p[agg]:.1f}", f"{before['peer'][agg]:.1f}"),
         phrase("The first token of four streams comes at {} s", f"{o['four_streams_ttft_p50_s']:.2f}"),
@@ -509,8 +517,9 @@ def widen_prose() -> list[Phrase]:
                f"{plain['one_stream_tok_s']:.1f}", f"{wide['four_streams_tok_s']:.1f}",
                f"{plain['four_streams_tok_s']:.1f}"),
         phrase("the label probabilities did not move (max |Δp| {})", f"{r['max_abs_dp']:.4f}"),
-        phrase("the widened weights left one stream {} of its decode speed",
-               f"{wide['one_stream_tok_s'] / plain['one_stream_tok_s']:.2f}"),
+        phrase("(`benchmarks/widen.py`: one stream {} of its decode speed, four streams {})",
+               f"{wide['one_stream_tok_s'] / plain['one_stream_tok_s']:.2f}",
+               f"{wide['four_streams_tok_s'] / plain['four_streams_tok_s']:.2f}"),
     ]  # fmt: skip
 
 
