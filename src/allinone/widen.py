@@ -46,7 +46,8 @@ class Tensor:
 @dataclass
 class Layout:
     kv_end: int  # header and metadata end here (copied as they are)
-    tensors: list[Tensor]
+    tensors: list[Tensor]  # in the order of the header
+    stored: list[Tensor]  # the same, in the order of their data in the file
     alignment: int
     data: int  # where the data section starts
     splits: int = 1  # files the model is split into (llama.cpp finds the others by this file's name)
@@ -106,10 +107,10 @@ def read_layout(buf: mmap.mmap) -> Layout:
         dims = tuple(r.take("<Q") for _ in range(r.take("<I")))
         tensors.append(Tensor(name, dims, r.take("<I"), r.take("<Q")))
     data = _align(r.pos, alignment)
-    ordered = sorted(tensors, key=lambda t: t.offset)
-    for t, after in zip(ordered, [*ordered[1:], None], strict=True):
+    stored = sorted(tensors, key=lambda t: t.offset)
+    for t, after in zip(stored, [*stored[1:], None], strict=True):
         t.size = (after.offset if after is not None else len(buf) - data) - t.offset
-    return Layout(kv_end, tensors, alignment, data, splits)
+    return Layout(kv_end, tensors, stored, alignment, data, splits)
 
 
 def widen_q5_0(raw: memoryview | bytes) -> bytes:
@@ -155,9 +156,8 @@ def write_widened(src: Path, dst: Path) -> int:
                 raise ValueError(f"tensor {t.name!r} does not fit the file")
         if not wide or layout.splits > 1:  # a copy of one part of a split model would not find the others
             return 0
-        stored = sorted(layout.tensors, key=lambda t: t.offset)  # the order of their data in the file
         offsets, end = {}, 0
-        for t in stored:
+        for t in layout.stored:
             offsets[t.name] = end
             end = _align(end + (_blocks(t) * _Q8_0.itemsize if t.name in wide else t.size), layout.alignment)
         with dst.open("wb") as out:
@@ -167,7 +167,7 @@ def write_widened(src: Path, dst: Path) -> int:
                 out.write(struct.pack(f"<{len(t.dims)}Q", *t.dims))
                 out.write(struct.pack("<IQ", Q8_0 if t.name in wide else t.type, offsets[t.name]))
             data = _align(out.tell(), layout.alignment)
-            for t in stored:
+            for t in layout.stored:
                 out.write(b"\0" * (data + offsets[t.name] - out.tell()))
                 raw = memoryview(buf)[layout.data + t.offset : layout.data + t.offset + t.size]
                 out.write(widen_q5_0(raw[: _blocks(t) * _Q5_0.itemsize]) if t.name in wide else raw)
