@@ -120,22 +120,21 @@ STORY_EVENTS = (
     )
     + "data: [DONE]\n\n"
 )
+STORY_ROUTES = {"/v1/models": (200, {"data": [{"id": "m"}]}), "/v1/chat/completions": (200, STORY_EVENTS)}
 
 
 @pytest.mark.parametrize("unanswered", [1, 2])
 def test_a_request_the_server_closed_unanswered_is_sent_again(unanswered: int) -> None:
     """A server may close a pooled connection as a request goes out on it (an idle connection's keep-alive expiry):
     the request, never answered, goes out again."""
-    routes = {"/v1/models": (200, {"data": [{"id": "m"}]}), "/v1/chat/completions": (200, STORY_EVENTS)}
     conv = Conversation.of([Message("user", "hi")])
-    with fake_server(routes, unanswered) as url:
+    with fake_server(STORY_ROUTES, unanswered) as url:
         chunks = list(OpenAIEngine(url).stream(conv, GenParams(max_tokens=4)))
     assert "".join(c.text for c in chunks) == "hello" and chunks[-1].finish_reason == "stop"
 
 
 def test_a_server_that_keeps_closing_unanswered_is_an_engine_error() -> None:
-    routes = {"/v1/models": (200, {"data": [{"id": "m"}]}), "/v1/chat/completions": (200, STORY_EVENTS)}
-    with fake_server(routes, unanswered=3) as url:
+    with fake_server(STORY_ROUTES, unanswered=3) as url:
         engine = OpenAIEngine(url)
         with pytest.raises(EngineError, match="the model server failed"):
             list(engine.stream(Conversation.of([Message("user", "hi")]), GenParams(max_tokens=4)))
