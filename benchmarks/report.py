@@ -446,6 +446,9 @@ def sampler_prose() -> list[Phrase]:
         phrase("with the same token drawn at {} of {} tokens of {} replies",
                "all" if r["same_token_share"] == 1 else _pct(r["same_token_share"]), f"{r['tokens']:,}",
                r["knobs"]["n_messages"]),
+        phrase("a clone of one made once takes {} ms where making one anew takes {} ms",
+               f"{r['dry_sampler_making']['cloned']['median_ms']:.2f}",
+               f"{r['dry_sampler_making']['made anew']['median_ms']:.0f}"),
     ]  # fmt: skip
 
 

@@ -1,5 +1,7 @@
 """What a reply token's sampling costs: the engine's chain (top-k first, then DRY) against llama-server's order (DRY
-over the whole vocabulary, then top-k), on the same logits of real replies, in one process.
+over the whole vocabulary, then top-k), on the same logits of real replies, in one process. And what making a reply's
+DRY sampler costs: made anew (llama.cpp scans the whole vocabulary for the sequence breakers, as llama-server does
+for every request) against the engine's clone of one made once (llamacpp.DrySamplers), each having seen the message.
 
 The default model and a llama.cpp context of our own; for each of N_MESSAGES chat messages (the tuning half of
 benchmarks/data/chat_messages.jsonl) a reply of up to MAX_TOKENS tokens at the chat task's settings. At every token
@@ -10,6 +12,7 @@ Run: .venv/bin/python benchmarks/sampler.py   (prints a table, writes benchmarks
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -48,7 +51,7 @@ def main() -> None:
     import llama_cpp as ll
 
     from allinone.engines import GenParams
-    from allinone.engines.llamacpp import _Context, _quiet
+    from allinone.engines.llamacpp import _Context, _quiet, dry_sampler
     from allinone.models import ensure_default
     from allinone.settings import Settings
     from allinone.tasks import load_tasks
@@ -68,6 +71,8 @@ def main() -> None:
     with DATA.open(encoding="utf-8") as f:
         messages = [m for m in map(json.loads, f) if m["split"] == "tune"][:N_MESSAGES]
     times: dict[str, list[float]] = {"engine": [], "llama-server order": []}
+    making: dict[str, list[float]] = {"made anew": [], "cloned": []}
+    ctx._dry.make(base.dry_multiplier)  # the one made once
     same = tokens = 0
     for k, message in enumerate(messages):
         params = dataclasses.replace(base, seed=k)
@@ -75,6 +80,13 @@ def main() -> None:
         head = f"<|im_start|>system\n{chat.system}<|im_end|>\n<|im_start|>user\n"
         prompt = ctx.tokenize(f"{head}{text}<|im_end|>\n<|im_start|>assistant\n", special=True)
         seen = ctx.tokenize(text)  # the engine's DRY looks back over the message (and the reply)
+        makers = [("made anew", functools.partial(dry_sampler, ll, ctx._vocab, params.dry_multiplier, seen)),
+                  ("cloned", functools.partial(ctx._dry.make, params.dry_multiplier, seen))]  # fmt: skip
+        for name, make in makers if k % 2 else makers[::-1]:
+            start = time.perf_counter()
+            made = make()
+            making[name].append(time.perf_counter() - start)
+            ll.llama_sampler_free(made)
         ours, theirs = ctx.sampler(params, seen), llama_server_chain(ll, ctx._vocab, params, seen)
         ll.llama_memory_clear(ll.llama_get_memory(ctx._ctx), True)
         ctx.decode([(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
@@ -99,18 +111,25 @@ def main() -> None:
         name: {"median_ms": statistics.median(ts) * 1e3, "mean_ms": statistics.fmean(ts) * 1e3}
         for name, ts in times.items()
     }
+    dry_rows = {
+        name: {"median_ms": statistics.median(ts) * 1e3, "max_ms": max(ts) * 1e3} for name, ts in making.items()
+    }
     results = {
         "knobs": {"n_messages": len(messages), "max_tokens": MAX_TOKENS, "n_threads": N_THREADS},
         "tokens": tokens,
         "same_token_share": same / tokens,
         "chains": rows,
         "saved_ms_per_token": rows["llama-server order"]["median_ms"] - rows["engine"]["median_ms"],
+        "dry_sampler_making": dry_rows,
     }
     print(f"{tokens} reply tokens of {len(messages)} chat replies, each sampled by both chains")
     print(f"{'chain':<20} {'median ms':>10} {'mean ms':>9}")
     for name, row in rows.items():
         print(f"{name:<20} {row['median_ms']:>10.3f} {row['mean_ms']:>9.3f}")
     print(f"same token drawn: {100 * results['same_token_share']:.1f}%")
+    print(f"{'a DRY sampler':<20} {'median ms':>10} {'max ms':>9}")
+    for name, row in dry_rows.items():
+        print(f"{name:<20} {row['median_ms']:>10.3f} {row['max_ms']:>9.3f}")
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")
 

@@ -54,7 +54,13 @@ def _llama_cpp_penalties(vocab: Any, seq: list[int], candidates: list[int], mult
 
     from allinone.engines.llamacpp import dry_sampler
 
-    sampler = dry_sampler(ll, vocab, multiplier, seq)
+    return _penalties_of(dry_sampler(ll, vocab, multiplier, seq), candidates)
+
+
+def _penalties_of(sampler: Any, candidates: list[int]) -> dict[int, float]:
+    """What the sampler subtracts from each candidate's logit (it is freed)."""
+    import llama_cpp as ll
+
     data = np.zeros(len(candidates), dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)])
     data["id"] = candidates
     arr = ll.llama_token_data_array(data.ctypes.data_as(ctypes.POINTER(ll.llama_token_data)), len(data), -1, False)
@@ -85,6 +91,73 @@ def test_the_same_penalties_as_llama_cpps_dry_sampler(vocab: Any) -> None:
         assert all(ours[k] == pytest.approx(theirs[k], rel=1e-4) for k in ours), seq
         compared += bool(ours)
     assert compared > 100  # most sequences had something to penalise
+
+
+class _CountingLlama:
+    """llama_cpp, counting the DRY samplers made anew (each scans the whole vocabulary for its breakers)."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        self._ll, self.made = llama_cpp, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ll, name)
+
+    def llama_sampler_init_dry(self, *args: Any) -> Any:
+        self.made += 1
+        return self._ll.llama_sampler_init_dry(*args)
+
+
+@pytest.mark.model
+def test_a_dry_sampler_is_made_once_per_multiplier_and_its_clones_penalise_as_one_made_anew(vocab: Any) -> None:
+    from allinone.engines.llamacpp import DrySamplers
+
+    counting = _CountingLlama()
+    samplers = DrySamplers(counting, vocab)
+    breakers = {_token(vocab, "\n")}
+    candidates = [*(_token(vocab, c) for c in "abcd"), *breakers]
+    rng = random.Random(1)
+    penalised = 0
+    for trial in range(60):
+        seq = [rng.choice(candidates) for _ in range(rng.choice([rng.randint(2, 40), rng.randint(250, 400)]))]
+        multiplier = (0.8, 0.5)[trial % 2]
+        cloned = _penalties_of(samplers.make(multiplier, seq), candidates)
+        anew = _llama_cpp_penalties(vocab, seq, candidates, multiplier)
+        assert cloned.keys() == anew.keys(), seq
+        assert all(cloned[k] == pytest.approx(anew[k], rel=1e-6) for k in cloned), seq
+        assert cloned == pytest.approx(dry.penalties(seq, multiplier, breakers), rel=1e-4)
+        penalised += bool(cloned)
+    assert penalised > 20
+    assert counting.made == 2  # one for each multiplier; every other sampler was a clone
+    samplers.close()
+
+
+@pytest.mark.model
+def test_dry_samplers_keep_the_most_recently_used_multipliers(vocab: Any) -> None:
+    import llama_cpp as ll
+
+    from allinone.engines.llamacpp import DrySamplers
+
+    counting = _CountingLlama()
+    samplers = DrySamplers(counting, vocab, keep=2)
+    for multiplier in (0.1, 0.2, 0.1, 0.3):  # 0.2 is the least recently used when 0.3 comes
+        ll.llama_sampler_free(samplers.make(multiplier))
+    assert (counting.made, len(samplers)) == (3, 2)
+    ll.llama_sampler_free(samplers.make(0.1))
+    assert counting.made == 3
+    ll.llama_sampler_free(samplers.make(0.2))
+    assert (counting.made, len(samplers)) == (4, 2)
+    samplers.close()
+    assert len(samplers) == 0
+
+
+def _token(vocab: Any, text: str) -> int:
+    import llama_cpp as ll
+
+    buf = (ll.llama_token * 4)()
+    assert ll.llama_tokenize(vocab, text.encode(), len(text.encode()), buf, 4, False, False) == 1
+    return int(buf[0])
 
 
 @pytest.mark.model

@@ -67,6 +67,39 @@ def dry_sampler(ll: Any, vocab: Any, multiplier: float, seen: Sequence[int] = ()
     return sampler
 
 
+class DrySamplers:
+    """DRY samplers with dry.py's settings, each a clone of one made once per multiplier. Making one scans the whole
+    vocabulary for its sequence breakers: 28 ms on the default model, on the scheduler thread, so every running
+    stream stalled for it whenever a chat request arrived. A clone copies the scan: 0.29 ms, the message seen
+    (benchmarks/sampler.py). The `keep` most recently used multipliers keep their sampler."""
+
+    def __init__(self, ll: Any, vocab: Any, keep: int = 8) -> None:
+        self._ll, self._vocab, self._keep = ll, vocab, keep
+        self._made: dict[float, Any] = {}  # multiplier -> sampler having seen nothing, most recently used last
+
+    def make(self, multiplier: float, seen: Sequence[int] = ()) -> Any:
+        """A new DRY sampler having seen the last dry.LAST_N of `seen` (the caller frees it)."""
+        ll = self._ll
+        made = self._made.pop(multiplier, None)
+        if made is None:
+            made = dry_sampler(ll, self._vocab, multiplier)
+            if len(self._made) >= self._keep:
+                ll.llama_sampler_free(self._made.pop(next(iter(self._made))))
+        self._made[multiplier] = made
+        sampler = ll.llama_sampler_clone(made)
+        for token in seen[-dry.LAST_N :]:
+            ll.llama_sampler_accept(sampler, token)
+        return sampler
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def close(self) -> None:
+        for made in self._made.values():
+            self._ll.llama_sampler_free(made)
+        self._made.clear()
+
+
 @lru_cache(maxsize=64)
 def _grammar(schema_json: str) -> str:
     return schema_to_gbnf(json.loads(schema_json))
@@ -96,6 +129,7 @@ class _Context:
         self._n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self.n_batch, self.n_cells = n_batch, ll.llama_n_ctx(ctx)
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self._dry = DrySamplers(ll, self._vocab)
 
     def decode(self, items: Sequence[Item]) -> None:
         b = self._batch
@@ -125,7 +159,7 @@ class _Context:
             # whether the (k+1)-th likeliest token may be drawn: both orders drew the same 1,326 tokens of 32 replies.
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(params.top_k))
         if params.dry_multiplier > 0:  # DRY over the request's own messages and the reply: no parroting the message
-            ll.llama_sampler_chain_add(chain, dry_sampler(ll, self._vocab, params.dry_multiplier, seen))
+            ll.llama_sampler_chain_add(chain, self._dry.make(params.dry_multiplier, seen))
         if params.repeat_penalty != 1.0:  # over the whole reply; the prompt is not penalised
             penalties = ll.llama_sampler_init_penalties(
                 self._n_vocab, params.max_tokens, params.repeat_penalty, 0.0, 0.0
@@ -225,6 +259,7 @@ class _Context:
 
     def close(self) -> None:
         self._ll.llama_batch_free(self._batch)
+        self._dry.close()
 
 
 class LlamaCppEngine(Engine):
