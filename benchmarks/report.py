@@ -37,7 +37,7 @@ LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
 DRY_FIRST = "03be5c9"  # thread_cpu.py, the run before the sampler took top-k before DRY
 LOAD_PREVIOUS = "da4fb0b"  # load.py, the run before the one in the README
 MIXED_STEP_BEFORE = "419f3f2"  # mixed_step.py, the run before the split step put its prompts first
-CONCURRENCY_BEFORE = "0982e76"  # concurrency.py, the run before the one in the README
+CONCURRENCY_BEFORE = "6edbb5d"  # concurrency.py, the run before the one in the README
 CONCURRENCY_AS_IS = "da4fb0b"  # concurrency.py, the last run before the default loaded the widened weights
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -427,13 +427,12 @@ def concurrency_prose() -> list[Phrase]:
                ratio(r, agg, "scaleout"), ratio(before, agg, "scaleout")),
         phrase("Idle sentiment ({} of llama-server's time, {} before) and one stream's decode ({}, {} before)",
                ratio(r, idle), ratio(before, idle), ratio(r, one), ratio(before, one)),
-        phrase("takes the median of {} runs of each server instead of {}", knobs["one_stream_rounds"],
-               before["knobs"]["rounds"]),
         phrase("the peer's chat requests carry the DRY sampling that our chat task adds to every allinone-chat "
                "request ({} {}", "dry_multiplier", r["knobs"]["peer_sampling"]["dry_multiplier"]),
         phrase("llama-server's own four-stream aggregate was {} tokens/s in this run and {} in the run before",
                f"{p[agg]:.1f}", f"{before['peer'][agg]:.1f}"),
-        phrase("The first token of four streams comes at {} s", f"{o['four_streams_ttft_p50_s']:.2f}"),
+        phrase("The first token of four streams comes at {} s ({} s in the run before",
+               f"{o['four_streams_ttft_p50_s']:.2f}", f"{before['ours']['four_streams_ttft_p50_s']:.2f}"),
     ]  # fmt: skip
 
 
