@@ -35,7 +35,7 @@ HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs before the ones in the README, kept in earlier/: "the run before"
 LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
 DRY_FIRST = "03be5c9"  # thread_cpu.py, the run before the sampler took top-k before DRY
-LOAD_PREVIOUS = "da4fb0b"  # load.py, the run before the one in the README
+LOAD_PREVIOUS = "0982e76"  # load.py, the run before the one in the README
 MIXED_STEP_BEFORE = "419f3f2"  # mixed_step.py, the run before the split step put its prompts first
 CONCURRENCY_BEFORE = "6edbb5d"  # concurrency.py, the run before the one in the README
 CONCURRENCY_AS_IS = "da4fb0b"  # concurrency.py, the last run before the default loaded the widened weights
