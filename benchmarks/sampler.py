@@ -72,7 +72,7 @@ def main() -> None:
         messages = [m for m in map(json.loads, f) if m["split"] == "tune"][:N_MESSAGES]
     times: dict[str, list[float]] = {"engine": [], "llama-server order": []}
     making: dict[str, list[float]] = {"made anew": [], "cloned": []}
-    ctx._dry.make(base.dry_multiplier)  # the one made once
+    ll.llama_sampler_free(ctx._dry.make(base.dry_multiplier))  # the one made once is kept
     same = tokens = 0
     for k, message in enumerate(messages):
         params = dataclasses.replace(base, seed=k)

@@ -119,18 +119,20 @@ def test_a_dry_sampler_is_made_once_per_multiplier_and_its_clones_penalise_as_on
     candidates = [*(_token(vocab, c) for c in "abcd"), *breakers]
     rng = random.Random(1)
     penalised = 0
-    for trial in range(60):
-        seq = [rng.choice(candidates) for _ in range(rng.choice([rng.randint(2, 40), rng.randint(250, 400)]))]
-        multiplier = (0.8, 0.5)[trial % 2]
-        cloned = _penalties_of(samplers.make(multiplier, seq), candidates)
-        anew = _llama_cpp_penalties(vocab, seq, candidates, multiplier)
-        assert cloned.keys() == anew.keys(), seq
-        assert all(cloned[k] == pytest.approx(anew[k], rel=1e-6) for k in cloned), seq
-        assert cloned == pytest.approx(dry.penalties(seq, multiplier, breakers), rel=1e-4)
-        penalised += bool(cloned)
+    try:
+        for trial in range(60):
+            seq = [rng.choice(candidates) for _ in range(rng.choice([rng.randint(2, 40), rng.randint(250, 400)]))]
+            multiplier = (0.8, 0.5)[trial % 2]
+            cloned = _penalties_of(samplers.make(multiplier, seq), candidates)
+            anew = _llama_cpp_penalties(vocab, seq, candidates, multiplier)
+            assert cloned.keys() == anew.keys(), seq
+            assert all(cloned[k] == pytest.approx(anew[k], rel=1e-6) for k in cloned), seq
+            assert cloned == pytest.approx(dry.penalties(seq, multiplier, breakers), rel=1e-4)
+            penalised += bool(cloned)
+    finally:
+        samplers.close()
     assert penalised > 20
     assert counting.made == 2  # one for each multiplier; every other sampler was a clone
-    samplers.close()
 
 
 @pytest.mark.model
@@ -141,14 +143,16 @@ def test_dry_samplers_keep_the_most_recently_used_multipliers(vocab: Any) -> Non
 
     counting = _CountingLlama()
     samplers = DrySamplers(counting, vocab, keep=2)
-    for multiplier in (0.1, 0.2, 0.1, 0.3):  # 0.2 is the least recently used when 0.3 comes
-        ll.llama_sampler_free(samplers.make(multiplier))
-    assert (counting.made, len(samplers)) == (3, 2)
-    ll.llama_sampler_free(samplers.make(0.1))
-    assert counting.made == 3
-    ll.llama_sampler_free(samplers.make(0.2))
-    assert (counting.made, len(samplers)) == (4, 2)
-    samplers.close()
+    try:
+        for multiplier in (0.1, 0.2, 0.1, 0.3):  # 0.2 is the least recently used when 0.3 comes
+            ll.llama_sampler_free(samplers.make(multiplier))
+        assert (counting.made, len(samplers)) == (3, 2)
+        ll.llama_sampler_free(samplers.make(0.1))
+        assert counting.made == 3
+        ll.llama_sampler_free(samplers.make(0.2))
+        assert (counting.made, len(samplers)) == (4, 2)
+    finally:
+        samplers.close()
     assert len(samplers) == 0
 
 
@@ -178,7 +182,8 @@ def test_penalising_the_top_k_alone_samples_the_same_tokens_as_penalising_the_vo
     )
     cparams = ll.llama_context_default_params()
     cparams.n_ctx, cparams.n_threads, cparams.n_threads_batch = 1024, 2, 2
-    ctx = _Context(ll, model, ll.llama_init_from_model(model, cparams), 512, None)
+    counting = _CountingLlama()  # the engine's context makes its DRY samplers through it
+    ctx = _Context(counting, model, ll.llama_init_from_model(model, cparams), 512, None)
     picked = penalised = 0
     try:
         for seed, text in enumerate(
@@ -212,3 +217,4 @@ def test_penalising_the_top_k_alone_samples_the_same_tokens_as_penalising_the_vo
         ll.llama_free(ctx._ctx)
         ll.llama_model_free(model)
     assert picked > 100 and penalised > 0  # real replies, with repeats for DRY to penalise
+    assert counting.made == 1  # the engine's two replies cloned the DRY sampler it made once

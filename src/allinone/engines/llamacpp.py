@@ -68,10 +68,8 @@ def dry_sampler(ll: Any, vocab: Any, multiplier: float, seen: Sequence[int] = ()
 
 
 class DrySamplers:
-    """DRY samplers with dry.py's settings, each a clone of one made once per multiplier. Making one scans the whole
-    vocabulary for its sequence breakers: 28 ms on the default model, on the scheduler thread, so every running
-    stream stalled for it whenever a chat request arrived. A clone copies the scan: 0.29 ms, the message seen
-    (benchmarks/sampler.py). The `keep` most recently used multipliers keep their sampler."""
+    """DRY samplers cloned from one made per multiplier (the `keep` most recently used): making one scans the whole
+    vocabulary for the sequence breakers, on the scheduler thread; a clone copies the scan (benchmarks/sampler.py)."""
 
     def __init__(self, ll: Any, vocab: Any, keep: int = 8) -> None:
         self._ll, self._vocab, self._keep = ll, vocab, keep
@@ -153,10 +151,10 @@ class _Context:
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         sampling = params.temperature > 0
         if sampling:
-            # top-k first, so the penalties after it look at k candidates instead of the whole vocabulary: 0.24 ms a
-            # reply token against 0.56 in llama-server's order, DRY first (benchmarks/sampler.py). Penalties only
+            # top-k first, so the penalties after it look at k candidates instead of the whole vocabulary: less than
+            # half the time a reply token of llama-server's order, DRY first (benchmarks/sampler.py). Penalties only
             # lower logits, so the draw differs only when one pushes a candidate out of the top k, and then only in
-            # whether the (k+1)-th likeliest token may be drawn: both orders drew the same 1,326 tokens of 32 replies.
+            # whether the (k+1)-th likeliest token may be drawn: both orders drew the same tokens of 32 replies.
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(params.top_k))
         if params.dry_multiplier > 0:  # DRY over the request's own messages and the reply: no parroting the message
             ll.llama_sampler_chain_add(chain, self._dry.make(params.dry_multiplier, seen))
