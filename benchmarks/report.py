@@ -34,6 +34,7 @@ README = ROOT / "README.md"
 HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs before the ones in the README, kept in earlier/: "the run before"
 LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
+DRY_MADE_ANEW = "253368b"  # thread_cpu.py, the last run before each reply's DRY sampler was a clone
 DRY_FIRST = "03be5c9"  # thread_cpu.py, the run before the sampler took top-k before DRY
 LOAD_PREVIOUS = "0982e76"  # load.py, the run before the one in the README
 MIXED_STEP_BEFORE = "419f3f2"  # mixed_step.py, the run before the split step put its prompts first
@@ -844,6 +845,7 @@ def thread_cpu_prose() -> list[Phrase]:
     m, earlier = _json("thread_cpu")["mean"], "5c8f502"  # the run before callers got their chunks between decodes
     before = _json_at(earlier, "thread_cpu")["mean"]
     dry_first = _json_at(DRY_FIRST, "thread_cpu")["mean"]
+    made_anew = _json_at(DRY_MADE_ANEW, "thread_cpu")["mean"]
     return [
         phrase("llama.cpp's two compute threads take {} of it and every other thread (HTTP, the events, the stream "
                "workers) {}", _pct(m["compute_threads_share"]), _pct(m["other_threads_share"])),
@@ -853,6 +855,8 @@ def thread_cpu_prose() -> list[Phrase]:
                f"{before['outside_decode_ms_per_step']:.1f}", earlier),
         phrase("before the sampler took top-k before DRY, {} and {} ms (the results file at commit {})",
                _pct(dry_first["in_decode_share"]), f"{dry_first['outside_decode_ms_per_step']:.1f}", DRY_FIRST),
+        phrase("before each reply's DRY sampler was a clone, {} and {} ms (the results file at commit {})",
+               _pct(made_anew["in_decode_share"]), f"{made_anew['outside_decode_ms_per_step']:.1f}", DRY_MADE_ANEW),
     ]  # fmt: skip
 
 
