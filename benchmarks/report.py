@@ -34,6 +34,7 @@ README = ROOT / "README.md"
 HEAD = ROOT / "src" / "allinone" / "tasks" / "builtin" / "sentiment.head.json"
 # the serving runs before the ones in the README, kept in earlier/: "the run before"
 LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
+STREAM_GAP_BEFORE = "2a1a2a6"  # stream_gap.py, the last run before the widened weights and the DRY clones
 DRY_MADE_ANEW = "253368b"  # thread_cpu.py, the last run before each reply's DRY sampler was a clone
 DRY_FIRST = "03be5c9"  # thread_cpu.py, the run before the sampler took top-k before DRY
 LOAD_PREVIOUS = "0982e76"  # load.py, the run before the one in the README
@@ -822,9 +823,11 @@ def probe_cost_prose() -> list[Phrase]:
 
 def stream_gap_prose() -> list[Phrase]:
     r, before = _json("stream_gap"), _json_at("8dc85d5", "stream_gap")  # its first run
+    last = _json_at(STREAM_GAP_BEFORE, "stream_gap")
     ungated = _json_at("3b6669b", "stream_gap")  # the run before the probe's C gate
     unequal = _json_at("03be5c9", "stream_gap")  # the run before every way sampled with the chat task's DRY
-    step, step_before = r["one_stream_step"], unequal["one_stream_step"]
+    step, step_before = r["one_stream_step"], last["one_stream_step"]
+    four = r["4_streams"]
 
     def split(run: dict[str, Any]) -> list[str]:
         return [f"{run[f'{n}_streams'][f'{way}_per_peer']:.2f}" for n in (1, 4) for way in ("inproc", "http")]
@@ -832,12 +835,15 @@ def stream_gap_prose() -> list[Phrase]:
     return [
         phrase("one stream ran at {} of llama-server's speed in process and {} over HTTP, four streams at {} and {}",
                *split(r)),
-        phrase("(the run before, with DRY on our server alone: {} and {}, {} and {}; before the gate: {} and {}, {} "
-               "and {}; its first run: {} and {}, {} and {})", *split(unequal), *split(ungated), *split(before)),
-        phrase("With one stream our whole step takes {} of llama-server's time per token in this run ({} in the run "
-               "before)", f"{step['wall_per_peer_token']:.3f}", f"{step_before['wall_per_peer_token']:.3f}"),
+        phrase("(the run before, the results file at commit {}: {} and {}, {} and {}; with DRY on our server alone: "
+               "{} and {}, {} and {}; before the gate: {} and {}, {} and {}; its first run: {} and {}, {} and {})",
+               STREAM_GAP_BEFORE, *split(last), *split(unequal), *split(ungated), *split(before)),
         phrase("our `llama_decode` took {} of llama-server's time per generated token, and the whole step {} ms more",
                f"{step['decode_per_peer_token']:.2f}", f"{step['outside_decode_ms']:.1f}"),
+        phrase("our whole step took {} of llama-server's time per token ({} in the run before)",
+               f"{step['wall_per_peer_token']:.3f}", f"{step_before['wall_per_peer_token']:.3f}"),
+        phrase("four streams over HTTP ran at {} of their speed in process",
+               f"{four['http_tok_s'] / four['inproc_tok_s']:.2f}"),
     ]  # fmt: skip
 
 
