@@ -453,6 +453,14 @@ def sampler_prose() -> list[Phrase]:
     ]  # fmt: skip
 
 
+def kv_states_prose() -> list[Phrase]:
+    r = _json("kv_states")["rows"]["2000"]
+    return [
+        phrase("for a conversation of 2,000 tokens, saving it and cutting off the task prefix take {} ms, joining the "
+               "prefix back and restoring {} ms", f"{r['save'] + r['cut']:.1f}", f"{r['join'] + r['restore']:.1f}"),
+    ]  # fmt: skip
+
+
 def parallel_prose() -> list[Phrase]:
     rows = {r["parallel"]: r for r in _json("parallel")["rows"]}
     most = rows[max(rows)]
@@ -894,6 +902,7 @@ PHRASES: dict[str, Callable[[], list[Phrase]]] = {
     "http_overhead": http_overhead_prose,
     "concurrency": concurrency_prose,
     "sampler": sampler_prose,
+    "kv_states": kv_states_prose,
     "parallel": parallel_prose,
     "batching": batching_prose,
     "engine_config": engine_config_prose,

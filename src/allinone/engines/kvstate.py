@@ -87,22 +87,29 @@ def _parse(state: Any) -> _State:
     return _State(head, pos, v_trans, blocks)
 
 
-def _write(head: bytes, pos: np.ndarray[Any, Any], v_trans: int, blocks: list[_Block]) -> Bytes:
+def _write(head: bytes, pos: np.ndarray[Any, Any], v_trans: int, blocks: list[tuple[bytes, list[Any], bool]]) -> Bytes:
+    """A state from its parts, copied once: each block is its header and its cells in pieces, in order."""
     n_cells = len(pos)
-    parts: list[Any] = [head, np.array([1, n_cells], "<u4").tobytes()]
+    parts: list[Any] = [np.frombuffer(head, np.uint8), np.array([1, n_cells], "<u4").view(np.uint8)]
     if n_cells:
-        parts += [pos.astype("<i4").tobytes(), np.array([v_trans, len(blocks) // 2], "<u4").tobytes()]
-        for b in blocks:
-            parts += [b.header, (b.cells.transpose(1, 0, 2) if b.transposed else b.cells).tobytes()]
-    return np.frombuffer(b"".join(parts), dtype=np.uint8)
+        parts += [np.ascontiguousarray(pos, "<i4").reshape(-1).view(np.uint8)]
+        parts += [np.array([v_trans, len(blocks) // 2], "<u4").view(np.uint8)]
+        for header, pieces, transposed in blocks:
+            parts.append(np.frombuffer(header, np.uint8))
+            if transposed:  # element rows, each holding every cell's element
+                parts.append(np.concatenate(pieces).transpose(1, 0, 2).reshape(-1))
+            else:
+                parts += [piece.reshape(-1) for piece in pieces]  # rows of cells: views, copied by the concatenate
+    return np.concatenate(parts)
 
 
 def cells_from(state: Any, start: int) -> Bytes:
     """The state of the cells at positions `start` and after."""
     s = _parse(state)
-    keep = s.pos[:, 0] >= start
-    blocks = [_Block(b.header, b.cells[keep], b.transposed) for b in s.blocks]
-    return _write(s.head, s.pos[keep], s.v_trans, blocks)
+    kept = np.flatnonzero(s.pos[:, 0] >= start)
+    run = len(kept) > 0 and kept[-1] - kept[0] + 1 == len(kept)  # one run of cells, as a sequence's usually are
+    keep: Any = slice(kept[0], kept[-1] + 1) if run else kept  # a slice is a view; per-cell indexing copies
+    return _write(s.head, s.pos[keep], s.v_trans, [(b.header, [b.cells[keep]], b.transposed) for b in s.blocks])
 
 
 def join(*states: Any) -> Bytes:
@@ -114,8 +121,5 @@ def join(*states: Any) -> Bytes:
     for s in parsed[1:]:
         if s.v_trans != first.v_trans or [b.header for b in s.blocks] != [b.header for b in first.blocks]:
             raise ValueError("states of different KV layouts")
-    blocks = [
-        _Block(b.header, np.concatenate([s.blocks[i].cells for s in parsed]), b.transposed)
-        for i, b in enumerate(first.blocks)
-    ]
+    blocks = [(b.header, [s.blocks[i].cells for s in parsed], b.transposed) for i, b in enumerate(first.blocks)]
     return _write(first.head, np.concatenate([s.pos for s in parsed]), first.v_trans, blocks)
