@@ -62,6 +62,11 @@ def dry_sampler(ll: Any, vocab: Any, multiplier: float, seen: Sequence[int] = ()
     sampler = ll.llama_sampler_init_dry(
         vocab, multiplier, dry.BASE, dry.ALLOWED_LENGTH, dry.LAST_N, breakers, len(breakers)
     )
+    return _seeing(ll, sampler, seen)
+
+
+def _seeing(ll: Any, sampler: Any, seen: Sequence[int]) -> Any:
+    """The DRY sampler, having accepted the last dry.LAST_N of `seen`."""
     for token in seen[-dry.LAST_N :]:
         ll.llama_sampler_accept(sampler, token)
     return sampler
@@ -84,10 +89,7 @@ class DrySamplers:
             if len(self._made) >= self._keep:
                 ll.llama_sampler_free(self._made.pop(next(iter(self._made))))
         self._made[multiplier] = made
-        sampler = ll.llama_sampler_clone(made)
-        for token in seen[-dry.LAST_N :]:
-            ll.llama_sampler_accept(sampler, token)
-        return sampler
+        return _seeing(ll, ll.llama_sampler_clone(made), seen)
 
     def __len__(self) -> int:
         return len(self._made)
