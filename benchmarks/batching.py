@@ -5,7 +5,8 @@ Continuous batching decodes the work of every running request in one llama.cpp b
 differ in the last bits from the same text scored alone (the batch shape changes the matmuls' rounding). This
 scores N ChnSentiCorp dev texts (1) alone, one after another, (2) under load: each while four chat replies
 stream on the same engine, and (3) K at a time with `score_batch`; it reports label agreement with (1) and the
-largest |Δp|, and texts/s for (1) and (3).
+largest |Δp|, and texts/s for (1) and (3). The engine is the one `allinone serve` loads with its defaults (the widened
+copy of the default GGUF, unless ALLINONE_WIDEN=off).
 Run: .venv/bin/python benchmarks/batching.py   (writes benchmarks/results/batching.json)
 """
 
@@ -42,13 +43,12 @@ def compare(alone: list[float], other: list[float]) -> dict[str, float]:
 def main() -> None:
     from allinone.classify import conversation
     from allinone.engines import Conversation, GenParams, Message
-    from allinone.engines.llamacpp import LlamaCppEngine
-    from allinone.models import ensure_default
+    from allinone.engines import load_engine
     from allinone.settings import Settings
     from allinone.tasks import load_tasks
 
     settings = Settings(n_threads=N_THREADS)
-    engine = LlamaCppEngine(ensure_default(settings.models_dir), name="default", n_threads=N_THREADS)
+    engine = load_engine(settings)
     task = load_tasks()["sentiment"]
     words = [w for label in task.labels or [] for w in label.words]
     texts = [json.loads(line)["text"][:1000] for line in DATA.open(encoding="utf-8")][:N_TEXTS]
@@ -91,6 +91,7 @@ def main() -> None:
         print(f"| {name} | {rate} | {agree} | {r.get('max_abs_dp', 0):.3f} | {r.get('mean_abs_dp', 0):.4f} |")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     knobs = {"n_texts": N_TEXTS, "n_threads": N_THREADS, "streams": STREAMS, "parallel": engine.slots.generate}
+    knobs["weights"] = "widened" if settings.widen == "on" else "as in the file"
     OUT.write_text(json.dumps({**knobs, "paths": rows}, indent=2) + "\n")
     engine.close()
 

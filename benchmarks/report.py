@@ -40,6 +40,7 @@ DRY_FIRST = "03be5c9"  # thread_cpu.py, the run before the sampler took top-k be
 LOAD_PREVIOUS = "0982e76"  # load.py, the run before the one in the README
 MIXED_STEP_BEFORE = "419f3f2"  # mixed_step.py, the run before the split step put its prompts first
 CONCURRENCY_BEFORE = "6edbb5d"  # concurrency.py, the run before the one in the README
+BATCHING_AS_IS = "e46253d"  # batching.py, the last run on the weights as the file has them
 CONCURRENCY_AS_IS = "da4fb0b"  # concurrency.py, the last run before the default loaded the widened weights
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -476,10 +477,16 @@ def parallel_prose() -> list[Phrase]:
 
 def batching_prose() -> list[Phrase]:
     n = _json("batching")["n_texts"]
+    before = _json_at(BATCHING_AS_IS, "batching")["paths"]
+    load, batch = before["under load (4 streams)"], before["score_batch K=4"]
     return [
         phrase("measured on {} dev texts (see Serving many users)", n),
         phrase("`benchmarks/batching.py` scores {} ChnSentiCorp dev texts alone", n),
-    ]
+        phrase("In the run before, on the weights as the file has them (the results file at commit {}), labels agreed "
+               "on {} of texts under load and {} in batches of 4, with max |Δp| {} and {}", BATCHING_AS_IS,
+               _pct(load["label_agreement"]), _pct(batch["label_agreement"]), f"{load['max_abs_dp']:.3f}",
+               f"{batch['max_abs_dp']:.3f}"),
+    ]  # fmt: skip
 
 
 def engine_config_prose() -> list[Phrase]:
