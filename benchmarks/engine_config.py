@@ -4,7 +4,8 @@ Every configuration is loaded at once (one engine each, same GGUF) and they take
 the load of a shared machine falls on all of them alike. Per configuration: idle sentiment latency, one
 stream's decode speed, four streams' aggregate speed, and how far label probabilities scored under concurrent
 load (score_batch) move from the same texts scored alone, and how far the texts scored alone move from the
-reference configuration's (the one the accuracy figures were measured with).
+reference configuration's (the one the accuracy figures were measured with). The weights are the ones `allinone
+serve` loads with its defaults: the widened copy of the default GGUF, unless ALLINONE_WIDEN=off.
 Run: .venv/bin/python benchmarks/engine_config.py   (writes benchmarks/results/engine_config.json)
 """
 
@@ -63,7 +64,12 @@ def main() -> None:
     from allinone.settings import Settings
     from allinone.tasks import load_tasks
 
-    path = ensure_default(Settings().models_dir)
+    from allinone.widen import widened
+
+    settings = Settings()
+    path = ensure_default(settings.models_dir)
+    if settings.widen == "on":  # the weights `allinone serve` loads by default
+        path = widened(path, settings.home / "widened")
     engines = {name: LlamaCppEngine(path, name="default", n_threads=N_THREADS, **kw) for name, kw in CONFIGS.items()}
     task = load_tasks()["sentiment"]
     words = [w for label in task.labels or [] for w in label.words]
@@ -133,6 +139,7 @@ def main() -> None:
     knobs = {"n_sentiment": N_SENTIMENT, "n_drift": N_DRIFT, "decode_tokens": DECODE_TOKENS, "rounds": ROUNDS}
     knobs["reference"] = REFERENCE
     knobs["cpu_has_amx"] = cpu_has_amx()
+    knobs["weights"] = "widened" if settings.widen == "on" else "as in the file"
     OUT.write_text(json.dumps({"knobs": knobs, "rows": rows}, indent=2) + "\n")
     for e in engines.values():
         e.close()

@@ -489,21 +489,28 @@ def batching_prose() -> list[Phrase]:
     ]  # fmt: skip
 
 
+ENGINE_CONFIG_BEFORE = "82f3471"  # engine_config.py, the run before the one in the README (the file as it is)
+ENGINE_CONFIG_FIRST = "57da775"  # engine_config.py, the first run with repacked weights
+
+
 def engine_config_prose() -> list[Phrase]:
     r = _json("engine_config")
     # the context's default
     default = next(row for row in r["rows"] if row["config"] == r["knobs"]["reference"])
     plain = [row for row in r["rows"] if not row["repack"]]
     repacked = next((row for row in r["rows"] if row["repack"]), None)
-    earlier = _json_at("57da775", "engine_config")["rows"]  # the run before, the first with repacked weights
-    e_default = next(row for row in earlier if row["kv_f16"] and row["flash_attn"] and not row["repack"])
-    e_repacked = next(row for row in earlier if row["repack"])
     if repacked is None:  # engine_config.py measures repacking only on CPUs without AMX, where it cannot crash
         raise SystemExit(
             "engine_config.json has no repacked row (it was run on an AMX CPU): the README's sentences on repacked "
             "weights no longer come from a run; rewrite them and engine_config_prose"
         )
     four, one = "aggregate_4_streams_tok_s", "decode_tok_s"
+
+    def pair(commit: str) -> tuple[dict[str, Any], dict[str, Any]]:  # (repacked, default) of an earlier run
+        rows = _json_at(commit, "engine_config")["rows"]
+        return next(x for x in rows if x["repack"]), next(x for x in rows if x["kv_f16"] and x["flash_attn"] and not x["repack"])
+
+    (b_rep, b_def), (f_rep, f_def) = pair(ENGINE_CONFIG_BEFORE), pair(ENGINE_CONFIG_FIRST)
     return [
         phrase("(`benchmarks/engine_config.py`, {} dev texts idle, {}-token decodes", r["knobs"]["n_sentiment"],
                r["knobs"]["decode_tokens"]),
@@ -514,8 +521,11 @@ def engine_config_prose() -> list[Phrase]:
         phrase("Here they gave one stream {} tokens/s against {}, four streams {} against {}, and idle sentiment {} s "
                "against {} s", f"{repacked[one]:.1f}", f"{default[one]:.1f}", f"{repacked[four]:.1f}",
                f"{default[four]:.1f}", f"{repacked['sentiment_p50_s']:.3f}", f"{default['sentiment_p50_s']:.3f}"),
-        phrase("the run before (commit 57da775) gave four streams {} against {} and one stream {} against {}",
-               f"{e_repacked[four]:.1f}", f"{e_default[four]:.1f}", f"{e_repacked[one]:.1f}", f"{e_default[one]:.1f}"),
+        phrase("the run before (the results file at commit {}, on the weights as the file has them) gave one stream {} "
+               "against {} and four streams {} against {}, and the one before that (commit {}) four streams {} against "
+               "{} and one stream {} against {}", ENGINE_CONFIG_BEFORE, f"{b_rep[one]:.1f}", f"{b_def[one]:.1f}",
+               f"{b_rep[four]:.1f}", f"{b_def[four]:.1f}", ENGINE_CONFIG_FIRST, f"{f_rep[four]:.1f}",
+               f"{f_def[four]:.1f}", f"{f_rep[one]:.1f}", f"{f_def[one]:.1f}"),
         phrase("moved the label probabilities of {} dev texts by up to {} from the default's, and agreed on {} of "
                "their labels", r["knobs"]["n_drift"], f"{repacked['vs_reference_max_abs_dp']:.3f}",
                _pct(repacked["vs_reference_label_agreement"])),
