@@ -489,6 +489,7 @@ def batching_prose() -> list[Phrase]:
     ]  # fmt: skip
 
 
+CORE_AS_IS = "9cc0260"  # core.py, the last run on the weights as the file has them
 ENGINE_CONFIG_BEFORE = "82f3471"  # engine_config.py, the run before the one in the README (the file as it is)
 ENGINE_CONFIG_FIRST = "57da775"  # engine_config.py, the first run with repacked weights
 
@@ -609,6 +610,17 @@ def mixed_step_prose() -> list[Phrase]:
                f"{last['together_p50_s']:.2f}", f"{first['apart_p50_s']:.2f}", f"{first['together_p50_s']:.2f}",
                first["generated"].split("-")[1], f"{r['replies_tok_s']['apart']:.1f}",
                f"{r['replies_tok_s']['together']:.1f}"),
+    ]  # fmt: skip
+
+
+def core_prose() -> list[Phrase]:
+    r, before = _json("core"), _json_at(CORE_AS_IS, "core")
+    return [
+        phrase("The table is for the widened weights that `allinone serve` loads by default. In the run before, on the "
+               "weights as the file has them (the results file at commit {}), sentiment p50 was {} s, chat decode {} "
+               "tokens/s and peak RSS {} MB, {} MB less than now", CORE_AS_IS,
+               f"{before['sentiment_p50_s']:.3f}", f"{before['chat_tokens_per_s']:.1f}", f"{before['peak_rss_mb']:.0f}",
+               f"{r['peak_rss_mb'] - before['peak_rss_mb']:.0f}"),
     ]  # fmt: skip
 
 
@@ -926,6 +938,7 @@ PHRASES: dict[str, Callable[[], list[Phrase]]] = {
     "widen": widen_prose,
     "load": load_prose,
     "mixed_step": mixed_step_prose,
+    "core": core_prose,
     "structured": structured_prose,
     "session_sync": session_sync_prose,
     "event_loop": event_loop_prose,
