@@ -464,6 +464,7 @@ def kv_states_prose() -> list[Phrase]:
 
 def parallel_prose() -> list[Phrase]:
     rows = {r["parallel"]: r for r in _json("parallel")["rows"]}
+    before = {r["parallel"]: r for r in _json_at(PARALLEL_BEFORE, "parallel")["rows"]}
     most = rows[max(rows)]
     extra = most["rss_mb_loaded"] - rows[min(rows)]["rss_mb_loaded"]
     sentiment = sorted(r["sentiment_slowest_s"] for r in rows.values())
@@ -471,7 +472,9 @@ def parallel_prose() -> list[Phrase]:
         phrase("With eight users, eight sequences serve them best: every first token within {} s",
                f"{math.ceil(100 * most['ttft_max_s']) / 100:.2f}"),
         phrase("for {} MB more memory than one sequence", f"{extra:.0f}"),
-        phrase("(the slowest of eight is {} to {} s with any setting)", f"{sentiment[0]:.1f}", f"{sentiment[-1]:.1f}"),
+        phrase("(the slowest of eight is {} to {} s with any setting", f"{sentiment[0]:.1f}", f"{sentiment[-1]:.1f}"),
+        phrase("the median first token with four sequences was {} s in this run and {} s in the run before (the results "
+               "file at commit {})", f"{rows[4]['ttft_p50_s']:.2f}", f"{before[4]['ttft_p50_s']:.2f}", PARALLEL_BEFORE),
     ]  # fmt: skip
 
 
@@ -489,6 +492,7 @@ def batching_prose() -> list[Phrase]:
     ]  # fmt: skip
 
 
+PARALLEL_BEFORE = "4b958c6"  # parallel.py, the run before the one in the README
 CORE_AS_IS = "9cc0260"  # core.py, the last run on the weights as the file has them
 ENGINE_CONFIG_BEFORE = "82f3471"  # engine_config.py, the run before the one in the README (the file as it is)
 ENGINE_CONFIG_FIRST = "57da775"  # engine_config.py, the first run with repacked weights
