@@ -39,8 +39,9 @@ DRY_MADE_ANEW = "253368b"  # thread_cpu.py, the last run before each reply's DRY
 DRY_FIRST = "03be5c9"  # thread_cpu.py, the run before the sampler took top-k before DRY
 LOAD_PREVIOUS = "0982e76"  # load.py, the run before the one in the README
 MIXED_STEP_BEFORE = "419f3f2"  # mixed_step.py, the run before the split step put its prompts first
-CONCURRENCY_BEFORE = "6edbb5d"  # concurrency.py, the run before the one in the README
+CONCURRENCY_BEFORE = "39b5d6e"  # concurrency.py, the run before the one in the README
 BATCHING_AS_IS = "e46253d"  # batching.py, the last run on the weights as the file has them
+DRY_ANEW_CONCURRENCY = "6edbb5d"  # concurrency.py, the last run before each reply's DRY sampler was a clone
 CONCURRENCY_AS_IS = "da4fb0b"  # concurrency.py, the last run before the default loaded the widened weights
 BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -395,6 +396,7 @@ def http_overhead_prose() -> list[Phrase]:
 def concurrency_prose() -> list[Phrase]:
     r, earlier = _json("concurrency"), CONCURRENCY_BEFORE
     before, as_is = _json_at(earlier, "concurrency"), _json_at(CONCURRENCY_AS_IS, "concurrency")
+    made_anew = _json_at(DRY_ANEW_CONCURRENCY, "concurrency")
     knobs, o, p = r["knobs"], r["ours"], r["peer"]
     peer = knobs["peer_args"]
 
@@ -434,8 +436,11 @@ def concurrency_prose() -> list[Phrase]:
                "request ({} {}", "dry_multiplier", r["knobs"]["peer_sampling"]["dry_multiplier"]),
         phrase("llama-server's own four-stream aggregate was {} tokens/s in this run and {} in the run before",
                f"{p[agg]:.1f}", f"{before['peer'][agg]:.1f}"),
-        phrase("The first token of four streams comes at {} s ({} s in the run before",
-               f"{o['four_streams_ttft_p50_s']:.2f}", f"{before['ours']['four_streams_ttft_p50_s']:.2f}"),
+        phrase("This row misses its target in this run and in the run before, and in the one before that ({}, the "
+               "results file at commit {})", ratio(made_anew, agg), DRY_ANEW_CONCURRENCY),
+        phrase("The first token of four streams comes at {} s ({} s in the run before, and {} s in the results file at "
+               "commit {}", f"{o['four_streams_ttft_p50_s']:.2f}", f"{before['ours']['four_streams_ttft_p50_s']:.2f}",
+               f"{made_anew['ours']['four_streams_ttft_p50_s']:.2f}", DRY_ANEW_CONCURRENCY),
     ]  # fmt: skip
 
 
