@@ -37,7 +37,8 @@ LOAD_BEFORE = "803127a"  # load.py, with one queue for both lanes
 STREAM_GAP_BEFORE = "2a1a2a6"  # stream_gap.py, the last run before the widened weights and the DRY clones
 DRY_MADE_ANEW = "253368b"  # thread_cpu.py, the last run before each reply's DRY sampler was a clone
 DRY_FIRST = "03be5c9"  # thread_cpu.py, the run before the sampler took top-k before DRY
-LOAD_PREVIOUS = "0982e76"  # load.py, the run before the one in the README
+LOAD_PREVIOUS = "a75c4b2"  # load.py, the run before the one in the README
+LOAD_SECOND = "0982e76"  # load.py, the one before that, before each reply's DRY sampler was a clone
 MIXED_STEP_BEFORE = "419f3f2"  # mixed_step.py, the run before the split step put its prompts first
 CONCURRENCY_BEFORE = "39b5d6e"  # concurrency.py, the run before the one in the README
 BATCHING_AS_IS = "e46253d"  # batching.py, the last run on the weights as the file has them
@@ -568,6 +569,8 @@ def load_prose() -> list[Phrase]:
     earlier = {row["kind"]: row for row in _json_at(before, "load")["latency"]}
     run_before, previous = _json_at(LOAD_BEFORE, "load"), _json_at(LOAD_PREVIOUS, "load")
     prev = {row["kind"]: row for row in previous["latency"]}
+    second_run = _json_at(LOAD_SECOND, "load")
+    second = {row["kind"]: row for row in second_run["latency"]}
     last = {row["kind"]: row for row in run_before["latency"]}
     last_refused, refused = run_before["by_status"].get("429", 0), r["by_status"].get("429", 0)
     growth = r["rss_mb_end"] / r["rss_mb_start"] - 1  # from the RSS figures: rss_growth is rounded to 4 places
@@ -591,9 +594,12 @@ def load_prose() -> list[Phrase]:
         phrase("caps this run's mix of answers ({} sentiment, {} chat) at {} a second with the model never idle",
                lat["sentiment"]["answered"], lat["chat"]["answered"], f"{r['bound_per_s']:.2f}"),
         phrase("the run reached {} of it", _pct(r["share_of_bound"], 0)),
-        phrase("(the results file at commit {}: {} answered a second, {} of a cap of {})", LOAD_PREVIOUS,
-               f"{prev['all']['per_s']:.2f}", _pct(previous["share_of_bound"], 0),
-               f"{previous['bound_per_s']:.2f}"),
+        phrase("The run before (the results file at commit {}: {} answered a second, {} of a cap of {}) and the one "
+               "before that (commit {}: {} answered a second, {} of a cap of {})", LOAD_PREVIOUS,
+               f"{prev['all']['per_s']:.2f}", _pct(previous["share_of_bound"], 0), f"{previous['bound_per_s']:.2f}",
+               LOAD_SECOND, f"{second['all']['per_s']:.2f}", _pct(second_run["share_of_bound"], 0),
+               f"{second_run['bound_per_s']:.2f}"),
+        phrase("Since commit {}, each chat reply's DRY sampler", LOAD_SECOND),
         phrase("the sentiment p50 went from {} s to {} s", f"{prev['sentiment']['p50_s']:.2f}",
                f"{lat['sentiment']['p50_s']:.2f}"),
         phrase("sentiment requests alone would cap at {} a second", f"{1 / r['model_s_per_request']['sentiment']:.2f}"),
