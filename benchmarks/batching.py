@@ -42,8 +42,7 @@ def compare(alone: list[float], other: list[float]) -> dict[str, float]:
 
 def main() -> None:
     from allinone.classify import conversation
-    from allinone.engines import Conversation, GenParams, Message
-    from allinone.engines import load_engine
+    from allinone.engines import Conversation, GenParams, Message, load_engine
     from allinone.settings import Settings
     from allinone.tasks import load_tasks
 

@@ -63,7 +63,6 @@ def main() -> None:
     from allinone.models import ensure_default
     from allinone.settings import Settings
     from allinone.tasks import load_tasks
-
     from allinone.widen import widened
 
     settings = Settings()

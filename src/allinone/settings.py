@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         "(benchmarks/widen.py); `off` loads the file as it is.",
     )
     batch_size: int = Field(
-        1,  # measured: not faster than one at a time on 2 CPU cores (benchmarks/batching.py)
+        1,  # scores as single requests are; batches are faster, moving probabilities in the last bits (batching.py)
         ge=1,
         le=32,
         description="Texts of a bulk `eval`/`classify` scored together as one multi-sequence batch (llama.cpp); "
