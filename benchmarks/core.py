@@ -111,7 +111,9 @@ def main() -> None:
 
     results: dict[str, object] = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
     results.update(cold_start())
-    service = TaskService(Settings())
+    settings = Settings()
+    results["weights"] = "widened" if settings.widen == "on" else "as in the file"
+    service = TaskService(settings)
     service.engine  # noqa: B018
     results.update(sentiment(service))
     service.warm()  # as `serve` does before it is ready: the chat prefix of each language order is cached

@@ -43,6 +43,7 @@ MIXED_STEP_PREVIOUS = "e0b0c80"  # mixed_step.py, the run before the one in the 
 MIXED_STEP_BEFORE = "419f3f2"  # mixed_step.py, the run before the split step put its prompts first
 PARALLEL_BEFORE = "4b958c6"  # parallel.py, the run before the one in the README
 CORE_AS_IS = "9cc0260"  # core.py, the last run on the weights as the file has them
+CORE_WIDENED_BEFORE = "d6b4c76"  # core.py, the run before the one in the README (widened weights too)
 ENGINE_CONFIG_BEFORE = "82f3471"  # engine_config.py, the run before the one in the README (the file as it is)
 ENGINE_CONFIG_FIRST = "57da775"  # engine_config.py, the first run with repacked weights
 CONCURRENCY_BEFORE = "39b5d6e"  # concurrency.py, the run before the one in the README
@@ -114,8 +115,15 @@ def load() -> str:
     return _rows(["", "answered", "per s", "p50", "p99"], ["---", "---:", "---:", "---:", "---:"], rows)
 
 
+def _widened(res: dict[str, Any], name: str) -> None:
+    """The README says this table is for the widened weights the server loads by default."""
+    if res.get("weights", res.get("knobs", {}).get("weights")) != "widened":
+        raise SystemExit(f"{name}.json was not measured on the widened weights, as the README says: rewrite it")
+
+
 def batching() -> str:
     res = _json("batching")
+    _widened(res, "batching")
     rows = []
     for name, r in res["paths"].items():
         rate = f"{r['texts_per_s']:.2f}" if "texts_per_s" in r else "–"
@@ -128,6 +136,7 @@ def batching() -> str:
 
 def engine_config() -> str:
     res = _json("engine_config")
+    _widened(res, "engine_config")
     rows = [[r["config"], f"{r['sentiment_p50_s']:.3f} s", f"{r['decode_tok_s']:.1f}",
              f"{r['aggregate_4_streams_tok_s']:.1f}", f"{r['max_abs_dp']:.3f}",
              f"{r['vs_reference_max_abs_dp']:.3f}"] for r in res["rows"]]  # fmt: skip
@@ -656,8 +665,12 @@ def mixed_step_prose() -> list[Phrase]:
 
 
 def core_prose() -> list[Phrase]:
-    r, before = _json("core"), _json_at(CORE_AS_IS, "core")
+    r, before, widened = _json("core"), _json_at(CORE_AS_IS, "core"), _json_at(CORE_WIDENED_BEFORE, "core")
+    _widened(r, "core")
     return [
+        phrase("A run on the widened weights just before this one (the results file at commit {}) gave {} s and {} "
+               "tokens/s", CORE_WIDENED_BEFORE, f"{widened['sentiment_p50_s']:.3f}",
+               f"{widened['chat_tokens_per_s']:.1f}"),
         phrase("The table is for the widened weights that `allinone serve` loads by default. In the run before, on the "
                "weights as the file has them (the results file at commit {}), sentiment p50 was {} s, chat decode {} "
                "tokens/s and peak RSS {} MB, {} MB less than now", CORE_AS_IS,
