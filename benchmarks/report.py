@@ -42,6 +42,7 @@ LOAD_DRY_ANEW = "0982e76"  # load.py, the one before that, before each reply's D
 MIXED_STEP_PREVIOUS = "e0b0c80"  # mixed_step.py, the run before the one in the README (the file as it is)
 MIXED_STEP_BEFORE = "419f3f2"  # mixed_step.py, the run before the split step put its prompts first
 PARALLEL_BEFORE = "4b958c6"  # parallel.py, the run before the one in the README
+PROBE_COST_BEFORE = "2cf55b0"  # probe_cost.py, the run before the one in the README (the file as it is)
 CORE_AS_IS = "9cc0260"  # core.py, the last run on the weights as the file has them
 CORE_WIDENED_BEFORE = "d6b4c76"  # core.py, the run before the one in the README (widened weights too)
 ENGINE_CONFIG_BEFORE = "82f3471"  # engine_config.py, the run before the one in the README (the file as it is)
@@ -897,6 +898,9 @@ def head_choice_prose() -> list[Phrase]:
 def probe_cost_prose() -> list[Phrase]:
     r = _json("probe_cost")
     gate, python = r["per_off"]["gate"], r["per_off"]["python"]
+    before = _json_at(PROBE_COST_BEFORE, "probe_cost")["per_off"]
+    b_gate, b_python = before["gate"], before["python"]
+    off_texts = r["rounds"]["off"]["sentiment_ms_per_text"]
 
     def both(key: str) -> list[str]:
         return [f"{gate[key]:.3f}", f"{python[key]:.3f}"]
@@ -910,6 +914,12 @@ def probe_cost_prose() -> list[Phrase]:
                *both("four_tok_s")),
         phrase("sentiment, {} texts a round, {} and {} of heads off's time inside `llama_decode` per text",
                r["knobs"]["n_sentiment"], *both("sentiment_ms_per_text")),
+        phrase("heads off's own time per text ranged from {} to {} ms between rounds", f"{min(off_texts):.0f}",
+               f"{max(off_texts):.0f}"),
+        phrase("The run before, on the weights as the file has them (the results file at commit {}), gave {} and {} "
+               "for sentiment and {} and {} for four streams' aggregate", PROBE_COST_BEFORE,
+               f"{b_gate['sentiment_ms_per_text']:.3f}", f"{b_python['sentiment_ms_per_text']:.3f}",
+               f"{b_gate['four_tok_s']:.3f}", f"{b_python['four_tok_s']:.3f}"),
     ]  # fmt: skip
 
 
