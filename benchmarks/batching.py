@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from serving import weights
+
 # --- knobs ---------------------------------------------------------------------------------------
 N_TEXTS = 200  # ChnSentiCorp dev texts, in file order
 BATCH_SIZES = [4, 8, 16]
@@ -43,6 +45,7 @@ def compare(alone: list[float], other: list[float]) -> dict[str, float]:
 def main() -> None:
     from allinone.classify import conversation
     from allinone.engines import Conversation, GenParams, Message, load_engine
+    from allinone.models import resolve_model
     from allinone.settings import Settings
     from allinone.tasks import load_tasks
 
@@ -90,7 +93,7 @@ def main() -> None:
         print(f"| {name} | {rate} | {agree} | {r.get('max_abs_dp', 0):.3f} | {r.get('mean_abs_dp', 0):.4f} |")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     knobs = {"n_texts": N_TEXTS, "n_threads": N_THREADS, "streams": STREAMS, "parallel": engine.slots.generate}
-    knobs["weights"] = "widened" if settings.widen == "on" else "as in the file"
+    knobs["weights"] = weights(engine.info.details["path"], resolve_model(settings.model, settings).path)
     OUT.write_text(json.dumps({**knobs, "paths": rows}, indent=2) + "\n")
     engine.close()
 

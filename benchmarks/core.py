@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from serving import weights
+
 # --- knobs ---------------------------------------------------------------------------------------
 N_TEXTS = 300  # ChnSentiCorp dev texts timed for sentiment (in file order)
 CHAT_PROMPTS = [
@@ -106,15 +108,15 @@ def chat(service: object) -> dict[str, float]:
 
 
 def main() -> None:
+    from allinone.models import resolve_model
     from allinone.service import TaskService
     from allinone.settings import Settings
 
     results: dict[str, object] = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
     results.update(cold_start())
     settings = Settings()
-    results["weights"] = "widened" if settings.widen == "on" else "as in the file"
     service = TaskService(settings)
-    service.engine  # noqa: B018
+    results["weights"] = weights(service.engine.info.details["path"], resolve_model(settings.model, settings).path)
     results.update(sentiment(service))
     service.warm()  # as `serve` does before it is ready: the chat prefix of each language order is cached
     results.update(chat(service))

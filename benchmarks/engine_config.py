@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from allinone.engines.llamacpp import cpu_has_amx
+from serving import weights
 
 # --- knobs ---------------------------------------------------------------------------------------
 CONFIGS = {  # name: LlamaCppEngine keyword arguments
@@ -58,17 +59,15 @@ def decode_rate(engine: Any, chat: Any, params: Any, streams: int) -> float:
 
 def main() -> None:
     from allinone.classify import conversation
-    from allinone.engines import Conversation, GenParams, Message
+    from allinone.engines import Conversation, GenParams, Message, llamacpp_file
     from allinone.engines.llamacpp import LlamaCppEngine
     from allinone.models import ensure_default
     from allinone.settings import Settings
     from allinone.tasks import load_tasks
-    from allinone.widen import widened
 
     settings = Settings()
-    path = ensure_default(settings.models_dir)
-    if settings.widen == "on":  # the weights `allinone serve` loads by default
-        path = widened(path, settings.home / "widened")
+    source = ensure_default(settings.models_dir)
+    path = llamacpp_file(source, settings)  # the file `allinone serve` loads: widened by default
     engines = {name: LlamaCppEngine(path, name="default", n_threads=N_THREADS, **kw) for name, kw in CONFIGS.items()}
     task = load_tasks()["sentiment"]
     words = [w for label in task.labels or [] for w in label.words]
@@ -138,7 +137,7 @@ def main() -> None:
     knobs = {"n_sentiment": N_SENTIMENT, "n_drift": N_DRIFT, "decode_tokens": DECODE_TOKENS, "rounds": ROUNDS}
     knobs["reference"] = REFERENCE
     knobs["cpu_has_amx"] = cpu_has_amx()
-    knobs["weights"] = "widened" if settings.widen == "on" else "as in the file"
+    knobs["weights"] = weights(path, source)
     OUT.write_text(json.dumps({"knobs": knobs, "rows": rows}, indent=2) + "\n")
     for e in engines.values():
         e.close()

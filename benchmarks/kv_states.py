@@ -27,15 +27,14 @@ OUT = ROOT / "benchmarks" / "results" / "kv_states.json"
 
 
 def main() -> None:
-    from allinone.engines import kvstate
+    from allinone.engines import kvstate, llamacpp_file
     from allinone.engines.llamacpp import LlamaCppEngine
     from allinone.models import ensure_default
     from allinone.settings import Settings
-    from allinone.widen import widened
 
     settings = Settings()
     engine = LlamaCppEngine(
-        widened(ensure_default(settings.models_dir), settings.home / "widened"), name="default", n_threads=N_THREADS
+        llamacpp_file(ensure_default(settings.models_dir), settings), name="default", n_threads=N_THREADS
     )
     ctx = engine._ctx
 

@@ -17,6 +17,12 @@ import httpx
 LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=0)
 
 
+def weights(loaded: Path | str, source: Path) -> str:
+    """How the model file llama.cpp loaded stores the weights of `source`: "widened" when it loaded the widened copy
+    (engines.llamacpp_file), "as in the file" when it loaded `source` itself (widening off, or not possible)."""
+    return "as in the file" if Path(loaded) == source else "widened"
+
+
 def wait_healthy(server: subprocess.Popen[bytes], port: int, timeout_s: float, poll_s: float) -> None:
     """Return once the server on 127.0.0.1:`port` answers /health with 200; exit if it dies or times out."""
     deadline = time.monotonic() + timeout_s

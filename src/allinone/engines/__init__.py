@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from .base import Chunk, Conversation, Engine, EngineInfo, GenParams, Message, Prompt, Scores, Segment, Slots, Usage
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..settings import Settings
 
 __all__ = [
@@ -21,8 +23,17 @@ __all__ = [
     "Segment",
     "Slots",
     "Usage",
+    "llamacpp_file",
     "load_engine",
 ]
+
+
+def llamacpp_file(path: Path, settings: Settings) -> Path:
+    """The file the llama.cpp engine loads for the GGUF at `path`: its widened copy (widen.widened: made once, or
+    `path` itself when it cannot be), unless ALLINONE_WIDEN=off."""
+    from ..widen import widened
+
+    return widened(path, settings.home / "widened") if settings.widen == "on" else path
 
 
 def load_engine(settings: Settings, probe_layer: int | None = None) -> Engine:
@@ -61,12 +72,11 @@ def load_engine(settings: Settings, probe_layer: int | None = None) -> Engine:
             n_threads=settings.n_threads,
             probe_layer=probe_layer,
         )
-    from ..widen import widened
     from .llamacpp import LlamaCppEngine, repack_weights
 
     info = resolve_model(settings.model, settings)
     return LlamaCppEngine(
-        widened(info.path, settings.home / "widened") if settings.widen == "on" else info.path,
+        llamacpp_file(info.path, settings),
         name=info.name,
         n_ctx=settings.n_ctx,
         cache_mb=settings.cache_mb,
