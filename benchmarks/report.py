@@ -591,12 +591,12 @@ def load_prose() -> list[Phrase]:
     r, before = _json("load"), "2e98757"  # the last run before continuous batching
     lat = {row["kind"]: row for row in r["latency"]}
     earlier = {row["kind"]: row for row in _json_at(before, "load")["latency"]}
-    run_before, previous = _json_at(LOAD_ONE_QUEUE, "load"), _json_at(LOAD_PREVIOUS, "load")
+    one_queue_run, previous = _json_at(LOAD_ONE_QUEUE, "load"), _json_at(LOAD_PREVIOUS, "load")
     prev = {row["kind"]: row for row in previous["latency"]}
-    second_run = _json_at(LOAD_DRY_ANEW, "load")
-    second = {row["kind"]: row for row in second_run["latency"]}
-    last = {row["kind"]: row for row in run_before["latency"]}
-    last_refused, refused = run_before["by_status"].get("429", 0), r["by_status"].get("429", 0)
+    dry_anew_run = _json_at(LOAD_DRY_ANEW, "load")
+    dry_anew = {row["kind"]: row for row in dry_anew_run["latency"]}
+    one_queue = {row["kind"]: row for row in one_queue_run["latency"]}
+    one_queue_refused, refused = one_queue_run["by_status"].get("429", 0), r["by_status"].get("429", 0)
     growth = r["rss_mb_end"] / r["rss_mb_start"] - 1  # from the RSS figures: rss_growth is rounded to 4 places
     return [
         phrase("(`benchmarks/load.py`: {} clients", r["clients"]),
@@ -606,9 +606,9 @@ def load_prose() -> list[Phrase]:
         phrase("{} answered requests a second, against {} before continuous batching", f"{lat['all']['per_s']:.2f}",
                f"{earlier['all']['per_s']:.2f}"),
         phrase("the last run with one queue for both lanes (the results file at commit {}) gave {}", LOAD_ONE_QUEUE,
-               f"{last['all']['per_s']:.2f}"),
+               f"{one_queue['all']['per_s']:.2f}"),
         phrase("its {} refusals (429) could fall on either kind, one queue serving both lanes; of this run's {}, "
-               "{} were chat turns and {} sentiment requests)", last_refused, refused,
+               "{} were chat turns and {} sentiment requests)", one_queue_refused, refused,
                r["by_kind_status"]["chat"].get("429", 0), r["by_kind_status"]["sentiment"].get("429", 0)),
         phrase("sentiment p50 {} s. The model computed for {} of the measured run's wall time",
                f"{lat['sentiment']['p50_s']:.1f}", _pct(r["model_busy_share"], 0)),
@@ -622,8 +622,8 @@ def load_prose() -> list[Phrase]:
         phrase("The run before (the results file at commit {}: {} answered a second, {} of a cap of {}) and the one "
                "before that (commit {}: {} answered a second, {} of a cap of {})", LOAD_PREVIOUS,
                f"{prev['all']['per_s']:.2f}", _pct(previous["share_of_bound"], 0), f"{previous['bound_per_s']:.2f}",
-               LOAD_DRY_ANEW, f"{second['all']['per_s']:.2f}", _pct(second_run["share_of_bound"], 0),
-               f"{second_run['bound_per_s']:.2f}"),
+               LOAD_DRY_ANEW, f"{dry_anew['all']['per_s']:.2f}", _pct(dry_anew_run["share_of_bound"], 0),
+               f"{dry_anew_run['bound_per_s']:.2f}"),
         phrase("Since the run at commit {}, each chat reply's DRY sampler", LOAD_DRY_ANEW),
         phrase("the sentiment p50 went from {} s to {} s", f"{prev['sentiment']['p50_s']:.2f}",
                f"{lat['sentiment']['p50_s']:.2f}"),
