@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +113,22 @@ def test_a_penalty_comes_from_the_task_and_a_request_may_override_it(
     service.generate("summary", "hi")  # a task without one: off
     service.generate("chat", "hi")
     assert [getattr(p, option) for p in fake.params] == [own, override, off, chat]
+
+
+def test_warming_the_service_hands_the_engine_each_generate_tasks_reply_params(tmp_path: Path) -> None:
+    """`serve` warms every task before it is ready; a generate task's warm-up carries its reply parameters, so that the
+    engine can make then what its replies reuse (llama.cpp: the DRY sampler they clone)."""
+    warmed: list[tuple[str, object]] = []
+
+    class Recording(FakeEngine):
+        def warm(self, conversation: Any, params: Any = None) -> None:
+            warmed.append((conversation.messages[-1].content, params))
+
+    service = TaskService(Settings(home=tmp_path), Recording())
+    service.warm(("你好",))
+    chat = service.task("chat").generation
+    assert chat is not None and chat.dry_multiplier > 0
+    generate = [t for t in service.tasks.values() if t.kind == "generate"]
+    assert len(warmed) == len(generate) >= 2
+    assert all("你好" in text and params is not None for text, params in warmed)
+    assert any(p.dry_multiplier == chat.dry_multiplier and p.max_tokens == chat.max_tokens for _, p in warmed)  # type: ignore[attr-defined]

@@ -181,3 +181,14 @@ def test_repacked_weights_load_and_answer_like_the_default(service: TaskService,
         assert reply.text.strip()
     finally:
         repacked.close()
+
+
+def test_warming_with_a_replys_params_makes_the_dry_sampler_its_replies_clone(engine: LlamaCppEngine) -> None:
+    multiplier = 0.37  # no task's: the session's engine has not made it
+    made = engine._ctx._dry._made  # the DRY samplers replies clone, by multiplier
+    chat = Conversation.of([Message("system", "你是助手。"), Message("user", "你好")], 1)
+    assert multiplier not in made
+    engine.warm(chat)
+    assert multiplier not in made  # a prefix alone makes no sampler
+    engine.warm(chat, GenParams(dry_multiplier=multiplier))
+    assert multiplier in made

@@ -242,14 +242,15 @@ class TaskService:
 
     def warm(self, texts: Sequence[str] = ("你好", "hello")) -> None:
         """Compute every task's cached prefix now (and the classify tasks' calibration), for a message in each
-        language, so that the first requests are as fast as later ones (`serve` does this before it is ready)."""
+        language, and let the engine make what a generate task's replies reuse (its DRY sampler), so that the first
+        requests are as fast as later ones (`serve` does this before it is ready)."""
         for name, task in self.tasks.items():
             for text in texts:
                 if task.kind == "classify":
                     self.classify(name, text)
                 else:
                     messages, n_fixed = model_messages(task, [Turn("user", text)])
-                    self.engine.warm(Conversation.of(messages, n_fixed))
+                    self.engine.warm(Conversation.of(messages, n_fixed), self._prepare(task, text, {}, None)[1])
         if sum(t.routing.enabled for t in self.tasks.values()) >= 2:
             self.pick_task(texts[0])
 

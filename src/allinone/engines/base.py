@@ -202,9 +202,10 @@ class Engine(ABC):
         With `hidden`, also the hidden-state features `probe_layer` names, from the same pass.
         """
 
-    def warm(self, conversation: Conversation) -> None:  # noqa: B027 - only engines with a local cache do it
+    def warm(self, conversation: Conversation, params: GenParams | None = None) -> None:  # noqa: B027 - only engines with a local cache do it
         """Compute and cache the conversation's fixed prefix now, so that the first request that uses it is as fast
-        as later ones (engines whose prefix cache lives elsewhere do nothing)."""
+        as later ones (engines whose prefix cache lives elsewhere do nothing). With `params` (a reply's), also make
+        now what replies with them reuse."""
 
     def score_batch(
         self, conversations: Sequence[Conversation], continuations: Sequence[str], hidden: bool = False

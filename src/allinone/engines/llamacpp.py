@@ -418,8 +418,10 @@ class LlamaCppEngine(Engine):
     def score(self, conversation: Conversation, continuations: Sequence[str], hidden: bool = False) -> Scores:
         return self.score_prompt(self.render(conversation), continuations, hidden)
 
-    def warm(self, conversation: Conversation) -> None:
+    def warm(self, conversation: Conversation, params: GenParams | None = None) -> None:
         self.score(conversation, ["。"])  # computes and keeps the prefix
+        if params is not None:  # a sampler made and freed: its DRY sampler is kept for later replies to clone
+            self._scheduler.call(lambda: self._ctx.free_sampler(self._ctx.sampler(params)))
 
     def score_prompt(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
         """`score` on a rendered prompt (its prefix is what gets cached)."""

@@ -212,7 +212,7 @@ class TransformersEngine(Engine):
     def score(self, conversation: Conversation, continuations: Sequence[str], hidden: bool = False) -> Scores:
         return self.score_prompt(self.render(conversation), continuations, hidden)
 
-    def warm(self, conversation: Conversation) -> None:
+    def warm(self, conversation: Conversation, params: GenParams | None = None) -> None:
         self.score(conversation, ["。"])  # computes and keeps the prefix
 
     def score_prompt(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
