@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from serving import wait_healthy
+from serving import wait_healthy, weights
 
 # --- knobs ---------------------------------------------------------------------------------------
 N_TEXTS = 200  # ChnSentiCorp dev texts, in file order
@@ -62,11 +62,13 @@ def summary(ms: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
+    from allinone.models import resolve_model
     from allinone.service import TaskService
     from allinone.settings import Settings
 
     sample = texts(N_TEXTS)
-    service = TaskService(Settings())
+    settings = Settings()
+    service = TaskService(settings)
     service.engine  # noqa: B018 - load before timing
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,6 +111,7 @@ def main() -> None:
             "within_budget": added <= budget,
         },
         "labels_agree": agree / len(sample),
+        "weights": weights(service.engine.info.details["path"], resolve_model(settings.model, settings).path),
         "request_log_lines": logged,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -148,6 +148,7 @@ def engine_config() -> str:
 
 def structured() -> str:
     res = _json("structured")
+    _widened(res, "structured")
     rows = [[name, f"{r['free_tok_s']:.1f}", f"{r['constrained_tok_s']:.1f}", f"{r['ratio']:.2f}",
              f"{r['valid_json']:.0%}"] for name, r in res["rows"].items()]  # fmt: skip
     header = ["request", "free decoding, tok/s", "with the schema, tok/s", "ratio", "valid JSON"]
@@ -156,6 +157,7 @@ def structured() -> str:
 
 def warm_start() -> str:
     res = _json("warm_start")
+    _widened(res, "warm_start")
     rows = [[kind, f"{r['first_s']:.3f} s", f"{r['later_p50_s']:.3f} s"] for kind, r in res["rows"].items()]
     return _rows(["request", "first after ready", f"next {res['later']}, p50"], ["---", "---:", "---:"], rows)
 
@@ -176,8 +178,9 @@ def chat_quality() -> str:
 
 def tasks() -> str:
     res = _json("tasks")
+    _widened(res, "tasks")
     rows = [[t["task"], f"{t['p50_s']:.2f} s", f"{t['max_s']:.2f} s",
-             f"{t['prompt_tokens']:.0f} ({t['cached_tokens']})", f"{t['completion_tokens']:.0f}",
+             f"{t['prompt_tokens']:.0f} ({t['cached_tokens']:.0f})", f"{t['completion_tokens']:.0f}",
              "–" if t["tokens_per_s"] is None else f"{t['tokens_per_s']:.1f}"] for t in res["tasks"]]  # fmt: skip
     header = ["task", "p50 latency", "max", "prompt tokens (cached)", "output tokens", "output tokens/s"]
     return _rows(header, ["---", "---:", "---:", "---:", "---:", "---:"], rows)
@@ -206,6 +209,7 @@ SHORT = {"en_movies": "IMDB", "en_restaurants": "Yelp", "zh_social": "Weibo", "z
 
 def accuracy() -> str:
     r, speed = _json("accuracy")["results"], _json("head_speed")["overall"]
+    _widened(_json("head_speed"), "head_speed")
     dev, test = r["chnsenticorp_dev"], r["chnsenticorp_test"]
     rows = [
         ["this project, prompt + learned head (the default)", _pct(dev["with_head"]), f"**{_pct(test['with_head'])}**",
@@ -400,6 +404,7 @@ def tasks_prose() -> list[Phrase]:
 
 def http_overhead_prose() -> list[Phrase]:
     r = _json("http_overhead")
+    _widened(r, "http_overhead")
     n, over = r["config"]["n_texts"], r["overhead"]
     return [
         phrase("(`benchmarks/http_overhead.py`, {} ChnSentiCorp dev texts", n),
@@ -977,7 +982,8 @@ def fewshot_domains_prose() -> list[Phrase]:
 
 
 def warm_start_prose() -> list[Phrase]:
-    return [phrase("each kind of request once after ready, then {} more", _json("warm_start")["later"])]
+    later = _json("warm_start")["later"]
+    return [phrase("each kind of request once after ready, then {} more, every one with a text of its own", later)]
 
 
 def engines_prose() -> list[Phrase]:

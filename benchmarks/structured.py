@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serving import weights
+
 # --- knobs ---------------------------------------------------------------------------------------
 ROUNDS = 5
 MAX_TOKENS = 96
@@ -56,7 +58,7 @@ def decode_rate(engine: Any, conv: Any, params: Any) -> tuple[float, int, str]:
 def main() -> None:
     from dataclasses import replace
 
-    from allinone.engines import Conversation, GenParams, Message
+    from allinone.engines import Conversation, GenParams, Message, llamacpp_file
     from allinone.engines.llamacpp import LlamaCppEngine
     from allinone.models import ensure_default
     from allinone.service import TaskService
@@ -64,7 +66,8 @@ def main() -> None:
     from allinone.structured import parse_output
 
     settings = Settings(n_threads=N_THREADS)
-    engine = LlamaCppEngine(ensure_default(settings.models_dir), name="default", n_threads=N_THREADS)
+    gguf = ensure_default(settings.models_dir)
+    engine = LlamaCppEngine(llamacpp_file(gguf, settings), name="default", n_threads=N_THREADS)
     service = TaskService(settings, engine)
     keywords = service.task("keywords")
     cases = []
@@ -101,7 +104,8 @@ def main() -> None:
         print(
             f"| {name} | {free:.1f} | {constrained:.1f} | {constrained / free:.2f} | {rows[name]['valid_json']:.0%} |"
         )
-    OUT.write_text(json.dumps({"rounds": ROUNDS, "n_threads": N_THREADS, "rows": rows}, indent=2) + "\n")
+    result = {"rounds": ROUNDS, "n_threads": N_THREADS, "weights": weights(engine.info.details["path"], gguf)}
+    OUT.write_text(json.dumps(result | {"rows": rows}, indent=2) + "\n")
     engine.close()
 
 

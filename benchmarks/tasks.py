@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from allinone.models import resolve_model
 from allinone.service import TaskService
 from allinone.settings import Settings
+from serving import weights
 
 # --- knobs ---------------------------------------------------------------------------------------
 SEED = 1
@@ -137,6 +139,7 @@ def main() -> None:
         "n_threads": settings.n_threads,
         "machine": f"{platform.machine()} {platform.system()}",
         "chat_max_tokens": CHAT_MAX_TOKENS,
+        "weights": weights(service.engine.info.details["path"], resolve_model(settings.model, settings).path),
         "tasks": rows,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
