@@ -6,7 +6,8 @@ task's system prompt and examples as a chat completion with `max_tokens: 1` and 
 messages with the same sampling: our chat task adds DRY to every chat request (allinone-chat), so the peer's chat
 requests carry the same DRY fields (peer_sampling), and both do the same work per token. A third server, `allinone
 serve --engine openai` in front of the peer, measures scale-out. Both get the same GGUF; ours loads it, as by
-default, through the widened copy it makes at start (widen.py: the same weight values, Q5_0 stored as Q8_0).
+default, through the widened copy it makes at start (widen.py: the same weight values, Q5_0 stored as Q8_0); with
+ALLINONE_WIDEN set otherwise, ours runs with that setting and the results go to concurrency_widen_VALUE.json.
 
 Rows: idle sentiment latency; one stream's decode speed; four streams' aggregate speed and time to first token;
 the slowest of three sentiment requests sent 1 s into four streams, and of the same three sent together to the idle
@@ -57,7 +58,7 @@ STORY = [
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chnsenticorp_dev.jsonl"
-OUT = ROOT / "benchmarks" / "results" / "concurrency.json"
+OUT = ROOT / "benchmarks" / "results" / "concurrency.json"  # concurrency_widen_VALUE.json with ALLINONE_WIDEN=VALUE
 
 
 def free_port() -> int:
@@ -343,7 +344,9 @@ def main() -> None:
     knobs |= {"streams": STREAMS, "chat_max_tokens": CHAT_MAX_TOKENS}
     knobs |= {"max_tries": MAX_TRIES, "peer_sampling": sampling}
     knobs |= {"n_threads": N_THREADS, "n_ctx": N_CTX, "peer_args": peer[2:], "machine": platform.processor()}
-    OUT.write_text(json.dumps({"knobs": knobs, **res}, indent=2) + "\n")
+    knobs["widen"] = widen = Settings().widen  # ours inherits ALLINONE_WIDEN
+    out = OUT if widen == "on" else OUT.with_name(f"concurrency_widen_{widen}.json")
+    out.write_text(json.dumps({"knobs": knobs, **res}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
