@@ -456,8 +456,8 @@ def concurrency_prose() -> list[Phrase]:
         phrase("sent together to our idle server take {} s ({} s in the run before)", f"{o[three_idle]:.2f}",
                f"{before['ours'][three_idle]:.2f}"),
         phrase("and took {} of their idle time, against {} in the run before", busy(r), busy(before)),
-        phrase("In the last run with the weights as the file has them (the results file at commit {}), the three took "
-               "{} s idle and {} s beside four streams", CONCURRENCY_AS_IS, f"{as_is['ours'][three_idle]:.2f}",
+        phrase("In the last run before the widened copy was the default (the results file at commit {}), the three "
+               "took {} s idle and {} s beside four streams", CONCURRENCY_AS_IS, f"{as_is['ours'][three_idle]:.2f}",
                f"{as_is['ours'][three_busy]:.2f}"),
         phrase("every stream ran to its {} tokens", knobs["chat_max_tokens"]),
         phrase("Four streams together reach {} of llama-server's aggregate in this run, {} in the run before (the "
