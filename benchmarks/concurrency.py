@@ -7,7 +7,7 @@ messages with the same sampling: our chat task adds DRY to every chat request (a
 requests carry the same DRY fields (peer_sampling), and both do the same work per token. A third server, `allinone
 serve --engine openai` in front of the peer, measures scale-out. Both get the same GGUF; ours loads it, as by
 default, through the widened copy it makes at start (widen.py: the same weight values, Q5_0 stored as Q8_0); with
-ALLINONE_WIDEN set otherwise, ours runs with that setting and the results go to concurrency_widen_VALUE.json.
+ALLINONE_WIDEN=off, ours loads the file as it is and the results go to concurrency_widen_off.json.
 
 Rows: idle sentiment latency; one stream's decode speed; four streams' aggregate speed and time to first token;
 the slowest of three sentiment requests sent 1 s into four streams, and of the same three sent together to the idle
@@ -38,7 +38,7 @@ import httpx
 
 from allinone.engines.llamacpp import cpu_has_amx
 from peer import ensure_llama_server
-from serving import LIMITS, wait_healthy
+from serving import LIMITS, wait_healthy, weights
 
 # --- knobs ---------------------------------------------------------------------------------------
 N_SENTIMENT = 30  # ChnSentiCorp dev texts for idle latency
@@ -58,7 +58,7 @@ STORY = [
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chnsenticorp_dev.jsonl"
-OUT = ROOT / "benchmarks" / "results" / "concurrency.json"  # concurrency_widen_VALUE.json with ALLINONE_WIDEN=VALUE
+OUT = ROOT / "benchmarks" / "results" / "concurrency.json"  # concurrency_widen_off.json with ALLINONE_WIDEN=off
 
 
 def free_port() -> int:
@@ -317,6 +317,7 @@ def table(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    from allinone.engines import llamacpp_file
     from allinone.models import resolve_model
     from allinone.settings import Settings
 
@@ -337,6 +338,7 @@ def main() -> None:
             procs["scaleout"] = start([*OURS_CMD, "--port", str(ports["scaleout"])], scaleout, home / "scaleout.out")
             wait_healthy(procs["scaleout"], ports["scaleout"], STARTUP_TIMEOUT_S, 0.5)
             res = asyncio.run(measure(urls, texts, sampling))
+            loaded = llamacpp_file(gguf, Settings(home=home))  # the file ours loaded (made in its home by now)
         finally:
             stop(list(procs.values()))
     print(table(res))
@@ -345,7 +347,8 @@ def main() -> None:
     knobs |= {"max_tries": MAX_TRIES, "peer_sampling": sampling}
     knobs |= {"n_threads": N_THREADS, "n_ctx": N_CTX, "peer_args": peer[2:], "machine": platform.processor()}
     knobs["widen"] = widen = Settings().widen  # ours inherits ALLINONE_WIDEN
-    out = OUT if widen == "on" else OUT.with_name(f"concurrency_widen_{widen}.json")
+    knobs["weights"] = weights(loaded, gguf)
+    out = OUT if widen == "on" else OUT.with_name("concurrency_widen_off.json")
     out.write_text(json.dumps({"knobs": knobs, **res}, indent=2) + "\n")
 
 

@@ -208,8 +208,9 @@ SHORT = {"en_movies": "IMDB", "en_restaurants": "Yelp", "zh_social": "Weibo", "z
 
 
 def accuracy() -> str:
-    r, speed = _json("accuracy")["results"], _json("head_speed")["overall"]
-    _widened(_json("head_speed"), "head_speed")
+    r, head_speed = _json("accuracy")["results"], _json("head_speed")
+    _widened(head_speed, "head_speed")
+    speed = head_speed["overall"]
     dev, test = r["chnsenticorp_dev"], r["chnsenticorp_test"]
     rows = [
         ["this project, prompt + learned head (the default)", _pct(dev["with_head"]), f"**{_pct(test['with_head'])}**",
@@ -442,8 +443,9 @@ def concurrency_prose() -> list[Phrase]:
     three_busy, three_idle = "three_sentiments_under_four_streams_slowest_s", "three_sentiments_idle_slowest_s"
     rounds = [a / b for a, b in zip(o["four_streams_runs_tok_s"], p["four_streams_runs_tok_s"], strict=True)]
     off = _json("concurrency_widen_off")  # this version with ALLINONE_WIDEN=off
-    missed = float(ratio(off, agg)) < 1 and float(ratio(off, idle)) > 1 and off["ours"][three_busy] > 1  # 3 targets
-    if off["knobs"]["widen"] != "off" or not missed:
+    off_three = f"{off['ours'][three_busy]:.2f}"
+    short = float(ratio(off, agg)) < 1 and float(ratio(off, idle)) >= 1 and float(off_three) >= 1  # as printed
+    if off["knobs"]["widen"] != "off" or not short:
         raise SystemExit("the run with ALLINONE_WIDEN=off no longer stands as the README says: rewrite it")
     if _hop_sides(r, before, agg) != ("below", "above"):
         raise SystemExit("our four streams against the scale-out row no longer stand as the README says: rewrite it")
@@ -461,12 +463,11 @@ def concurrency_prose() -> list[Phrase]:
                f"{as_is['ours'][three_busy]:.2f}"),
         phrase("every stream ran to its {} tokens", knobs["chat_max_tokens"]),
         phrase("Four streams together reach {} of llama-server's aggregate in this run, {} in the run before (the "
-               "results file at commit {}) and {} in the last run without the widened weights", ratio(r, agg),
-               ratio(before, agg), earlier, ratio(as_is, agg)),
+               "results file at commit {}) and {} in the last run before the widened copy was the default",
+               ratio(r, agg), ratio(before, agg), earlier, ratio(as_is, agg)),
         phrase("on this version, with `ALLINONE_WIDEN=off` (`benchmarks/results/concurrency_widen_off.json`), four "
                "streams reached {} of llama-server's aggregate, idle sentiment took {} of its time, and the three "
-               "sentiments beside four streams took {} s", ratio(off, agg), ratio(off, idle),
-               f"{off['ours'][three_busy]:.2f}"),
+               "sentiments beside four streams took {} s", ratio(off, agg), ratio(off, idle), off_three),
         phrase("this run's ratio lay between {} and {} (the JSON keeps every round)", f"{min(rounds):.2f}",
                f"{max(rounds):.2f}"),
         phrase("The scale-out row, which only passes requests on to llama-server ({}, {} before)",

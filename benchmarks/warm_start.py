@@ -40,6 +40,7 @@ OUT = ROOT / "benchmarks" / "results" / "warm_start.json"
 
 
 def main() -> None:
+    assert len(NAMES) > LATER, "a name for every request"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from allinone.engines.base import Chunk, Usage
+from allinone.engines.base import Chunk, Conversation, GenParams, Usage
 from allinone.errors import InvalidInput, OutputInvalid
 from allinone.generate import cut_at_sentence, limit_stream
 from allinone.service import TaskService
@@ -118,10 +117,10 @@ def test_a_penalty_comes_from_the_task_and_a_request_may_override_it(
 def test_warming_the_service_hands_the_engine_each_generate_tasks_reply_params(tmp_path: Path) -> None:
     """`serve` warms every task before it is ready; a generate task's warm-up carries its reply parameters, so that the
     engine can make then what its replies reuse (llama.cpp: the DRY sampler they clone)."""
-    warmed: list[tuple[str, object]] = []
+    warmed: list[tuple[str, GenParams | None]] = []
 
     class Recording(FakeEngine):
-        def warm(self, conversation: Any, params: Any = None) -> None:
+        def warm(self, conversation: Conversation, params: GenParams | None = None) -> None:
             warmed.append((conversation.messages[-1].content, params))
 
     service = TaskService(Settings(home=tmp_path), Recording())
@@ -131,4 +130,4 @@ def test_warming_the_service_hands_the_engine_each_generate_tasks_reply_params(t
     generate = [t for t in service.tasks.values() if t.kind == "generate"]
     assert len(warmed) == len(generate) >= 2
     assert all("你好" in text and params is not None for text, params in warmed)
-    assert any(p.dry_multiplier == chat.dry_multiplier and p.max_tokens == chat.max_tokens for _, p in warmed)  # type: ignore[attr-defined]
+    assert any(p and p.dry_multiplier == chat.dry_multiplier and p.max_tokens == chat.max_tokens for _, p in warmed)

@@ -249,8 +249,9 @@ class TaskService:
                 if task.kind == "classify":
                     self.classify(name, text)
                 else:
-                    messages, n_fixed = model_messages(task, [Turn("user", text)])
-                    self.engine.warm(Conversation.of(messages, n_fixed), self._prepare(task, text, {}, None)[1])
+                    filled, params, _ = self._prepare(task, text, {}, None)
+                    messages, n_fixed = model_messages(filled, [Turn("user", text)])
+                    self.engine.warm(Conversation.of(messages, n_fixed), params)
         if sum(t.routing.enabled for t in self.tasks.values()) >= 2:
             self.pick_task(texts[0])
 

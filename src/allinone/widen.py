@@ -5,8 +5,9 @@ whole byte. Widening keeps d and writes q - 16, so no weight changes. llama.cpp'
 unpacking bits, which speeds up prompts (a classification is one); a decode step, which reads every weight once,
 reads more bytes. The default model's 896-wide tensors are Q5_0 (K-quants need multiples of 256), and on 2 threads
 its sentiment requests took 0.91 of the time and its decode 2-3% longer (benchmarks/widen.py); under four streams,
-three sentiment requests took 0.84 s where the file as it is took 0.96 and 1.01 s in two runs of the same version
-(benchmarks/concurrency.py). On by default; `ALLINONE_WIDEN=off` loads the file as it is.
+three sentiment requests took 0.84 s where the file as it is took 1.18-1.21 s in earlier versions and 1.01 s in
+this one (benchmarks/concurrency.py, results/concurrency_widen_off.json). On by default; `ALLINONE_WIDEN=off` loads
+the file as it is.
 """
 
 from __future__ import annotations

@@ -421,7 +421,10 @@ class LlamaCppEngine(Engine):
     def warm(self, conversation: Conversation, params: GenParams | None = None) -> None:
         self.score(conversation, ["。"])  # computes and keeps the prefix
         if params is not None:  # a sampler made and freed: its DRY sampler is kept for later replies to clone
-            self._scheduler.call(lambda: self._ctx.free_sampler(self._ctx.sampler(params)))
+            try:
+                self._scheduler.call(lambda: self._ctx.free_sampler(self._ctx.sampler(params)))
+            except EngineError as e:  # a grammar llama.cpp refuses: each request with it says so, not the start-up
+                log.warning("could not prepare a reply's sampler: %s", e)
 
     def score_prompt(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
         """`score` on a rendered prompt (its prefix is what gets cached)."""
