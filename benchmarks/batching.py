@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from serving import weights
+from serving import engine_weights
 
 # --- knobs ---------------------------------------------------------------------------------------
 N_TEXTS = 200  # ChnSentiCorp dev texts, in file order
@@ -45,7 +45,6 @@ def compare(alone: list[float], other: list[float]) -> dict[str, float]:
 def main() -> None:
     from allinone.classify import conversation
     from allinone.engines import Conversation, GenParams, Message, load_engine
-    from allinone.models import resolve_model
     from allinone.settings import Settings
     from allinone.tasks import load_tasks
 
@@ -93,7 +92,7 @@ def main() -> None:
         print(f"| {name} | {rate} | {agree} | {r.get('max_abs_dp', 0):.3f} | {r.get('mean_abs_dp', 0):.4f} |")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     knobs = {"n_texts": N_TEXTS, "n_threads": N_THREADS, "streams": STREAMS, "parallel": engine.slots.generate}
-    knobs["weights"] = weights(engine.info.details["path"], resolve_model(settings.model, settings).path)
+    knobs["weights"] = engine_weights(engine, settings)
     OUT.write_text(json.dumps({**knobs, "paths": rows}, indent=2) + "\n")
     engine.close()
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from serving import weights
+from serving import engine_weights
 
 # --- knobs ---------------------------------------------------------------------------------------
 N_TEXTS = 300  # ChnSentiCorp dev texts timed for sentiment (in file order)
@@ -108,7 +108,6 @@ def chat(service: object) -> dict[str, float]:
 
 
 def main() -> None:
-    from allinone.models import resolve_model
     from allinone.service import TaskService
     from allinone.settings import Settings
 
@@ -116,7 +115,7 @@ def main() -> None:
     results.update(cold_start())
     settings = Settings()
     service = TaskService(settings)
-    results["weights"] = weights(service.engine.info.details["path"], resolve_model(settings.model, settings).path)
+    results["weights"] = engine_weights(service.engine, settings)
     results.update(sentiment(service))
     service.warm()  # as `serve` does before it is ready: the chat prefix of each language order is cached
     results.update(chat(service))

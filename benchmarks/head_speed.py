@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from head_features import wait_for_cpu
-from serving import weights
+from serving import engine_weights
 
 # --- knobs ---------------------------------------------------------------------------------------
 N_TEXTS = 150  # ChnSentiCorp dev texts, the first N
@@ -61,7 +61,6 @@ def decode_rate(router: Any) -> float:
 
 
 def main() -> None:
-    from allinone.models import resolve_model
     from allinone.service import TaskService
     from allinone.settings import Settings
 
@@ -94,10 +93,7 @@ def main() -> None:
     ratio = {k: overall["with head"][k] / overall["prompt-only"][k] for k in overall["prompt-only"]}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     result = {"n_texts": N_TEXTS, "rounds": ROUNDS, "runs": runs, "overall": overall, "ratio": ratio}
-    settings = Settings()
-    result["weights"] = weights(
-        routers["with head"].engine.info.details["path"], resolve_model(settings.model, settings).path
-    )
+    result["weights"] = engine_weights(routers["with head"].engine, Settings())
     OUT.write_text(json.dumps(result, indent=1) + "\n")
     print("| configuration | sentiment texts/s | chat decode tokens/s |\n|---|---:|---:|")
     for name, b in overall.items():

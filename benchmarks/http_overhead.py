@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from serving import wait_healthy, weights
+from serving import engine_weights, wait_healthy
 
 # --- knobs ---------------------------------------------------------------------------------------
 N_TEXTS = 200  # ChnSentiCorp dev texts, in file order
@@ -62,7 +62,6 @@ def summary(ms: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
-    from allinone.models import resolve_model
     from allinone.service import TaskService
     from allinone.settings import Settings
 
@@ -111,7 +110,7 @@ def main() -> None:
             "within_budget": added <= budget,
         },
         "labels_agree": agree / len(sample),
-        "weights": weights(service.engine.info.details["path"], resolve_model(settings.model, settings).path),
+        "weights": engine_weights(service.engine, settings),
         "request_log_lines": logged,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -21,6 +22,13 @@ def weights(loaded: Path | str, source: Path) -> str:
     """How the model file llama.cpp loaded stores the weights of `source`: "widened" when it loaded the widened copy
     (engines.llamacpp_file), "as in the file" when it loaded `source` itself (widening off, or not possible)."""
     return "as in the file" if Path(loaded) == source else "widened"
+
+
+def engine_weights(engine: Any, settings: Any) -> str:
+    """`weights` for a loaded llama.cpp engine: the file it read, against the model `settings` names."""
+    from allinone.models import resolve_model
+
+    return weights(engine.info.details["path"], resolve_model(settings.model, settings).path)
 
 
 def wait_healthy(server: subprocess.Popen[bytes], port: int, timeout_s: float, poll_s: float) -> None:

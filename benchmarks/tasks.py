@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from allinone.models import resolve_model
 from allinone.service import TaskService
 from allinone.settings import Settings
-from serving import weights
+from serving import engine_weights
 
 # --- knobs ---------------------------------------------------------------------------------------
 SEED = 1
@@ -139,7 +138,7 @@ def main() -> None:
         "n_threads": settings.n_threads,
         "machine": f"{platform.machine()} {platform.system()}",
         "chat_max_tokens": CHAT_MAX_TOKENS,
-        "weights": weights(service.engine.info.details["path"], resolve_model(settings.model, settings).path),
+        "weights": engine_weights(service.engine, settings),
         "tasks": rows,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
