@@ -181,6 +181,10 @@ class _Context:
             raise EngineError("the output schema's grammar was refused by llama.cpp")
         return _Sampler(chain, grammar)
 
+    def keep_dry(self, multiplier: float) -> None:
+        """Make now the DRY sampler that replies with this multiplier clone."""
+        self._ll.llama_sampler_free(self._dry.make(multiplier))
+
     def _apply(self, sampler: Any, data: np.ndarray[Any, Any]) -> int:
         """Run a sampler over token candidates (in place); the index it selected."""
         ll = self._ll
@@ -420,11 +424,8 @@ class LlamaCppEngine(Engine):
 
     def warm(self, conversation: Conversation, params: GenParams | None = None) -> None:
         self.score(conversation, ["。"])  # computes and keeps the prefix
-        if params is not None:  # a sampler made and freed: its DRY sampler is kept for later replies to clone
-            try:
-                self._scheduler.call(lambda: self._ctx.free_sampler(self._ctx.sampler(params)))
-            except EngineError as e:  # a grammar llama.cpp refuses: each request with it says so, not the start-up
-                log.warning("could not prepare a reply's sampler: %s", e)
+        if params is not None and params.dry_multiplier > 0:  # the DRY sampler its replies clone (DrySamplers)
+            self._scheduler.call(lambda: self._ctx.keep_dry(params.dry_multiplier))
 
     def score_prompt(self, prompt: Prompt, continuations: Sequence[str], hidden: bool = False) -> Scores:
         """`score` on a rendered prompt (its prefix is what gets cached)."""
